@@ -1,0 +1,17 @@
+//! Vocabulary shared by `bazaar-agent` and `bazaar-hub`: validated identifiers, the
+//! movement envelope (wire format v1, DESIGN §5), its canonical bytes and HMAC
+//! signature, Kafka topic names and Kafka's murmur2 key partitioner.
+//!
+//! Everything here is pure: no I/O, no clocks except where a caller asks for "now".
+
+pub mod canonical;
+pub mod envelope;
+pub mod ids;
+pub mod partition;
+pub mod signing;
+pub mod topics;
+
+pub use envelope::{Envelope, EnvelopeError, Kind, Origin, Reason, MAX_MESSAGE_BYTES};
+pub use ids::{IdError, Sku, StoreId};
+pub use signing::{SigningKey, SigningKeyError};
+pub use topics::Topics;
