@@ -6,6 +6,10 @@
 
 pub mod canonical;
 pub mod envelope;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod ids;
 pub mod partition;
 pub mod signing;

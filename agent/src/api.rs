@@ -1,0 +1,276 @@
+//! The store's local HTTP API (DESIGN §6). Handlers are thin: parse, hand to the ledger
+//! through the writer or a read connection, shape the reply.
+
+use std::sync::Arc;
+
+use bazaar_shared::envelope::{MAX_QUANTITY, MAX_REF_LEN};
+use bazaar_shared::http::{bearer, parse_json, recover, ApiError};
+use bazaar_shared::{Kind, Reason, Sku, StoreId};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::ledger::{self, IdempotencyKey, NewMovement, Quantity, RecordError};
+use crate::startup::Agent;
+use crate::writer::WriteError;
+
+const MAX_BODY_BYTES: u64 = 16 * 1024;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+pub fn routes(agent: Arc<Agent>) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    let api = post_movement(agent.clone())
+        .or(get_stock_item(agent.clone()))
+        .or(get_stock(agent.clone()))
+        .or(get_status(agent.clone()));
+    let authorised = local_auth(agent).and(api).map(|(), reply| reply);
+    healthz().or(authorised).recover(recover).with(warp::log("bazaar_agent::http"))
+}
+
+fn with_agent(agent: Arc<Agent>) -> impl Filter<Extract = (Arc<Agent>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || agent.clone())
+}
+
+/// Bound to loopback, the API is open to the machine; bound wider, it needs the local token.
+fn local_auth(agent: Arc<Agent>) -> impl Filter<Extract = ((),), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+        let agent = agent.clone();
+        async move {
+            match &agent.config.local_token {
+                None => Ok(()),
+                Some(token) if bearer(header.as_deref()) == Some(token.expose()) => Ok(()),
+                Some(_) => Err(Rejection::from(ApiError::unauthorized(
+                    "this agent listens beyond localhost: send `Authorization: Bearer <local_token>`",
+                ))),
+            }
+        }
+    })
+}
+
+fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+}
+
+/// What a till sends. Unknown fields are refused so a typo never silently records
+/// something else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementRequest {
+    pub kind: String,
+    pub sku: String,
+    pub qty: Option<i64>,
+    pub counted: Option<i64>,
+    pub reason: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub to_store: Option<String>,
+    pub from_store: Option<String>,
+}
+
+impl MovementRequest {
+    /// Parse, don't validate: the result can be recorded as is.
+    pub fn into_new_movement(self, own_store: &StoreId) -> Result<NewMovement, ApiError> {
+        let invalid = |m: String| Err(ApiError::unprocessable(m));
+        let Some(kind) = Kind::parse(&self.kind) else {
+            return invalid(format!(
+                "kind {:?} is not one of sale, return, receipt, adjustment, count, transfer_out, transfer_in",
+                self.kind
+            ));
+        };
+        let sku = Sku::parse(self.sku).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        let quantity = match (kind, self.qty, self.counted) {
+            (Kind::Count, None, Some(c)) if (0..=MAX_QUANTITY).contains(&c) => Quantity::Counted(c),
+            (Kind::Count, None, Some(c)) => return invalid(format!("counted {c} must be between 0 and {MAX_QUANTITY}")),
+            (Kind::Count, _, _) => return invalid("a count sends `counted` (the units on the shelf) and no `qty`".into()),
+            (_, _, Some(_)) => return invalid(format!("a {} sends `qty`, not `counted`", kind.as_str())),
+            (_, None, None) => return invalid(format!("a {} needs `qty`", kind.as_str())),
+            (Kind::Adjustment, Some(q), None) if q != 0 && q.abs() <= MAX_QUANTITY => Quantity::Delta(q),
+            (Kind::Adjustment, Some(q), None) => {
+                return invalid(format!("adjustment qty {q} must be a non-zero signed delta within ±{MAX_QUANTITY}"))
+            }
+            (_, Some(q), None) if q > 0 && q <= MAX_QUANTITY => {
+                Quantity::Delta(q * kind.sign_of_quantity().unwrap_or(1))
+            }
+            (_, Some(q), None) => {
+                return invalid(format!(
+                    "qty {q} must be a positive number of units (1 to {MAX_QUANTITY}); the kind gives the sign"
+                ))
+            }
+        };
+        let reason = match (kind, self.reason) {
+            (Kind::Adjustment, Some(r)) => Some(Reason::parse(&r).ok_or_else(|| {
+                ApiError::unprocessable(format!("reason {r:?} is not one of damage, theft, expiry, correction"))
+            })?),
+            (Kind::Adjustment, None) => return invalid("an adjustment needs a reason: damage, theft, expiry or correction".into()),
+            (_, Some(_)) => return invalid(format!("a {} takes no reason", kind.as_str())),
+            (_, None) => None,
+        };
+        let other_store = |raw: Option<String>, field: &str| -> Result<Option<StoreId>, ApiError> {
+            let parsed = raw
+                .map(StoreId::parse)
+                .transpose()
+                .map_err(|e| ApiError::unprocessable(format!("{field}: {e}")))?;
+            if parsed.as_ref() == Some(own_store) {
+                return Err(ApiError::unprocessable(format!("{field} must name another store")));
+            }
+            Ok(parsed)
+        };
+        let to_store = other_store(self.to_store, "to_store")?;
+        let from_store = other_store(self.from_store, "from_store")?;
+        match (kind, &to_store, &from_store) {
+            (Kind::TransferOut, Some(_), None) | (Kind::TransferIn, None, Some(_)) => {}
+            (Kind::TransferOut, _, _) => return invalid("a transfer_out names the receiving store in `to_store`".into()),
+            (Kind::TransferIn, _, _) => return invalid("a transfer_in names the sending store in `from_store`".into()),
+            (_, None, None) => {}
+            _ => return invalid(format!("a {} names no other store", kind.as_str())),
+        }
+        if let Some(r) = &self.reference {
+            if r.chars().count() > MAX_REF_LEN || r.chars().any(char::is_control) {
+                return invalid(format!("ref must be at most {MAX_REF_LEN} printable characters"));
+            }
+        }
+        Ok(NewMovement { kind, sku, quantity, reason, reference: self.reference, to_store, from_store })
+    }
+}
+
+fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.chars().all(|c| c.is_ascii_graphic()) => Ok(Some(k)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        ))),
+    }
+}
+
+fn post_movement(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "movements")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_agent(agent))
+        .and_then(|key: Option<String>, body: bytes::Bytes, agent: Arc<Agent>| async move {
+            record_movement(agent, key, &body).await.map_err(Rejection::from)
+        })
+}
+
+async fn record_movement(agent: Arc<Agent>, key: Option<String>, body: &[u8]) -> Result<warp::reply::Response, ApiError> {
+    let key = idempotency_key(key)?;
+    let request: MovementRequest = parse_json(body)?;
+    let new = request.into_new_movement(&agent.config.store)?;
+    let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&new).unwrap_or_default()));
+    let store = agent.config.store.clone();
+    let outcome = agent
+        .writer
+        .write(move |conn| {
+            let idem = key.as_deref().map(|k| IdempotencyKey { key: k, request_hash: &request_hash });
+            ledger::record(conn, &store, &new, idem)
+        })
+        .await;
+    match outcome {
+        Ok(recorded) => {
+            let status = if recorded.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(warp::reply::with_status(warp::reply::json(&recorded.movement), status).into_response())
+        }
+        Err(WriteError::Job(RecordError::IdempotencyMismatch(k))) => Err(ApiError::unprocessable(format!(
+            "Idempotency-Key {k:?} was already used with a different request; use a new key for a new movement"
+        ))),
+        Err(WriteError::Job(RecordError::Invalid(m))) => Err(ApiError::unprocessable(m)),
+        Err(e) => Err(ApiError::internal("could not record the movement durably", e)),
+    }
+}
+
+fn get_stock_item(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stock" / String)
+        .and(warp::get())
+        .and(with_agent(agent))
+        .and_then(|raw: String, agent: Arc<Agent>| async move {
+            let sku = Sku::parse(raw).map_err(|e| Rejection::from(ApiError::unprocessable(e.to_string())))?;
+            let shown = sku.clone();
+            let found = agent.read(move |conn| ledger::stock_of(conn, &sku)).await?;
+            match found {
+                Some(view) => Ok(warp::reply::json(&view)),
+                None => Err(Rejection::from(ApiError::not_found(format!("sku {shown} has no movement at this store")))),
+            }
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+fn get_stock(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stock")
+        .and(warp::get())
+        .and(warp::query::<StockQuery>())
+        .and(with_agent(agent))
+        .and_then(|q: StockQuery, agent: Arc<Agent>| async move {
+            let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+            let after = q.after.unwrap_or_default();
+            let items = agent.read(move |conn| ledger::stock_page(conn, &after, limit)).await?;
+            let next = (items.len() == limit as usize).then(|| items.last().map(|i| i.sku.clone())).flatten();
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items, "next_after": next})))
+        })
+}
+
+fn get_status(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "status")
+        .and(warp::get())
+        .and(with_agent(agent))
+        .and_then(|agent: Arc<Agent>| async move {
+            let status = agent.status().await?;
+            Ok::<_, Rejection>(warp::reply::json(&status))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> Result<NewMovement, ApiError> {
+        let req: MovementRequest = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        req.into_new_movement(&StoreId::parse("S1").unwrap())
+    }
+
+    #[test]
+    fn quantities_take_their_sign_from_the_kind() {
+        let sale = request(serde_json::json!({"kind": "sale", "sku": "A", "qty": 2})).unwrap();
+        assert_eq!(sale.quantity, Quantity::Delta(-2));
+        let adj = request(serde_json::json!({"kind": "adjustment", "sku": "A", "qty": -3, "reason": "theft"})).unwrap();
+        assert_eq!(adj.quantity, Quantity::Delta(-3));
+        let count = request(serde_json::json!({"kind": "count", "sku": "A", "counted": 0})).unwrap();
+        assert_eq!(count.quantity, Quantity::Counted(0));
+    }
+
+    #[test]
+    fn every_bad_request_is_refused_with_a_reason() {
+        let cases = [
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": -2}), "positive"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 0}), "positive"),
+            (serde_json::json!({"kind": "sale", "sku": "A"}), "needs `qty`"),
+            (serde_json::json!({"kind": "sale", "sku": "A B", "qty": 1}), "sku"),
+            (serde_json::json!({"kind": "steal", "sku": "A", "qty": 1}), "not one of"),
+            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1}), "reason"),
+            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 0, "reason": "theft"}), "non-zero"),
+            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1, "reason": "fun"}), "not one of"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "reason": "theft"}), "no reason"),
+            (serde_json::json!({"kind": "count", "sku": "A", "qty": 1}), "counted"),
+            (serde_json::json!({"kind": "count", "sku": "A", "counted": -1}), "between"),
+            (serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1}), "to_store"),
+            (serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1, "to_store": "S1"}), "another store"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "to_store": "S2"}), "no other store"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "ref": "x".repeat(200)}), "ref"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": MAX_QUANTITY + 1}), "positive"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "colour": "red"}), "unknown field"),
+            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1.5}), "invalid type"),
+        ];
+        for (body, expected) in cases {
+            let err = request(body.clone()).unwrap_err();
+            assert!(err.message.contains(expected), "{body}: {:?} should mention {expected:?}", err.message);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Agent configuration: a TOML file written by `init` under the data directory (or
+//! `/etc/bazaar/agent.toml` when installed), each setting overridable by a
+//! `BAZAAR_AGENT_*` variable. Secrets are wrapped so they never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use bazaar_shared::topics::DEFAULT_PREFIX;
+use bazaar_shared::{SigningKey, StoreId};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "agent.toml";
+pub const DATABASE_FILE: &str = "agent.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bazaar-agent";
+
+/// A secret string: shown as `<redacted>` by Debug and Display.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The file as written by `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub store: String,
+    pub hub_url: String,
+    pub token: Secret,
+    pub key: Secret,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub local_token: Option<Secret>,
+    #[serde(default)]
+    pub kafka_brokers: Option<String>,
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    #[serde(default)]
+    pub disk_budget_mb: Option<u64>,
+    #[serde(default)]
+    pub resend_after_secs: Option<u64>,
+}
+
+/// The settings `run` works with, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub store: StoreId,
+    pub hub_url: String,
+    pub token: Secret,
+    pub key: SigningKey,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub local_token: Option<Secret>,
+    pub kafka_brokers: String,
+    pub topic_prefix: String,
+    pub disk_budget_bytes: u64,
+    pub resend_after: std::time::Duration,
+}
+
+impl AgentConfig {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+
+    /// Where `run` finds its file: `--config`, else `$BAZAAR_AGENT_DATA/agent.toml`, else
+    /// `/etc/bazaar/agent.toml`, else the default data directory.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        if let Some(path) = explicit {
+            return path.to_path_buf();
+        }
+        if let Ok(dir) = std::env::var("BAZAAR_AGENT_DATA") {
+            return Path::new(&dir).join(CONFIG_FILE);
+        }
+        let etc = Path::new("/etc/bazaar/agent.toml");
+        if etc.exists() {
+            return etc.to_path_buf();
+        }
+        Path::new(DEFAULT_DATA_DIR).join(CONFIG_FILE)
+    }
+
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<AgentConfig> {
+        let path = Self::locate(explicit);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the agent configuration {}; run `bazaar-agent init --store ID --hub URL \
+                 --token T --key K --data DIR` first, or point to it with --config or BAZAAR_AGENT_DATA",
+                path.display()
+            )
+        })?;
+        let file: FileConfig =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid agent configuration", path.display()))?;
+        let default_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        Self::from_layers(file, default_dir, |name| std::env::var(name).ok())
+    }
+
+    /// File values, overridden by `BAZAAR_AGENT_*` variables as `env` reports them.
+    pub fn from_layers(
+        file: FileConfig,
+        default_data_dir: PathBuf,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<AgentConfig> {
+        let pick = |name: &str, value: Option<String>| env(&format!("BAZAAR_AGENT_{name}")).or(value);
+        let store = pick("STORE", Some(file.store)).unwrap_or_default();
+        let store = StoreId::parse(store).context("store id in the agent configuration")?;
+        let hub_url = pick("HUB_URL", Some(file.hub_url)).unwrap_or_default();
+        if !(hub_url.starts_with("http://") || hub_url.starts_with("https://")) {
+            bail!("hub url {hub_url:?} must start with http:// or https://");
+        }
+        let token = pick("TOKEN", Some(file.token.0)).map(Secret).unwrap_or_else(|| Secret::new(""));
+        let key_text = pick("KEY", Some(file.key.0)).unwrap_or_default();
+        let key = SigningKey::from_base64(&key_text).context("signing key (the `key` shown by `bazaar-hub store add`)")?;
+        let data_dir = pick("DATA", file.data_dir.map(|p| p.display().to_string()))
+            .map(PathBuf::from)
+            .unwrap_or(default_data_dir);
+        let listen_text = pick("LISTEN", file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .with_context(|| format!("listen address {listen_text:?} is not IP:PORT"))?;
+        let local_token = pick("LOCAL_TOKEN", file.local_token.map(|s| s.0)).map(Secret);
+        if !listen.ip().is_loopback() && local_token.is_none() {
+            bail!(
+                "the local API would listen on {listen}, beyond this machine, without a local token: \
+                 set `local_token` (or BAZAAR_AGENT_LOCAL_TOKEN), or listen on 127.0.0.1"
+            );
+        }
+        let number = |name: &str, value: Option<u64>, default: u64| -> anyhow::Result<u64> {
+            match env(&format!("BAZAAR_AGENT_{name}")) {
+                Some(raw) => raw.parse().with_context(|| format!("BAZAAR_AGENT_{name}={raw:?} is not a whole number")),
+                None => Ok(value.unwrap_or(default)),
+            }
+        };
+        Ok(AgentConfig {
+            store,
+            hub_url: hub_url.trim_end_matches('/').to_owned(),
+            token,
+            key,
+            data_dir,
+            listen,
+            local_token,
+            kafka_brokers: pick("KAFKA_BROKERS", file.kafka_brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            topic_prefix: pick("TOPIC_PREFIX", file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            disk_budget_bytes: number("DISK_BUDGET_MB", file.disk_budget_mb, 2048)? * 1024 * 1024,
+            resend_after: std::time::Duration::from_secs(number("RESEND_AFTER_SECS", file.resend_after_secs, 30)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> FileConfig {
+        FileConfig {
+            store: "S1".into(),
+            hub_url: "http://hub:8080/".into(),
+            token: Secret::new("s3cr3t-hub-token"),
+            key: Secret::new(SigningKey::generate().to_base64()),
+            data_dir: None,
+            listen: None,
+            local_token: None,
+            kafka_brokers: None,
+            topic_prefix: None,
+            disk_budget_mb: None,
+            resend_after_secs: None,
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let cfg = AgentConfig::from_layers(file(), "/d".into(), |name| match name {
+            "BAZAAR_AGENT_TOPIC_PREFIX" => Some("t9.".into()),
+            "BAZAAR_AGENT_LISTEN" => Some("127.0.0.1:1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.topic_prefix, "t9.");
+        assert_eq!(cfg.listen.port(), 1);
+        assert_eq!(cfg.hub_url, "http://hub:8080");
+        assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+        assert!(!format!("{cfg:?}").contains("s3cr3t"), "secrets never print");
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_local_token() {
+        let err = AgentConfig::from_layers(file(), "/d".into(), |name| {
+            (name == "BAZAAR_AGENT_LISTEN").then(|| "0.0.0.0:7171".into())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("local token"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let mut bad = file();
+        bad.key = Secret::new("short");
+        assert!(AgentConfig::from_layers(bad, "/d".into(), |_| None).is_err());
+        let mut bad = file();
+        bad.store = "no spaces".into();
+        let err = AgentConfig::from_layers(bad, "/d".into(), |_| None).unwrap_err();
+        assert!(format!("{err:#}").contains("store id"), "{err:#}");
+    }
+}

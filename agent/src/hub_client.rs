@@ -1,0 +1,62 @@
+//! What the agent asks the hub over HTTP (reqwest): the store's sync state.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::config::AgentConfig;
+
+/// The hub's view of this store (`GET /v1/stores/{store}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreState {
+    pub store: String,
+    /// The highest store-origin seq applied, all below it applied too.
+    pub last_seq: u64,
+    #[serde(default)]
+    pub last_hub_seq: u64,
+}
+
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl HubClient {
+    pub fn new(config: &AgentConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("bazaar-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            url: format!("{}/v1/stores/{}", config.hub_url, config.store),
+            token: config.token.expose().to_owned(),
+        })
+    }
+
+    pub async fn store_state(&self) -> anyhow::Result<StoreState> {
+        let response = self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("the hub at {} did not answer", self.url))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            bail!("the hub does not know this store: register it with `bazaar-hub store add ID` and re-run `bazaar-agent init` with the token and key it prints");
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            bail!("the hub refused this agent's token ({status}): check `token` in the agent configuration");
+        }
+        if !status.is_success() {
+            bail!("the hub answered {status} for {}", self.url);
+        }
+        response.json().await.context("the hub's store state was not the expected JSON")
+    }
+}

@@ -1,0 +1,628 @@
+//! The store's ledger in SQLite: stock is derived from immutable movements, and the
+//! movements table doubles as the outbox (DESIGN §6).
+//!
+//! Invariants:
+//! - Recording a movement writes its ledger row, its stock change and its idempotency key
+//!   in one transaction; the caller commits before it answers (see `writer`).
+//! - Store-origin `seq` is gapless from 1. Before the hub has told us its `last_seq` for
+//!   this store (first contact), rows are numbered provisionally and `rebase` shifts them,
+//!   all still `pending`, past the hub's figure — so no seq is ever reused.
+//! - A row moves `pending → sent` only on a successful delivery report, `sent → acked`
+//!   only when the hub reports it applied that seq, and `sent → pending` only when the hub
+//!   has not acknowledged it in time (re-sent from the lowest; the hub deduplicates).
+//! - Nothing here reads a whole table: outbox reads are bounded batches on a partial index.
+
+use std::path::Path;
+
+use bazaar_shared::envelope::MAX_QUANTITY;
+use bazaar_shared::{Envelope, Kind, Origin, Reason, Sku, StoreId};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use uuid::Uuid;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/agent/0001_init.sql")];
+
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// WAL with `synchronous=FULL`: a committed transaction is on disk (its WAL frames
+/// fsynced) before `COMMIT` returns, which is what lets the API answer 2xx.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(Utc::now())
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+fn meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
+    Ok(get_meta(conn, key)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+pub const META_STORE: &str = "store";
+/// The hub's `last_seq` for this store was learnt and local numbering rebased on it.
+pub const META_HUB_CONFIRMED: &str = "hub_confirmed";
+pub const META_HUB_APPLIED_SEQ: &str = "hub_applied_seq";
+pub const META_HUB_WATERMARK: &str = "hub_watermark";
+pub const META_LAST_DELIVERY_AT: &str = "last_delivery_at";
+pub const META_LAST_ACK_AT: &str = "last_ack_at";
+
+/// What a till or scanner asks for, already checked: the quantity and its sign agree
+/// with the kind, identifiers are valid, bounds hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewMovement {
+    pub kind: Kind,
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub reason: Option<Reason>,
+    pub reference: Option<String>,
+    pub to_store: Option<StoreId>,
+    pub from_store: Option<StoreId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantity {
+    /// The signed change in stock.
+    Delta(i64),
+    /// A physical count; its delta is worked out against the local on-hand (DESIGN §4).
+    Counted(i64),
+}
+
+/// The movement as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MovementView {
+    pub seq: Option<u64>,
+    pub hub_seq: Option<u64>,
+    pub origin: String,
+    pub id: String,
+    pub kind: String,
+    pub sku: String,
+    pub delta: i64,
+    pub counted: Option<i64>,
+    pub reason: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub to_store: Option<String>,
+    pub from_store: Option<String>,
+    pub occurred_at: String,
+    pub state: String,
+}
+
+const MOVEMENT_COLUMNS: &str = "seq, hub_seq, origin, id, kind, sku, delta, counted, reason, ref, \
+     to_store, from_store, occurred_at, state";
+
+fn movement_view(row: &Row<'_>) -> rusqlite::Result<MovementView> {
+    Ok(MovementView {
+        seq: row.get(0)?,
+        hub_seq: row.get(1)?,
+        origin: row.get(2)?,
+        id: row.get(3)?,
+        kind: row.get(4)?,
+        sku: row.get(5)?,
+        delta: row.get(6)?,
+        counted: row.get(7)?,
+        reason: row.get(8)?,
+        reference: row.get(9)?,
+        to_store: row.get(10)?,
+        from_store: row.get(11)?,
+        occurred_at: row.get(12)?,
+        state: row.get(13)?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("Idempotency-Key {0:?} was already used with a different request")]
+    IdempotencyMismatch(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub movement: MovementView,
+    /// False when an earlier request with the same Idempotency-Key already recorded it.
+    pub created: bool,
+}
+
+pub struct IdempotencyKey<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a str,
+}
+
+/// Records one movement: ledger row, stock change and idempotency key, on `conn`, which the
+/// caller has put inside a transaction.
+pub fn record(
+    conn: &Connection,
+    store: &StoreId,
+    new: &NewMovement,
+    idempotency: Option<IdempotencyKey<'_>>,
+) -> Result<Recorded, RecordError> {
+    if let Some(idem) = &idempotency {
+        let existing: Option<(String, String)> = conn
+            .query_row(
+                "SELECT request_hash, movement_id FROM idempotency WHERE key = ?1",
+                [idem.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((hash, movement_id)) = existing {
+            if hash != idem.request_hash {
+                return Err(RecordError::IdempotencyMismatch(idem.key.to_owned()));
+            }
+            let movement = movement_by_id(conn, &movement_id)?;
+            return Ok(Recorded { movement, created: false });
+        }
+    }
+
+    let on_hand: i64 = conn
+        .query_row("SELECT on_hand FROM stock WHERE sku = ?1", [new.sku.as_str()], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let (delta, counted) = match new.quantity {
+        Quantity::Delta(d) => (d, None),
+        Quantity::Counted(c) => (c - on_hand, Some(c)),
+    };
+    let new_on_hand = on_hand
+        .checked_add(delta)
+        .filter(|v| v.abs() <= MAX_QUANTITY * 1000)
+        .ok_or_else(|| RecordError::Invalid("the resulting on-hand is out of range".into()))?;
+
+    let seq: u64 = conn.query_row(
+        "SELECT ifnull(max(seq), 0) + 1 FROM movements WHERE origin = 'store'",
+        [],
+        |r| r.get(0),
+    )?;
+    let id = Uuid::now_v7().to_string();
+    let now = now_rfc3339();
+    let watermark = meta_u64(conn, META_HUB_WATERMARK)?;
+    conn.execute(
+        "INSERT INTO movements (origin, seq, id, kind, sku, delta, counted, hub_watermark, reason,
+             ref, to_store, from_store, occurred_at, recorded_at, state)
+         VALUES ('store', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, 'pending')",
+        params![
+            seq,
+            id,
+            new.kind.as_str(),
+            new.sku.as_str(),
+            delta,
+            counted,
+            watermark,
+            new.reason.map(Reason::as_str),
+            new.reference,
+            new.to_store.as_ref().map(StoreId::as_str),
+            new.from_store.as_ref().map(StoreId::as_str),
+            now,
+        ],
+    )?;
+    let _ = store; // the store id travels in the envelope, built at send time
+    conn.execute(
+        "INSERT INTO stock (sku, on_hand, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, updated_at = excluded.updated_at",
+        params![new.sku.as_str(), new_on_hand, now],
+    )?;
+    if let Some(idem) = idempotency {
+        conn.execute(
+            "INSERT INTO idempotency (key, request_hash, movement_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![idem.key, idem.request_hash, id, now],
+        )?;
+    }
+    Ok(Recorded { movement: movement_by_id(conn, &id)?, created: true })
+}
+
+pub fn movement_by_id(conn: &Connection, id: &str) -> rusqlite::Result<MovementView> {
+    conn.query_row(
+        &format!("SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"),
+        [id],
+        movement_view,
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StockView {
+    pub sku: String,
+    pub on_hand: i64,
+    /// Movements of this sku the hub has not acknowledged yet.
+    pub pending: u64,
+}
+
+pub fn stock_of(conn: &Connection, sku: &Sku) -> rusqlite::Result<Option<StockView>> {
+    conn.query_row(
+        "SELECT s.sku, s.on_hand,
+                (SELECT count(*) FROM movements m WHERE m.sku = s.sku AND m.state IN ('pending', 'sent'))
+         FROM stock s WHERE s.sku = ?1",
+        [sku.as_str()],
+        |r| Ok(StockView { sku: r.get(0)?, on_hand: r.get(1)?, pending: r.get(2)? }),
+    )
+    .optional()
+}
+
+/// One page of stock, in sku order, after `after` (keyset pagination: no full-table load).
+pub fn stock_page(conn: &Connection, after: &str, limit: u32) -> rusqlite::Result<Vec<StockView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.sku, s.on_hand,
+                (SELECT count(*) FROM movements m WHERE m.sku = s.sku AND m.state IN ('pending', 'sent'))
+         FROM stock s WHERE s.sku > ?1 ORDER BY s.sku LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        Ok(StockView { sku: r.get(0)?, on_hand: r.get(1)?, pending: r.get(2)? })
+    })?;
+    rows.collect()
+}
+
+/// A row of the outbox, enough to build its envelope.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub seq: u64,
+    pub id: Uuid,
+    pub kind: Kind,
+    pub sku: Sku,
+    pub delta: i64,
+    pub counted: Option<i64>,
+    pub hub_watermark: u64,
+    pub reason: Option<Reason>,
+    pub reference: Option<String>,
+    pub to_store: Option<StoreId>,
+    pub from_store: Option<StoreId>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl OutboxRow {
+    pub fn envelope(&self, store: &StoreId) -> Envelope {
+        Envelope {
+            v: bazaar_shared::envelope::WIRE_VERSION,
+            store: store.clone(),
+            origin: Origin::Store,
+            seq: self.seq,
+            id: self.id,
+            kind: self.kind,
+            sku: self.sku.clone(),
+            delta: self.delta,
+            counted: self.counted,
+            hub_watermark: self.hub_watermark,
+            occurred_at: self.occurred_at,
+            reference: self.reference.clone(),
+            reason: self.reason,
+            to_store: self.to_store.clone(),
+            from_store: self.from_store.clone(),
+        }
+    }
+}
+
+fn conversion_error(what: &str, raw: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("stored {what} {raw:?} is not valid").into(),
+    )
+}
+
+fn outbox_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let text = |i: usize| row.get::<_, String>(i);
+    let opt = |i: usize| row.get::<_, Option<String>>(i);
+    let id = text(1)?;
+    let kind = text(2)?;
+    let sku = text(3)?;
+    let occurred_at = text(11)?;
+    let store_opt = |raw: Option<String>| -> rusqlite::Result<Option<StoreId>> {
+        raw.map(|s| StoreId::parse(s.clone()).map_err(|_| conversion_error("store", &s)))
+            .transpose()
+    };
+    Ok(OutboxRow {
+        seq: row.get(0)?,
+        id: Uuid::parse_str(&id).map_err(|_| conversion_error("id", &id))?,
+        kind: Kind::parse(&kind).ok_or_else(|| conversion_error("kind", &kind))?,
+        sku: Sku::parse(sku.clone()).map_err(|_| conversion_error("sku", &sku))?,
+        delta: row.get(4)?,
+        counted: row.get(5)?,
+        hub_watermark: row.get(6)?,
+        reason: opt(7)?
+            .map(|r| Reason::parse(&r).ok_or_else(|| conversion_error("reason", &r)))
+            .transpose()?,
+        reference: opt(8)?,
+        to_store: store_opt(opt(9)?)?,
+        from_store: store_opt(opt(10)?)?,
+        occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
+            .map_err(|_| conversion_error("occurred_at", &occurred_at))?
+            .with_timezone(&Utc),
+    })
+}
+
+/// The next `limit` pending rows in seq order.
+pub fn pending_batch(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store,
+                from_store, occurred_at
+         FROM movements WHERE state = 'pending' ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit], outbox_row)?;
+    rows.collect()
+}
+
+/// Marks delivered rows `sent`. Only rows still `pending` move: a late report never
+/// undoes an acknowledgement.
+pub fn mark_sent(conn: &Connection, seqs: &[u64], at: &str) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE movements SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL
+         WHERE seq = ?1 AND state = 'pending'",
+    )?;
+    let mut changed = 0;
+    for seq in seqs {
+        changed += stmt.execute(params![seq, at])?;
+    }
+    if changed > 0 {
+        set_meta(conn, META_LAST_DELIVERY_AT, at)?;
+    }
+    Ok(changed)
+}
+
+pub fn record_send_failure(conn: &Connection, seq: u64, error: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE movements SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1 AND state = 'pending'",
+        params![seq, error],
+    )?;
+    Ok(())
+}
+
+/// The hub applied every seq up to `hub_last_seq`: those rows are acknowledged.
+pub fn mark_acked(conn: &Connection, hub_last_seq: u64, at: &str) -> rusqlite::Result<usize> {
+    let changed = conn.execute(
+        "UPDATE movements SET state = 'acked' WHERE state IN ('pending', 'sent') AND seq <= ?1",
+        [hub_last_seq],
+    )?;
+    let previous = meta_u64(conn, META_HUB_APPLIED_SEQ)?;
+    if hub_last_seq >= previous {
+        set_meta(conn, META_HUB_APPLIED_SEQ, &hub_last_seq.to_string())?;
+    }
+    set_meta(conn, META_LAST_ACK_AT, at)?;
+    Ok(changed)
+}
+
+/// Sent rows the hub has not acknowledged go back to `pending`, to be produced again from
+/// the lowest. Re-sending is safe: the hub skips a (store, origin, seq) it already has.
+pub fn requeue_unacknowledged(conn: &Connection, hub_last_seq: u64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE movements SET state = 'pending' WHERE state = 'sent' AND seq > ?1",
+        [hub_last_seq],
+    )
+}
+
+/// The oldest `sent_at` among rows sent but not acknowledged.
+pub fn oldest_unacknowledged_sent_at(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT min(sent_at) FROM movements WHERE state = 'sent'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebaseError {
+    #[error(
+        "this agent has sent movements up to seq {local} but the hub knows the store only up to \
+         {hub}: the hub's database may have been restored from an old backup; refusing to renumber"
+    )]
+    HubBehind { local: u64, hub: u64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// First contact with the hub. A new agent for a store with history (re-installed, wiped)
+/// must continue after the hub's `last_seq`: every provisional row, still pending, is
+/// shifted past it in one statement. Returns the shift applied.
+pub fn rebase_on_first_contact(conn: &Connection, hub_last_seq: u64) -> Result<u64, RebaseError> {
+    if get_meta(conn, META_HUB_CONFIRMED)?.is_some() {
+        return Ok(0);
+    }
+    let ever_sent: Option<u64> = conn.query_row(
+        "SELECT max(seq) FROM movements WHERE origin = 'store' AND state <> 'pending'",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(local) = ever_sent {
+        if local > hub_last_seq {
+            return Err(RebaseError::HubBehind { local, hub: hub_last_seq });
+        }
+    }
+    let shift = if ever_sent.is_some() { 0 } else { hub_last_seq };
+    if shift > 0 {
+        // Two steps so the unique index on seq never sees a transient duplicate.
+        conn.execute("UPDATE movements SET seq = -seq WHERE origin = 'store'", [])?;
+        conn.execute(
+            "UPDATE movements SET seq = -seq + ?1 WHERE origin = 'store'",
+            [shift],
+        )?;
+    }
+    set_meta(conn, META_HUB_CONFIRMED, &hub_last_seq.to_string())?;
+    Ok(shift)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub sent: u64,
+    pub parked: u64,
+    pub oldest_pending_at: Option<String>,
+    pub last_seq: u64,
+}
+
+pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
+    let count = |state: &str| -> rusqlite::Result<u64> {
+        conn.query_row("SELECT count(*) FROM movements WHERE state = ?1", [state], |r| r.get(0))
+    };
+    Ok(OutboxCounts {
+        pending: count("pending")?,
+        sent: count("sent")?,
+        parked: count("parked")?,
+        oldest_pending_at: conn.query_row(
+            "SELECT recorded_at FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        ).optional()?,
+        last_seq: conn.query_row(
+            "SELECT ifnull(max(seq), 0) FROM movements WHERE origin = 'store'",
+            [],
+            |r| r.get(0),
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn
+    }
+
+    fn store() -> StoreId {
+        StoreId::parse("S1").unwrap()
+    }
+
+    fn movement(kind: Kind, sku: &str, quantity: Quantity) -> NewMovement {
+        NewMovement {
+            kind,
+            sku: Sku::parse(sku).unwrap(),
+            quantity,
+            reason: None,
+            reference: None,
+            to_store: None,
+            from_store: None,
+        }
+    }
+
+    #[test]
+    fn recording_updates_stock_and_numbers_gaplessly() {
+        let conn = db();
+        record(&conn, &store(), &movement(Kind::Receipt, "A", Quantity::Delta(10)), None).unwrap();
+        let sale = record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-3)), None).unwrap();
+        assert_eq!(sale.movement.seq, Some(2));
+        let sku = Sku::parse("A").unwrap();
+        assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, 7);
+        // Negative stock is recorded, not refused (promise 3).
+        record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-9)), None).unwrap();
+        assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, -2);
+    }
+
+    #[test]
+    fn a_count_becomes_a_delta_against_local_on_hand() {
+        let conn = db();
+        record(&conn, &store(), &movement(Kind::Receipt, "A", Quantity::Delta(10)), None).unwrap();
+        let count = record(&conn, &store(), &movement(Kind::Count, "A", Quantity::Counted(8)), None).unwrap();
+        assert_eq!((count.movement.delta, count.movement.counted), (-2, Some(8)));
+        assert_eq!(stock_of(&conn, &Sku::parse("A").unwrap()).unwrap().unwrap().on_hand, 8);
+    }
+
+    #[test]
+    fn idempotency_key_returns_the_original_or_refuses_another_body() {
+        let conn = db();
+        let m = movement(Kind::Sale, "A", Quantity::Delta(-1));
+        let key = || Some(IdempotencyKey { key: "k1", request_hash: "h1" });
+        let first = record(&conn, &store(), &m, key()).unwrap();
+        let again = record(&conn, &store(), &m, key()).unwrap();
+        assert!(first.created && !again.created);
+        assert_eq!(first.movement, again.movement);
+        let other = record(&conn, &store(), &m, Some(IdempotencyKey { key: "k1", request_hash: "h2" }));
+        assert!(matches!(other, Err(RecordError::IdempotencyMismatch(_))));
+        assert_eq!(outbox_counts(&conn).unwrap().pending, 1);
+    }
+
+    #[test]
+    fn outbox_moves_pending_sent_acked_and_requeues_from_the_lowest() {
+        let conn = db();
+        for _ in 0..5 {
+            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        }
+        let batch = pending_batch(&conn, 3).unwrap();
+        assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        mark_sent(&conn, &[1, 2, 3], "2026-11-26T10:00:00.000Z").unwrap();
+        assert_eq!(pending_batch(&conn, 10).unwrap()[0].seq, 4);
+        mark_acked(&conn, 1, "2026-11-26T10:00:01.000Z").unwrap();
+        assert_eq!(requeue_unacknowledged(&conn, 1).unwrap(), 2);
+        assert_eq!(pending_batch(&conn, 10).unwrap()[0].seq, 2);
+        let counts = outbox_counts(&conn).unwrap();
+        assert_eq!((counts.pending, counts.sent), (4, 0));
+        // A late delivery report for an acknowledged row changes nothing.
+        assert_eq!(mark_sent(&conn, &[1], "x").unwrap(), 0);
+    }
+
+    #[test]
+    fn first_contact_rebases_provisional_rows_past_the_hub() {
+        let conn = db();
+        for _ in 0..3 {
+            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        }
+        assert_eq!(rebase_on_first_contact(&conn, 100).unwrap(), 100);
+        assert_eq!(pending_batch(&conn, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [101, 102, 103]);
+        let next = record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        assert_eq!(next.movement.seq, Some(104));
+        // Only once.
+        assert_eq!(rebase_on_first_contact(&conn, 500).unwrap(), 0);
+    }
+
+    #[test]
+    fn rebase_refuses_when_the_hub_is_behind_what_was_sent() {
+        let conn = db();
+        for _ in 0..3 {
+            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        }
+        mark_sent(&conn, &[1, 2, 3], "t").unwrap();
+        assert!(matches!(rebase_on_first_contact(&conn, 1), Err(RebaseError::HubBehind { .. })));
+        assert_eq!(rebase_on_first_contact(&conn, 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn envelope_from_outbox_row_validates_and_signs() {
+        let conn = db();
+        record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-2)), None).unwrap();
+        let row = pending_batch(&conn, 1).unwrap().remove(0);
+        let key = bazaar_shared::SigningKey::generate();
+        let bytes = row.envelope(&store()).to_signed_bytes(&key).unwrap();
+        assert!(Envelope::decode(&bytes).unwrap().verify(&key));
+    }
+}

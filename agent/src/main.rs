@@ -1,0 +1,290 @@
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use bazaar_agent::config::{self, AgentConfig, FileConfig, Secret};
+use bazaar_agent::{ledger, startup};
+use bazaar_shared::{SigningKey, StoreId};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bazaar-agent", version, about = "Bazaar store agent: takes every stock movement, works offline, syncs through Kafka")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store the store's id, credentials and settings under --data. Needs no network.
+    Init {
+        #[arg(long)]
+        store: String,
+        /// The hub's base URL, e.g. https://hub.example:8080
+        #[arg(long)]
+        hub: String,
+        /// The store token printed by `bazaar-hub store add`.
+        #[arg(long)]
+        token: String,
+        /// The signing key printed by `bazaar-hub store add` (standard base64).
+        #[arg(long)]
+        key: String,
+        #[arg(long, env = "BAZAAR_AGENT_DATA", default_value = config::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+        #[arg(long)]
+        topic_prefix: Option<String>,
+    },
+    /// Run the agent: local API, durable outbox, sync.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show sync health: pending, sent, acknowledged, last delivery.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a movement through the running agent, e.g. `record sale MILK-1L 2`.
+    Record {
+        kind: String,
+        sku: String,
+        /// Units (the kind gives the sign); a signed delta for an adjustment; the counted
+        /// figure for a count.
+        qty: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long = "ref")]
+        reference: Option<String>,
+        #[arg(long)]
+        to_store: Option<String>,
+        #[arg(long)]
+        from_store: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show on-hand stock, one sku or all.
+    Stock {
+        sku: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn,warp=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(dispatch(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init { store, hub, token, key, data, listen, kafka_brokers, topic_prefix } => {
+            init(store, hub, token, key, data, listen, kafka_brokers, topic_prefix)
+        }
+        Command::Run { config } => run(config).await,
+        Command::Status { config, json } => status(config, json).await,
+        Command::Record { kind, sku, qty, reason, reference, to_store, from_store, idempotency_key, config } => {
+            let mut body = serde_json::json!({"kind": kind, "sku": sku});
+            if kind == "count" {
+                body["counted"] = qty.into();
+            } else {
+                body["qty"] = qty.into();
+            }
+            for (field, value) in [("reason", reason), ("ref", reference), ("to_store", to_store), ("from_store", from_store)] {
+                if let Some(v) = value {
+                    body[field] = v.into();
+                }
+            }
+            let cfg = AgentConfig::load(config.as_deref())?;
+            let mut request = local(&cfg, reqwest::Method::POST, "/v1/movements")?.json(&body);
+            if let Some(k) = idempotency_key {
+                request = request.header("Idempotency-Key", k);
+            }
+            let reply = send(&cfg, request).await?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            Ok(())
+        }
+        Command::Stock { sku, config, json } => {
+            let cfg = AgentConfig::load(config.as_deref())?;
+            let path = match &sku {
+                Some(s) => format!("/v1/stock/{s}"),
+                None => "/v1/stock?limit=5000".into(),
+            };
+            let reply = send(&cfg, local(&cfg, reqwest::Method::GET, &path)?).await?;
+            if json {
+                println!("{}", serde_json::to_string(&reply)?);
+                return Ok(());
+            }
+            let items = match reply.get("items") {
+                Some(serde_json::Value::Array(items)) => items.clone(),
+                _ => vec![reply.clone()],
+            };
+            println!("{:<40} {:>12} {:>8}", "SKU", "ON HAND", "PENDING");
+            for item in items {
+                println!("{:<40} {:>12} {:>8}", item["sku"].as_str().unwrap_or("?"), item["on_hand"], item["pending"]);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn init(
+    store: String,
+    hub: String,
+    token: String,
+    key: String,
+    data: PathBuf,
+    listen: Option<String>,
+    kafka_brokers: Option<String>,
+    topic_prefix: Option<String>,
+) -> anyhow::Result<()> {
+    StoreId::parse(store.clone()).context("--store")?;
+    SigningKey::from_base64(&key).context("--key (the `key` printed by `bazaar-hub store add`)")?;
+    let file = FileConfig {
+        store,
+        hub_url: hub,
+        token: Secret::new(token),
+        key: Secret::new(key),
+        data_dir: Some(data.clone()),
+        listen,
+        local_token: None,
+        kafka_brokers,
+        topic_prefix,
+        disk_budget_mb: None,
+        resend_after_secs: None,
+    };
+    // Check the whole configuration as `run` will see it before writing anything.
+    let checked = AgentConfig::from_layers(file.clone(), data.clone(), |_| None)?;
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    let path = data.join(config::CONFIG_FILE);
+    let text = toml::to_string_pretty(&file)?;
+    write_private(&path, &text)?;
+    let conn = ledger::open(&checked.database_path())?;
+    ledger::set_meta(&conn, ledger::META_STORE, checked.store.as_str())?;
+    eprintln!(
+        "initialised store {} in {}\nnext: BAZAAR_AGENT_DATA={} bazaar-agent run",
+        checked.store,
+        data.display(),
+        data.display()
+    );
+    Ok(())
+}
+
+/// The configuration holds the store's secrets: readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another agent running? set `listen` or BAZAAR_AGENT_LISTEN", cfg.listen))?;
+    startup::run(cfg, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn local(cfg: &AgentConfig, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+    let mut request = client.request(method, format!("http://{}{}", cfg.listen, path));
+    if let Some(token) = &cfg.local_token {
+        request = request.bearer_auth(token.expose());
+    }
+    Ok(request)
+}
+
+async fn send(cfg: &AgentConfig, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let response = request.send().await.with_context(|| {
+        format!("the agent at {} did not answer: is `bazaar-agent run` running?", cfg.listen)
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no details");
+        bail!("the agent refused ({status}): {message}");
+    }
+    Ok(body)
+}
+
+async fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(config.as_deref())?;
+    let status = send(&cfg, local(&cfg, reqwest::Method::GET, "/v1/status")?).await?;
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    let field = |k: &str| match &status[k] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("store             {}", field("store"));
+    println!("online            {} (broker {}, hub {})", field("online"), field("broker_online"), field("hub_online"));
+    println!("pending           {} (oldest {} s)", field("pending"), field("oldest_pending_age_s"));
+    println!("sent, not acked   {}", field("sent"));
+    println!("parked            {}", field("parked"));
+    println!("last seq          {} (hub has applied {})", field("last_seq"), field("hub_applied_seq"));
+    println!("last delivery     {}", field("last_delivery_at"));
+    println!("last hub ack      {}", field("last_ack_at"));
+    println!("disk budget used  {:.1}%", status["disk_budget_used"].as_f64().unwrap_or(0.0) * 100.0);
+    if let Some(e) = status["last_error"].as_str() {
+        println!("last error        {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Builds a running agent: one builder used by `main` and by tests, which hand it a bound
+//! listener and a shutdown future (`run(config, listener, shutdown)`).
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use bazaar_shared::http::ApiError;
+use rusqlite::Connection;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::AgentConfig;
+use crate::hub_client::HubClient;
+use crate::ledger;
+use crate::sync::{self, SyncStatus};
+use crate::writer::Writer;
+
+pub struct Agent {
+    pub config: AgentConfig,
+    pub writer: Writer,
+    reader: Arc<Mutex<Connection>>,
+    pub sync: SyncStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub store: String,
+    pub online: bool,
+    pub broker_online: bool,
+    pub hub_online: bool,
+    pub first_contact_done: bool,
+    pub pending: u64,
+    pub sent: u64,
+    pub parked: u64,
+    pub last_seq: u64,
+    pub oldest_pending_age_s: Option<i64>,
+    pub last_delivery_at: Option<String>,
+    pub hub_applied_seq: u64,
+    pub last_ack_at: Option<String>,
+    pub disk_bytes: u64,
+    pub disk_budget_used: f64,
+    pub last_error: Option<String>,
+}
+
+impl Agent {
+    pub fn open(config: AgentConfig) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let path = config.database_path();
+        let writer = Writer::start(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let reader = ledger::open(&path)?;
+        let store = config.store.to_string();
+        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), sync: SyncStatus::default() };
+        let existing = agent.read_blocking(|c| ledger::get_meta(c, ledger::META_STORE))?;
+        match existing {
+            Some(s) if s != store => anyhow::bail!(
+                "the database in {} belongs to store {s}, not {store}: use another --data directory",
+                agent.config.data_dir.display()
+            ),
+            _ => {}
+        }
+        Ok(agent)
+    }
+
+    fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let conn = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+
+    /// Runs a read on the read connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| ApiError::internal("the read task failed", e))?
+        .map_err(|e| ApiError::internal("could not read the local database", e))
+    }
+
+    pub async fn status(&self) -> Result<Status, ApiError> {
+        let (counts, last_delivery_at, hub_applied, last_ack_at) = self
+            .read(|c| {
+                Ok((
+                    ledger::outbox_counts(c)?,
+                    ledger::get_meta(c, ledger::META_LAST_DELIVERY_AT)?,
+                    ledger::get_meta(c, ledger::META_HUB_APPLIED_SEQ)?,
+                    ledger::get_meta(c, ledger::META_LAST_ACK_AT)?,
+                ))
+            })
+            .await?;
+        let disk_bytes = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut path = self.config.database_path().into_os_string();
+                path.push(suffix);
+                std::fs::metadata(path).ok().map(|m| m.len())
+            })
+            .sum::<u64>();
+        let oldest_pending_age_s = counts.oldest_pending_at.as_deref().and_then(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0))
+        });
+        let broker_online = self.sync.broker_online.load(Ordering::Relaxed);
+        let hub_online = self.sync.hub_online.load(Ordering::Relaxed);
+        Ok(Status {
+            store: self.config.store.to_string(),
+            online: broker_online && hub_online,
+            broker_online,
+            hub_online,
+            first_contact_done: self.sync.first_contact_done.load(Ordering::Relaxed),
+            pending: counts.pending,
+            sent: counts.sent,
+            parked: counts.parked,
+            last_seq: counts.last_seq,
+            oldest_pending_age_s,
+            last_delivery_at,
+            hub_applied_seq: hub_applied.and_then(|v| v.parse().ok()).unwrap_or(0),
+            last_ack_at,
+            disk_bytes,
+            disk_budget_used: disk_bytes as f64 / self.config.disk_budget_bytes.max(1) as f64,
+            last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+}
+
+/// Serves the local API on `listener` and runs the sync pump until `shutdown` resolves,
+/// then drains: in-flight requests finish, the pump stops, the writer commits what it has.
+pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let hub = HubClient::new(&config)?;
+    let agent = Arc::new(Agent::open(config)?);
+    let store = agent.config.store.to_string();
+    agent
+        .writer
+        .write(move |c| ledger::set_meta(c, ledger::META_STORE, &store))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write to the local database: {e}"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pump = tokio::spawn(sync::run(agent.clone(), hub, stop_rx.clone()));
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = %agent.config.store, "agent listening");
+    let mut server_stop = stop_rx.clone();
+    let server = warp::serve(crate::api::routes(agent.clone())).serve_incoming_with_graceful_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        },
+    );
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = pump.await;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The sync pump: pending ledger rows, in seq order, to `{prefix}movements`.
+//!
+//! Rules (DESIGN §5–§6):
+//! - Nothing is sent before the hub has told us the store's `last_seq` once (first
+//!   contact), so a re-installed agent never reuses a seq; movements are still accepted.
+//! - The producer is idempotent with `acks=all`; a row becomes `sent` only when its
+//!   delivery report succeeds. A failed or missing report leaves it `pending`: it is
+//!   produced again, and the hub's (store, origin, seq) check makes that harmless.
+//! - The hub's applied seq, polled over HTTP, marks rows `acked`. Rows sent but not
+//!   acknowledged within `resend_after` while the hub's figure stands still go back to
+//!   `pending` and are sent again from the lowest.
+//! - With the broker or hub away the pump backs off (capped) and resumes in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bazaar_shared::kafka::{base_config, ensure_topics};
+use bazaar_shared::topics::DEFAULT_PARTITIONS;
+use bazaar_shared::Topics;
+use futures::future::join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+use crate::hub_client::HubClient;
+use crate::ledger;
+use crate::startup::Agent;
+
+const BATCH: u32 = 1000;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const ACK_POLL: Duration = Duration::from_secs(1);
+
+/// What the pump knows, for `/v1/status`.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    pub broker_online: AtomicBool,
+    pub hub_online: AtomicBool,
+    pub first_contact_done: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl SyncStatus {
+    fn set_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = error;
+        }
+    }
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+}
+
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow()
+}
+
+pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
+    if !first_contact(&agent, &hub, &mut shutdown).await {
+        return;
+    }
+    let topics = Topics::with_prefix(&agent.config.topic_prefix);
+    let mut backoff = Backoff::new();
+    loop {
+        match ensure_topics(&agent.config.kafka_brokers, &topics.all(), DEFAULT_PARTITIONS, 1).await {
+            Ok(()) => break,
+            Err(e) => {
+                agent.sync.broker_online.store(false, Ordering::Relaxed);
+                agent.sync.set_error(Some(e.clone()));
+                tracing::warn!(error = %e, "broker not ready; movements stay queued");
+            }
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+    let producer = match producer(&agent.config.kafka_brokers) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the Kafka producer; movements stay queued");
+            agent.sync.set_error(Some(e.to_string()));
+            return;
+        }
+    };
+    let acks = tokio::spawn(acknowledgements(agent.clone(), hub, shutdown.clone()));
+    pump(&agent, &producer, &topics.movements, &mut shutdown).await;
+    // Leave what is in flight a moment to be reported; what is not stays pending.
+    let _ = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        let _ = producer.flush(Timeout::After(Duration::from_secs(2)));
+    })
+    .await;
+    acks.abort();
+}
+
+fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    base_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "15000")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+}
+
+/// Waits for the hub's answer, then renumbers provisional rows past its `last_seq`.
+async fn first_contact(agent: &Arc<Agent>, hub: &HubClient, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let already = agent
+        .read(|conn| ledger::get_meta(conn, ledger::META_HUB_CONFIRMED))
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    if already {
+        agent.sync.first_contact_done.store(true, Ordering::Relaxed);
+        return true;
+    }
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        if stopping(shutdown) {
+            return false;
+        }
+        match hub.store_state().await {
+            Ok(state) => {
+                let last_seq = state.last_seq;
+                let at = ledger::now_rfc3339();
+                let outcome = agent
+                    .writer
+                    .write(move |conn| {
+                        let shift = ledger::rebase_on_first_contact(conn, last_seq)?;
+                        ledger::mark_acked(conn, last_seq, &at)?;
+                        Ok::<_, ledger::RebaseError>(shift)
+                    })
+                    .await;
+                match outcome {
+                    Ok(shift) => {
+                        tracing::info!(hub_last_seq = last_seq, shift, "first contact with the hub; sending begins");
+                        agent.sync.hub_online.store(true, Ordering::Relaxed);
+                        agent.sync.first_contact_done.store(true, Ordering::Relaxed);
+                        agent.sync.set_error(None);
+                        return true;
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        tracing::error!(error = %message, "first contact refused; nothing will be sent");
+                        agent.sync.set_error(Some(message));
+                    }
+                }
+            }
+            Err(e) => {
+                agent.sync.hub_online.store(false, Ordering::Relaxed);
+                agent.sync.set_error(Some(format!("{e:#}")));
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "waiting for the hub before the first send; movements are accepted meanwhile");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = backoff.wait() => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+}
+
+async fn pump(agent: &Arc<Agent>, producer: &FutureProducer, topic: &str, shutdown: &mut watch::Receiver<bool>) {
+    let store = agent.config.store.clone();
+    let mut backoff = Backoff::new();
+    while !stopping(shutdown) {
+        let committed = agent.writer.committed.clone();
+        let notified = committed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = match agent.read(|conn| ledger::pending_batch(conn, BATCH)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = ?e, "cannot read the outbox");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut failures: Vec<(u64, String)> = Vec::new();
+        for row in &batch {
+            let payload = match row.envelope(&store).to_signed_bytes(&agent.config.key) {
+                Ok(p) => p,
+                Err(e) => {
+                    failures.push((row.seq, format!("cannot encode: {e}")));
+                    continue;
+                }
+            };
+            let record = FutureRecord::to(topic).key(store.as_str()).payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push((row.seq, delivery)),
+                Err((e, _)) => {
+                    failures.push((row.seq, e.to_string()));
+                    break;
+                }
+            }
+        }
+        let seqs: Vec<u64> = deliveries.iter().map(|(s, _)| *s).collect();
+        let reports = join_all(deliveries.into_iter().map(|(_, d)| d)).await;
+        let mut delivered = Vec::with_capacity(reports.len());
+        for (seq, report) in seqs.into_iter().zip(reports) {
+            match report {
+                Ok(Ok(_)) => delivered.push(seq),
+                Ok(Err((e, _))) => failures.push((seq, e.to_string())),
+                Err(_) => failures.push((seq, "delivery report lost".into())),
+            }
+        }
+        let at = ledger::now_rfc3339();
+        let first_failure = failures.iter().min_by_key(|(s, _)| *s).cloned();
+        let sent_count = delivered.len();
+        let written = agent
+            .writer
+            .write(move |conn| {
+                ledger::mark_sent(conn, &delivered, &at)?;
+                if let Some((seq, error)) = &first_failure {
+                    ledger::record_send_failure(conn, *seq, error)?;
+                }
+                Ok::<_, rusqlite::Error>(())
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot mark delivered rows");
+        }
+        if let Some((seq, error)) = failures.into_iter().min_by_key(|(s, _)| *s) {
+            agent.sync.broker_online.store(false, Ordering::Relaxed);
+            agent.sync.set_error(Some(format!("seq {seq}: {error}")));
+            tracing::warn!(seq, error = %error, delivered = sent_count, "delivery failed; retrying from the lowest pending row");
+            tokio::select! {
+                _ = backoff.wait() => {}
+                _ = shutdown.changed() => {}
+            }
+        } else {
+            agent.sync.broker_online.store(true, Ordering::Relaxed);
+            backoff.reset();
+        }
+    }
+}
+
+/// Polls the hub's applied seq: marks rows acked and re-queues what the hub never got.
+async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
+    let resend_after = agent.config.resend_after;
+    let mut last_seen: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ACK_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let state = match hub.store_state().await {
+            Ok(s) => s,
+            Err(e) => {
+                agent.sync.hub_online.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %format!("{e:#}"), "hub unreachable for acknowledgements");
+                continue;
+            }
+        };
+        agent.sync.hub_online.store(true, Ordering::Relaxed);
+        let hub_last = state.last_seq;
+        let advanced = match last_seen {
+            Some((seen, _)) if seen == hub_last => false,
+            _ => true,
+        };
+        if advanced {
+            last_seen = Some((hub_last, Instant::now()));
+        }
+        let stalled = last_seen.is_some_and(|(_, since)| since.elapsed() >= resend_after);
+        let at = ledger::now_rfc3339();
+        let outcome = agent
+            .writer
+            .write(move |conn| {
+                ledger::mark_acked(conn, hub_last, &at)?;
+                if stalled {
+                    return ledger::requeue_unacknowledged(conn, hub_last);
+                }
+                Ok(0)
+            })
+            .await;
+        match outcome {
+            Ok(requeued) if requeued > 0 => {
+                tracing::warn!(requeued, hub_last_seq = hub_last, "hub has not acknowledged sent rows in time; sending them again");
+                last_seen = Some((hub_last, Instant::now()));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record the hub's acknowledgement"),
+        }
+    }
+}

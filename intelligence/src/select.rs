@@ -1,0 +1,510 @@
+//! Per-series model selection by rolling-origin backtest, with prediction intervals.
+//!
+//! # Method
+//! 1. The history is cleaned (non-finite and negative values become 0) and leading zeros
+//!    (days before the item's first sale) are dropped. No sale at all → [`ModelKind::Zero`].
+//! 2. Backtest: `b = min(horizon, max_backtest_horizon, n/2)` days are forecast from each of
+//!    `backtest_origins` origins `n−b, n−b−step, …` (origins leaving fewer than 7 training
+//!    days are skipped). Each candidate's parameters are chosen once on the data before the
+//!    earliest origin, then its filter runs through the series once, forecasting at every
+//!    origin — so the whole backtest costs one grid pass plus one filter pass per model.
+//! 3. The candidate with the smallest mean squared backtest error wins (equivalently the
+//!    smallest RMSSE, since the scale is common). With `combine_top = k ≥ 2`, the equal-weight
+//!    mean of the k best candidates also competes (forecast combination).
+//!    `rmsse = sqrt(MSE / scale)`, scale = mean squared one-step naive difference of the
+//!    in-sample before the last origin (the M5 measure).
+//! 4. The winner forecasts from the end of that same filter pass (same parameters, state
+//!    after the last day), so selection costs one grid pass and one filter pass per model.
+//!
+//! # Prediction intervals
+//! Normal approximation: `mean ± z·sd(h)`, `z = Φ⁻¹((1+level)/2)`, with
+//! `sd(h) = c · σ₁ · growth(h)`, σ₁ the in-sample one-step residual sd and `growth` the
+//! model's h-step variance growth (see [`crate::models`]). The calibration factor
+//! `c = max(1, sqrt(backtest SSE / Σ model-implied variances))` widens the intervals when the
+//! model's in-sample residuals understate its out-of-sample errors. Demand cannot be
+//! negative, so `mean` and `lo` are clamped at 0.
+//!
+//! # Invariants
+//! `mean`, `lo`, `hi`, `sd` all have `horizon` elements; every number is finite;
+//! `0 ≤ lo ≤ mean ≤ hi`; the function never panics.
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::{
+    Croston, DampedHoltWinters, Fitted, HoltWinters, Model, ModelKind, SeasonalNaive, Ses, Sba, Tsb, WEEK,
+};
+use crate::stats::{naive_mse_scale, two_sided_z};
+
+/// ADI cut-off between smooth/erratic and intermittent/lumpy demand (Syntetos, Boylan &
+/// Croston 2005).
+pub const INTERMITTENT_ADI: f64 = 1.32;
+
+/// Fewest training days before a backtest origin.
+const MIN_TRAINING_DAYS: usize = WEEK;
+
+/// How [`forecast_series`] selects and scores models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectConfig {
+    /// Central coverage of the prediction interval, e.g. 0.8 for an 80% interval.
+    pub interval_level: f64,
+    /// Number of rolling backtest origins.
+    pub backtest_origins: usize,
+    /// Days between consecutive origins.
+    pub origin_step: usize,
+    /// Longest horizon scored in the backtest.
+    pub max_backtest_horizon: usize,
+    /// Models that compete (order breaks ties: earlier wins).
+    pub candidates: Vec<ModelKind>,
+    /// If ≥ 2, the mean of the best `combine_top` candidates competes too.
+    pub combine_top: usize,
+    /// Parameters are searched on at most this many of the most recent training days (keeps
+    /// the grid search O(1) per series for long histories; 0 = all).
+    pub param_search_days: usize,
+    /// Syntetos–Boylan demand classification: series whose average inter-demand interval
+    /// (ADI) exceeds this compete only among the intermittent-demand models (SES, Croston,
+    /// SBA, TSB); the others only among the continuous ones (seasonal naive, SES,
+    /// Holt-Winters). `None` lets every candidate compete on every series.
+    pub intermittent_adi: Option<f64>,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        SelectConfig {
+            interval_level: 0.8,
+            backtest_origins: 6,
+            origin_step: WEEK,
+            max_backtest_horizon: 28,
+            candidates: ModelKind::SINGLE_MODELS.to_vec(),
+            combine_top: 3,
+            intermittent_adi: Some(INTERMITTENT_ADI),
+            param_search_days: 364,
+        }
+    }
+}
+
+impl SelectConfig {
+    /// A configuration that always uses one model (still backtested for its RMSSE).
+    pub fn single(model: ModelKind) -> Self {
+        SelectConfig { candidates: vec![model], combine_top: 0, intermittent_adi: None, ..SelectConfig::default() }
+    }
+}
+
+/// A forecast of daily demand with its prediction interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    pub model: ModelKind,
+    /// Daily mean demand for days 1..=horizon after the history.
+    pub mean: Vec<f64>,
+    /// Lower interval bound per day (≥ 0).
+    pub lo: Vec<f64>,
+    /// Upper interval bound per day.
+    pub hi: Vec<f64>,
+    /// Standard deviation of the forecast error per day (used by [`crate::reorder`]).
+    pub sd: Vec<f64>,
+    /// Coverage of `lo..=hi`.
+    pub level: f64,
+    /// Backtest RMSSE of the chosen model; when `backtest_days` is 0 it is the in-sample
+    /// one-step RMSSE instead (0 when even that is undefined: empty or constant history).
+    pub rmsse: f64,
+    /// Held-out days scored per origin (0: history too short to backtest).
+    pub backtest_days: usize,
+}
+
+impl Forecast {
+    fn zero(horizon: usize, level: f64) -> Self {
+        Forecast {
+            model: ModelKind::Zero,
+            mean: vec![0.0; horizon],
+            lo: vec![0.0; horizon],
+            hi: vec![0.0; horizon],
+            sd: vec![0.0; horizon],
+            level,
+            rmsse: 0.0,
+            backtest_days: 0,
+        }
+    }
+}
+
+/// Forecasts `horizon` days of `history` (daily demand, oldest first) with the model that
+/// backtests best on this series. See the module docs for the method.
+pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Forecast {
+    let level = if cfg.interval_level.is_finite() { cfg.interval_level.clamp(0.0, 0.999_999) } else { 0.8 };
+    let cleaned: Vec<f64> = history.iter().map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 }).collect();
+    let Some(first_sale) = cleaned.iter().position(|&y| y > 0.0) else {
+        return Forecast::zero(horizon, level);
+    };
+    let y = &cleaned[first_sale..];
+    let n = y.len();
+
+    let b = horizon.max(1).min(cfg.max_backtest_horizon.max(1)).min(n / 2);
+    let step = cfg.origin_step.max(1);
+    let mut origins: Vec<usize> = (0..cfg.backtest_origins)
+        .filter_map(|k| n.checked_sub(b + k * step))
+        .filter(|&o| o >= MIN_TRAINING_DAYS)
+        .collect();
+    origins.reverse();
+    if b == 0 || origins.is_empty() {
+        return short_history_forecast(y, horizon, level);
+    }
+    let earliest = origins[0];
+    let scale = rmsse_scale(&y[..n - b]);
+
+    let demand_class = cfg.intermittent_adi.map(|cutoff| {
+        let demand_days = y.iter().filter(|&&v| v > 0.0).count().max(1);
+        n as f64 / demand_days as f64 > cutoff
+    });
+    let mut scored: Vec<Backtest> = cfg
+        .candidates
+        .iter()
+        .filter(|kind| min_history(**kind).is_some_and(|m| m <= earliest))
+        .filter(|kind| demand_class.is_none_or(|intermittent| suits(**kind, intermittent)))
+        .filter_map(|&kind| backtest_kind(kind, y, &origins, b, horizon.max(b), cfg.param_search_days))
+        .collect();
+    if scored.is_empty() {
+        return short_history_forecast(y, horizon, level);
+    }
+    // Stable sort: ties keep the configured candidate order.
+    scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
+    let actuals: Vec<f64> = origins.iter().flat_map(|&o| y[o..o + b].iter().copied()).collect();
+
+    let mut members: Vec<ModelKind> = vec![scored[0].kind];
+    let mut best_sse = scored[0].sse;
+    let k = cfg.combine_top.min(scored.len());
+    if k >= 2 {
+        let combo_sse: f64 = actuals
+            .iter()
+            .enumerate()
+            .map(|(i, &actual)| {
+                let f = scored[..k].iter().map(|s| s.forecasts[i]).sum::<f64>() / k as f64;
+                (actual - f) * (actual - f)
+            })
+            .sum();
+        if combo_sse < best_sse {
+            best_sse = combo_sse;
+            members = scored[..k].iter().map(|s| s.kind).collect();
+        }
+    }
+
+    let mut fits: Vec<&Backtest> = Vec::with_capacity(members.len());
+    for kind in &members {
+        if let Some(fit) = scored.iter().find(|s| s.kind == *kind) {
+            fits.push(fit);
+        }
+    }
+    let span = horizon.max(b);
+    let count = fits.len().max(1) as f64;
+    let mean: Vec<f64> = (0..span).map(|h| fits.iter().map(|f| f.mean[h]).sum::<f64>() / count).collect();
+    let base_sd: Vec<f64> = (0..span).map(|h| fits.iter().map(|f| f.base_sd[h]).sum::<f64>() / count).collect();
+
+    let scored_points = (origins.len() * b) as f64;
+    let implied: f64 = origins.len() as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
+    let sd: Vec<f64> = if implied > 0.0 {
+        let calibration = (best_sse / implied).sqrt().max(1.0);
+        base_sd.iter().map(|s| s * calibration).collect()
+    } else {
+        vec![(best_sse / scored_points).sqrt(); span]
+    };
+
+    let model = if members.len() > 1 { ModelKind::Combination } else { members[0] };
+    let rmsse = finite_or_zero((best_sse / scored_points / scale).sqrt());
+    assemble(model, mean, sd, horizon, level, rmsse, b)
+}
+
+/// Whether a model belongs to the candidate pool of intermittent (or of continuous) demand.
+fn suits(kind: ModelKind, intermittent: bool) -> bool {
+    match kind {
+        ModelKind::Ses => true,
+        ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb => intermittent,
+        ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => !intermittent,
+        ModelKind::Zero | ModelKind::Combination => false,
+    }
+}
+
+/// Smallest history (from the first sale) a model kind needs, `None` if not a single model.
+fn min_history(kind: ModelKind) -> Option<usize> {
+    Some(match kind {
+        ModelKind::SeasonalNaive => SeasonalNaive::MIN_HISTORY,
+        ModelKind::Ses => Ses::MIN_HISTORY,
+        ModelKind::HoltWinters => HoltWinters::MIN_HISTORY,
+        ModelKind::DampedHoltWinters => DampedHoltWinters::MIN_HISTORY,
+        ModelKind::Croston => Croston::MIN_HISTORY,
+        ModelKind::Sba => Sba::MIN_HISTORY,
+        ModelKind::Tsb => Tsb::MIN_HISTORY,
+        ModelKind::Zero | ModelKind::Combination => return None,
+    })
+}
+
+/// The scale of RMSSE; falls back to the mean square of the data (then 1) when the
+/// naive differences vanish, so the figure stays finite.
+fn rmsse_scale(in_sample: &[f64]) -> f64 {
+    naive_mse_scale(in_sample).unwrap_or_else(|| {
+        let mean_square = in_sample.iter().map(|y| y * y).sum::<f64>() / in_sample.len().max(1) as f64;
+        if mean_square > 0.0 && mean_square.is_finite() { mean_square } else { 1.0 }
+    })
+}
+
+struct Backtest {
+    kind: ModelKind,
+    sse: f64,
+    /// Clamped forecasts, origin-major: `forecasts[r·b + h]`.
+    forecasts: Vec<f64>,
+    /// Final forecast (clamped) for `span` days after the history.
+    mean: Vec<f64>,
+    /// Model-implied error sd per day of `mean` (before calibration).
+    base_sd: Vec<f64>,
+}
+
+fn backtest_kind(
+    kind: ModelKind,
+    y: &[f64],
+    origins: &[usize],
+    b: usize,
+    span: usize,
+    search_days: usize,
+) -> Option<Backtest> {
+    let run = match kind {
+        ModelKind::SeasonalNaive => backtest::<SeasonalNaive>(y, origins, b, span, search_days),
+        ModelKind::Ses => backtest::<Ses>(y, origins, b, span, search_days),
+        ModelKind::HoltWinters => backtest::<HoltWinters>(y, origins, b, span, search_days),
+        ModelKind::DampedHoltWinters => backtest::<DampedHoltWinters>(y, origins, b, span, search_days),
+        ModelKind::Croston => backtest::<Croston>(y, origins, b, span, search_days),
+        ModelKind::Sba => backtest::<Sba>(y, origins, b, span, search_days),
+        ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
+        ModelKind::Zero | ModelKind::Combination => return None,
+    };
+    let (forecasts, mean, base_sd) = run;
+    let sse = origins
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &o)| forecasts[r * b..(r + 1) * b].iter().zip(&y[o..o + b]))
+        .map(|(f, actual)| (actual - f) * (actual - f))
+        .sum::<f64>();
+    sse.is_finite().then_some(Backtest { kind, sse, forecasts, mean, base_sd })
+}
+
+/// One pass per model: parameters are chosen (grid search) on the data before the earliest
+/// origin only (its last `search_days` days); the filter then runs once through the whole series with them, forecasting
+/// `b` days at each origin and collecting the one-step residuals, and finally forecasts
+/// `span` days from the end. The final forecast therefore uses the backtested parameters
+/// (no refit), which halves the cost of selection.
+///
+/// Requires `origins` ascending, all `< y.len()`, and `origins[0] ≥ M::MIN_HISTORY`.
+/// Returns (backtest forecasts, final mean, final base sd).
+fn backtest<M: Model>(
+    y: &[f64],
+    origins: &[usize],
+    b: usize,
+    span: usize,
+    search_days: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut forecasts = vec![0.0; origins.len() * b];
+    let training = &y[..origins[0]];
+    let recent = if search_days == 0 { 0 } else { training.len().saturating_sub(search_days.max(M::MIN_HISTORY)) };
+    let params = M::choose_params(&training[recent..]);
+    let (mut state, start) = M::init(training);
+    let mut next = 0;
+    let mut sse = 0.0;
+    for (t, &value) in y.iter().enumerate().skip(start) {
+        while next < origins.len() && origins[next] == t {
+            M::forecast_into(&state, &params, &mut forecasts[next * b..(next + 1) * b]);
+            next += 1;
+        }
+        let e = value - M::predict(&state, &params);
+        sse += e * e;
+        M::update(&mut state, &params, value);
+    }
+    for f in &mut forecasts {
+        *f = f.max(0.0);
+    }
+    let residual_count = y.len().saturating_sub(start);
+    let residual_sd = if residual_count == 0 { 0.0 } else { (sse / residual_count as f64).sqrt() };
+    let mut mean = vec![0.0; span];
+    M::forecast_into(&state, &params, &mut mean);
+    for m in &mut mean {
+        *m = finite_or_zero(*m).max(0.0);
+    }
+    let base_sd = (1..=span).map(|h| finite_or_zero(residual_sd * M::growth(&params, h))).collect();
+    (forecasts, mean, base_sd)
+}
+
+/// Too little history to backtest: SES on what there is, with a Poisson floor on the
+/// residual sd (count demand has variance ≥ its mean) and the in-sample RMSSE.
+fn short_history_forecast(y: &[f64], horizon: usize, level: f64) -> Forecast {
+    let Ok(fitted) = Fitted::<Ses>::fit(y) else {
+        return Forecast::zero(horizon, level);
+    };
+    let mean_demand = y.iter().sum::<f64>() / y.len().max(1) as f64;
+    let sigma = fitted.residual_sd().max(mean_demand.max(0.0).sqrt());
+    let level_forecast = finite_or_zero(fitted.state.level).max(0.0);
+    let mean = vec![level_forecast; horizon];
+    let sd = (1..=horizon).map(|h| finite_or_zero(sigma * Ses::growth(&fitted.params, h))).collect();
+    let rmsse = match (naive_mse_scale(y), fitted.residual_count) {
+        (Some(scale), count) if count > 0 => finite_or_zero((fitted.sse / count as f64 / scale).sqrt()),
+        _ => 0.0,
+    };
+    assemble(ModelKind::Ses, mean, sd, horizon, level, rmsse, 0)
+}
+
+fn assemble(
+    model: ModelKind,
+    mut mean: Vec<f64>,
+    mut sd: Vec<f64>,
+    horizon: usize,
+    level: f64,
+    rmsse: f64,
+    backtest_days: usize,
+) -> Forecast {
+    mean.truncate(horizon);
+    sd.truncate(horizon);
+    let z = two_sided_z(level);
+    let lo = mean.iter().zip(&sd).map(|(m, s)| (m - z * s).max(0.0)).collect();
+    let hi = mean.iter().zip(&sd).map(|(m, s)| m + z * s).collect();
+    Forecast { model, mean, lo, hi, sd, level, rmsse, backtest_days }
+}
+
+fn finite_or_zero(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_invariants(f: &Forecast, horizon: usize) {
+        assert_eq!(f.mean.len(), horizon);
+        assert_eq!(f.lo.len(), horizon);
+        assert_eq!(f.hi.len(), horizon);
+        assert_eq!(f.sd.len(), horizon);
+        assert!(f.rmsse.is_finite() && f.rmsse >= 0.0);
+        for h in 0..horizon {
+            assert!(f.lo[h].is_finite() && f.mean[h].is_finite() && f.hi[h].is_finite());
+            assert!(0.0 <= f.lo[h] && f.lo[h] <= f.mean[h] + 1e-12 && f.mean[h] <= f.hi[h] + 1e-12, "{f:?}");
+        }
+    }
+
+    /// A deterministic weekly pattern with a little pseudo-random noise.
+    fn weekly(days: usize) -> Vec<f64> {
+        let pattern = [20.0, 22.0, 21.0, 25.0, 35.0, 60.0, 50.0];
+        let mut seed = 12_345u64;
+        (0..days)
+            .map(|t| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let noise = ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 4.0;
+                pattern[t % 7] + noise
+            })
+            .collect()
+    }
+
+    #[test]
+    fn empty_and_all_zero_histories_forecast_zero() {
+        let cfg = SelectConfig::default();
+        for history in [&[][..], &[0.0; 100][..]] {
+            let f = forecast_series(history, 14, &cfg);
+            assert_eq!(f.model, ModelKind::Zero);
+            assert!(f.mean.iter().chain(&f.hi).all(|&v| v == 0.0));
+            check_invariants(&f, 14);
+        }
+    }
+
+    #[test]
+    fn short_histories_use_ses_without_nan() {
+        let cfg = SelectConfig::default();
+        for history in [&[3.0][..], &[1.0, 2.0][..], &[0.0, 0.0, 5.0, 0.0, 1.0][..], &[4.0; 10][..]] {
+            let f = forecast_series(history, 7, &cfg);
+            check_invariants(&f, 7);
+            assert_eq!(f.model, ModelKind::Ses);
+            assert_eq!(f.backtest_days, 0);
+            assert!(f.hi[0] > 0.0, "a series with sales gets a non-degenerate interval");
+        }
+    }
+
+    #[test]
+    fn non_finite_and_negative_values_are_treated_as_no_sale() {
+        let mut history = weekly(70);
+        history[10] = f64::NAN;
+        history[20] = f64::INFINITY;
+        history[30] = -5.0;
+        let f = forecast_series(&history, 28, &SelectConfig::default());
+        check_invariants(&f, 28);
+    }
+
+    #[test]
+    fn weekly_pattern_selects_a_seasonal_model_and_beats_naive() {
+        let history = weekly(365);
+        let f = forecast_series(&history, 28, &SelectConfig::default());
+        check_invariants(&f, 28);
+        assert!(
+            matches!(f.model, ModelKind::HoltWinters | ModelKind::DampedHoltWinters | ModelKind::SeasonalNaive | ModelKind::Combination),
+            "{:?}",
+            f.model
+        );
+        // Saturday (index 5 of the pattern) is the peak: 365 = 52·7 + 1, so day 1 of the
+        // forecast is pattern index 1 and Saturday is forecast day 5.
+        assert!(f.mean[4] > f.mean[0] + 20.0, "{:?}", &f.mean[..7]);
+        assert!(f.rmsse < 0.5, "rmsse {}", f.rmsse);
+    }
+
+    #[test]
+    fn intervals_cover_most_of_a_held_out_month() {
+        let history = weekly(400);
+        let (train, test) = history.split_at(372);
+        let f = forecast_series(train, 28, &SelectConfig::default());
+        let covered = test.iter().zip(f.lo.iter().zip(&f.hi)).filter(|(y, (lo, hi))| *lo <= *y && *y <= *hi).count();
+        assert!(covered >= 18, "80% interval covered only {covered}/28");
+    }
+
+    #[test]
+    fn single_model_config_uses_that_model() {
+        let history = weekly(200);
+        for kind in ModelKind::SINGLE_MODELS {
+            let f = forecast_series(&history, 10, &SelectConfig::single(kind));
+            assert_eq!(f.model, kind);
+            check_invariants(&f, 10);
+            assert_eq!(f.backtest_days, 10);
+        }
+    }
+
+    #[test]
+    fn leading_zeros_before_launch_are_ignored() {
+        let mut history = vec![0.0; 300];
+        history.extend(weekly(100));
+        let with_zeros = forecast_series(&history, 14, &SelectConfig::default());
+        let without = forecast_series(&weekly(100), 14, &SelectConfig::default());
+        assert_eq!(with_zeros, without);
+    }
+
+    #[test]
+    fn intermittent_series_compete_among_intermittent_models() {
+        // One sale every ~5 days: ADI ≈ 5 > 1.32.
+        let history: Vec<f64> = (0..300).map(|t| if t % 5 == 0 { 2.0 + (t % 3) as f64 } else { 0.0 }).collect();
+        let f = forecast_series(&history, 28, &SelectConfig::default());
+        check_invariants(&f, 28);
+        assert!(
+            matches!(f.model, ModelKind::Ses | ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb | ModelKind::Combination),
+            "{:?}",
+            f.model
+        );
+        // Mean demand is 3/5 per day; the forecast should be close to it.
+        assert!((f.mean[0] - 0.6).abs() < 0.2, "{}", f.mean[0]);
+        assert!(f.lo.iter().all(|&lo| lo == 0.0), "the lower bound of sparse demand is 0");
+    }
+
+    #[test]
+    fn zero_horizon_gives_empty_vectors() {
+        let f = forecast_series(&weekly(100), 0, &SelectConfig::default());
+        check_invariants(&f, 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn forecasts_are_always_well_formed(
+            history in proptest::collection::vec(proptest::prop_oneof![Just(0.0), 0.0..50.0f64, Just(f64::NAN)], 0..120),
+            horizon in 0usize..40,
+        ) {
+            let f = forecast_series(&history, horizon, &SelectConfig::default());
+            check_invariants(&f, horizon);
+        }
+    }
+    use proptest::strategy::Just;
+}
