@@ -126,11 +126,10 @@ pub struct MovementView {
     pub to_store: Option<String>,
     pub from_store: Option<String>,
     pub occurred_at: String,
-    pub state: String,
 }
 
 const MOVEMENT_COLUMNS: &str = "seq, hub_seq, origin, id, kind, sku, delta, counted, reason, ref, \
-     to_store, from_store, occurred_at, state";
+     to_store, from_store, occurred_at";
 
 fn movement_view(row: &Row<'_>) -> rusqlite::Result<MovementView> {
     Ok(MovementView {
@@ -147,7 +146,6 @@ fn movement_view(row: &Row<'_>) -> rusqlite::Result<MovementView> {
         to_store: row.get(10)?,
         from_store: row.get(11)?,
         occurred_at: row.get(12)?,
-        state: row.get(13)?,
     })
 }
 

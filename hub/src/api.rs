@@ -1,0 +1,190 @@
+//! The hub's HTTP API (DESIGN §7). Each route is a function returning a filter; state is
+//! injected; one rejection handler shapes every error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bazaar_shared::http::{bearer, parse_json, recover, ApiError};
+use bazaar_shared::{Sku, StoreId};
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::startup::Hub;
+use crate::stores;
+
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    Store(StoreId),
+}
+
+impl Principal {
+    fn may_act_on(&self, store: &StoreId) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Store(own) if own == store => Ok(()),
+            Principal::Store(own) => Err(ApiError::forbidden(format!("the token of store {own} acts on that store only"))),
+        }
+    }
+
+    fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Store(_) => Err(ApiError::forbidden("this needs an admin token")),
+        }
+    }
+}
+
+pub fn routes(hub: Arc<Hub>) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    healthz()
+        .or(store_health(hub.clone()))
+        .or(store_stock(hub.clone()))
+        .or(seed_get_stock(hub.clone()))
+        .or(register_store(hub))
+        .recover(recover)
+        .with(warp::log("bazaar_hub::http"))
+}
+
+fn with_hub(hub: Arc<Hub>) -> impl Filter<Extract = (Arc<Hub>,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || hub.clone())
+}
+
+async fn authenticate(hub: &Hub, header: Option<&str>) -> Result<Principal, ApiError> {
+    let Some(token) = bearer(header) else {
+        return Err(ApiError::unauthorized("send `Authorization: Bearer <admin or store token>`"));
+    };
+    if let Some(admin) = &hub.config.admin_token {
+        if constant_time_eq(token.as_bytes(), admin.expose().as_bytes()) {
+            return Ok(Principal::Admin);
+        }
+    }
+    match stores::store_for_token(&hub.pool, token).await {
+        Ok(Some(store)) => Ok(Principal::Store(store)),
+        Ok(None) => Err(ApiError::unauthorized("unknown token")),
+        Err(e) => Err(ApiError::internal("could not check the token", e)),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_hub(hub))
+        .and_then(|header: Option<String>, hub: Arc<Hub>| async move {
+            authenticate(&hub, header.as_deref()).await.map_err(Rejection::from)
+        })
+}
+
+fn store_param(raw: String) -> Result<StoreId, Rejection> {
+    StoreId::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
+}
+
+fn sku_param(raw: String) -> Result<Sku, Rejection> {
+    Sku::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
+}
+
+fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+}
+
+fn store_health(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stores" / String)
+        .and(warp::get())
+        .and(auth(hub.clone()))
+        .and(with_hub(hub))
+        .and_then(|raw: String, who: Principal, hub: Arc<Hub>| async move {
+            let store = store_param(raw)?;
+            who.may_act_on(&store)?;
+            match stores::sync_health(&hub.pool, &store).await {
+                Ok(Some(health)) => Ok::<_, Rejection>(warp::reply::json(&health)),
+                Ok(None) => Err(ApiError::not_found(format!("store {store} is not registered")).into()),
+                Err(e) => Err(ApiError::internal("could not read the store's sync state", e).into()),
+            }
+        })
+}
+
+fn store_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stores" / String / "stock" / String)
+        .and(warp::get())
+        .and(auth(hub.clone()))
+        .and(with_hub(hub))
+        .and_then(|store: String, sku: String, who: Principal, hub: Arc<Hub>| async move {
+            let store = store_param(store)?;
+            let sku = sku_param(sku)?;
+            who.may_act_on(&store)?;
+            let figure = lookup_stock(&hub, &store, &sku).await?;
+            Ok::<_, Rejection>(warp::reply::json(&figure))
+        })
+}
+
+async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<stores::StockFigure, ApiError> {
+    if !stores::exists(&hub.pool, store).await.map_err(|e| ApiError::internal("could not read stores", e))? {
+        return Err(ApiError::not_found(format!("store {store} is not registered")));
+    }
+    match stores::stock_figure(&hub.pool, store, sku).await {
+        Ok(Some(figure)) => Ok(figure),
+        Ok(None) => Err(ApiError::not_found(format!("sku {sku} is unknown at this hub (no product record, no movement)"))),
+        Err(e) => Err(ApiError::internal("could not read stock", e)),
+    }
+}
+
+/// The seed system's read route, kept as it was: `{"store_id","product_id","quantity","source"}`.
+fn seed_get_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("get-stock" / String / String)
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_hub(hub))
+        .and_then(|store: String, sku: String, header: Option<String>, hub: Arc<Hub>| async move {
+            let store = store_param(store)?;
+            let sku = sku_param(sku)?;
+            if !hub.config.open_get_stock {
+                authenticate(&hub, header.as_deref()).await?.may_act_on(&store)?;
+            }
+            let figure = lookup_stock(&hub, &store, &sku).await?;
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
+                "store_id": figure.store,
+                "product_id": figure.sku,
+                "quantity": figure.on_hand,
+                "source": "database",
+            })))
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    store: String,
+    name: Option<String>,
+}
+
+fn register_store(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stores")
+        .and(warp::post())
+        .and(auth(hub.clone()))
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(warp::addr::remote())
+        .and(with_hub(hub))
+        .and_then(|who: Principal, body: bytes::Bytes, from: Option<SocketAddr>, hub: Arc<Hub>| async move {
+            who.admin()?;
+            let request: RegisterRequest = parse_json(&body)?;
+            let store = store_param(request.store)?;
+            if request.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+                return Err(ApiError::unprocessable("name is longer than 200 characters").into());
+            }
+            match stores::register(&hub.pool, &store, request.name.as_deref()).await {
+                Ok(credentials) => {
+                    crate::audit::record(&hub.pool, "admin", "store.register", store.as_str(), None,
+                        Some(serde_json::json!({"store": store.as_str(), "name": request.name})), from).await;
+                    Ok(warp::reply::with_status(warp::reply::json(&credentials), StatusCode::CREATED).into_response())
+                }
+                Err(stores::RegisterError::Exists(s)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("store {s} is already registered")).into()),
+                Err(e) => Err(Rejection::from(ApiError::internal("could not register the store", e))),
+            }
+        })
+}

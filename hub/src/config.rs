@@ -1,0 +1,126 @@
+//! Hub configuration: an optional TOML file, each setting overridable by a `BAZAAR_HUB_*`
+//! variable (DESIGN §7). Secrets are wrapped so they never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use bazaar_shared::topics::DEFAULT_PREFIX;
+use serde::Deserialize;
+
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub mysql_url: Option<Secret>,
+    pub mysql_replica_url: Option<Secret>,
+    pub redis_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub listen: Option<String>,
+    pub admin_token: Option<Secret>,
+    pub kafka_group: Option<String>,
+    pub topic_prefix: Option<String>,
+    pub rate_limit_get_stock: Option<u32>,
+    pub open_get_stock: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub mysql_url: Secret,
+    pub mysql_replica_url: Option<Secret>,
+    pub redis_url: String,
+    pub kafka_brokers: String,
+    pub listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub kafka_group: String,
+    pub topic_prefix: String,
+    pub rate_limit_get_stock: u32,
+    pub open_get_stock: bool,
+}
+
+impl HubConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<HubConfig> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the hub configuration {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("{} is not a valid hub configuration", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_layers(file, |name| std::env::var(name).ok())
+    }
+
+    pub fn from_layers(file: FileConfig, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<HubConfig> {
+        let var = |name: &str| env(&format!("BAZAAR_HUB_{name}")).filter(|v| !v.is_empty());
+        let listen_text = var("LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse()
+            .with_context(|| format!("BAZAAR_HUB_LISTEN {listen_text:?} is not IP:PORT"))?;
+        let rate = match var("RATE_LIMIT_GET_STOCK") {
+            Some(raw) => raw.parse().with_context(|| format!("BAZAAR_HUB_RATE_LIMIT_GET_STOCK={raw:?} is not a whole number"))?,
+            None => file.rate_limit_get_stock.unwrap_or(5),
+        };
+        let open_get_stock = match var("OPEN_GET_STOCK") {
+            Some(raw) => matches!(raw.as_str(), "1" | "true" | "yes"),
+            None => file.open_get_stock.unwrap_or(false),
+        };
+        Ok(HubConfig {
+            mysql_url: var("MYSQL_URL").map(Secret).or(file.mysql_url).unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
+            mysql_replica_url: var("MYSQL_REPLICA_URL").map(Secret).or(file.mysql_replica_url),
+            redis_url: var("REDIS_URL").or(file.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            kafka_brokers: var("KAFKA_BROKERS").or(file.kafka_brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            listen,
+            admin_token: var("ADMIN_TOKEN").map(Secret).or(file.admin_token),
+            kafka_group: var("KAFKA_GROUP").or(file.kafka_group).unwrap_or_else(|| "bazaar-hub".into()),
+            topic_prefix: var("TOPIC_PREFIX").or(file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            rate_limit_get_stock: rate,
+            open_get_stock,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_and_secrets_stay_hidden() {
+        let file = FileConfig { kafka_group: Some("from-file".into()), ..FileConfig::default() };
+        let cfg = HubConfig::from_layers(file, |name| match name {
+            "BAZAAR_HUB_MYSQL_URL" => Some("mysql://root:hunter2@db/x".into()),
+            "BAZAAR_HUB_TOPIC_PREFIX" => Some("t1.".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.kafka_group, "from-file");
+        assert_eq!(cfg.topic_prefix, "t1.");
+        assert_eq!(cfg.rate_limit_get_stock, 5);
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = HubConfig::from_layers(FileConfig::default(), |n| (n == "BAZAAR_HUB_LISTEN").then(|| "nope".into())).unwrap_err();
+        assert!(err.to_string().contains("BAZAAR_HUB_LISTEN"));
+    }
+}

@@ -1,0 +1,52 @@
+//! MySQL: the pool, the embedded migrations, and creating the database when missing.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{MySql, MySqlPool};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/hub");
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to MySQL at {}: is it running, and is BAZAAR_HUB_MYSQL_URL right?", redact(url)))
+}
+
+/// Creates the database if it does not exist, then applies every pending migration.
+pub async fn migrate(url: &str) -> anyhow::Result<MySqlPool> {
+    if !MySql::database_exists(url).await.unwrap_or(false) {
+        MySql::create_database(url)
+            .await
+            .with_context(|| format!("cannot create the database at {}", redact(url)))?;
+    }
+    let pool = connect(url, 4).await?;
+    MIGRATOR.run(&pool).await.context("applying the hub's migrations")?;
+    Ok(pool)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(super::redact("mysql://root:pw@h:3306/db"), "mysql://root@h:3306/db");
+        assert_eq!(super::redact("mysql://root@h/db"), "mysql://root@h/db");
+    }
+}

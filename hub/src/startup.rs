@@ -1,0 +1,112 @@
+//! Builds a running hub: one builder for `main` and the tests, given a bound listener and
+//! a shutdown future.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazaar_shared::kafka::ensure_topics;
+use bazaar_shared::topics::DEFAULT_PARTITIONS;
+use bazaar_shared::Topics;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::HubConfig;
+use crate::db;
+use crate::ingest::{self, BatchOutcome};
+
+pub struct Hub {
+    pub config: HubConfig,
+    pub pool: MySqlPool,
+    pub ingest: IngestCounters,
+}
+
+#[derive(Clone, Default)]
+pub struct IngestCounters {
+    inner: Arc<[AtomicU64; 4]>,
+}
+
+impl IngestCounters {
+    pub fn record(&self, outcome: &BatchOutcome) {
+        let add = |i: usize, n: usize| self.inner[i].fetch_add(n as u64, Ordering::Relaxed);
+        add(0, outcome.applied);
+        add(1, outcome.duplicates);
+        add(2, outcome.held);
+        add(3, outcome.parked);
+    }
+
+    /// (applied, duplicates, held, parked) since start.
+    pub fn totals(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.inner[i].load(Ordering::Relaxed))
+    }
+}
+
+pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
+    let pool = db::migrate(config.mysql_url.expose()).await?;
+    let pool_size = 16;
+    let pool = if pool.options().get_max_connections() < pool_size {
+        pool.close().await;
+        db::connect(config.mysql_url.expose(), pool_size).await?
+    } else {
+        pool
+    };
+    Ok(Arc::new(Hub { config, pool, ingest: IngestCounters::default() }))
+}
+
+/// Serves the API on `listener` and consumes movements until `shutdown` resolves; then
+/// stops taking new batches, finishes the one in hand and drains HTTP requests.
+pub async fn run(config: HubConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let hub = build(config).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let consumer_task = tokio::spawn(consume(hub.clone(), stop_rx.clone()));
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "hub listening");
+    let mut server_stop = stop_rx.clone();
+    let server = warp::serve(crate::api::routes(hub.clone())).serve_incoming_with_graceful_shutdown(
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    );
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: finishing the batch in hand and requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = consumer_task.await;
+    let _ = server.await;
+    hub.pool.close().await;
+    Ok(())
+}
+
+async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
+    let topics = Topics::with_prefix(&hub.config.topic_prefix);
+    let brokers = hub.config.kafka_brokers.clone();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ensure_topics(&brokers, &topics.all(), DEFAULT_PARTITIONS, 1).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "broker not ready; ingest waits"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    let consumer = match ingest::consumer(&brokers, &hub.config.kafka_group) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the Kafka consumer");
+            return;
+        }
+    };
+    if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()]) {
+        tracing::error!(error = %e, topic = %topics.movements, "cannot subscribe");
+        return;
+    }
+    tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group, "ingest started");
+    ingest::run(consumer, hub.pool.clone(), stop, hub.ingest.clone()).await;
+}
