@@ -19,7 +19,7 @@ use bazaar_shared::kafka::{base_config, ensure_topics};
 use bazaar_shared::topics::DEFAULT_PARTITIONS;
 use bazaar_shared::Topics;
 use futures::future::join_all;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
@@ -30,6 +30,9 @@ use crate::startup::Agent;
 const BATCH: u32 = 1000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const ACK_POLL: Duration = Duration::from_secs(1);
+/// How long `send_batch` waits for delivery reports: past `message.timeout.ms`, so a
+/// report that never comes cannot stall the pump.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(25);
 
 /// What the pump knows, for `/v1/status`.
 #[derive(Debug, Default)]
@@ -87,22 +90,8 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
             _ = shutdown.changed() => return,
         }
     }
-    let producer = match producer(&agent.config.kafka_brokers) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the Kafka producer; movements stay queued");
-            agent.sync.set_error(Some(e.to_string()));
-            return;
-        }
-    };
     let acks = tokio::spawn(acknowledgements(agent.clone(), hub, shutdown.clone()));
-    pump(&agent, &producer, &topics.movements, &mut shutdown).await;
-    // Leave what is in flight a moment to be reported; what is not stays pending.
-    let _ = tokio::task::spawn_blocking(move || {
-        use rdkafka::producer::Producer;
-        let _ = producer.flush(Timeout::After(Duration::from_secs(2)));
-    })
-    .await;
+    pump(&agent, &topics.movements, &mut shutdown).await;
     acks.abort();
 }
 
@@ -178,9 +167,17 @@ async fn first_contact(agent: &Arc<Agent>, hub: &HubClient, shutdown: &mut watch
     }
 }
 
-async fn pump(agent: &Arc<Agent>, producer: &FutureProducer, topic: &str, shutdown: &mut watch::Receiver<bool>) {
+/// A producer lives only as long as its deliveries succeed. After any failure it is
+/// dropped (its queue purged) and a fresh one, with a fresh producer id, takes over once
+/// the broker answers a metadata request. That way a producer never has to bump its epoch
+/// after timed-out messages (KIP-360), which some Kafka-API brokers mishandle (tansu 0.6
+/// panics; see README), and a fatal idempotence error can never wedge the pump. Nothing
+/// is lost: failed rows are still `pending` and go again from the lowest.
+async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bool>) {
     let store = agent.config.store.clone();
+    let brokers = agent.config.kafka_brokers.clone();
     let mut backoff = Backoff::new();
+    let mut producer: Option<FutureProducer> = None;
     while !stopping(shutdown) {
         let committed = agent.writer.committed.clone();
         let notified = committed.notified();
@@ -202,64 +199,130 @@ async fn pump(agent: &Arc<Agent>, producer: &FutureProducer, topic: &str, shutdo
             }
             continue;
         }
-        let mut deliveries = Vec::with_capacity(batch.len());
-        let mut failures: Vec<(u64, String)> = Vec::new();
-        for row in &batch {
-            let payload = match row.envelope(&store).to_signed_bytes(&agent.config.key) {
+        let active = match producer.take() {
+            Some(p) => p,
+            None => match connect(&brokers, topic).await {
                 Ok(p) => p,
                 Err(e) => {
-                    failures.push((row.seq, format!("cannot encode: {e}")));
+                    agent.sync.broker_online.store(false, Ordering::Relaxed);
+                    agent.sync.set_error(Some(e));
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => {}
+                    }
                     continue;
                 }
-            };
-            let record = FutureRecord::to(topic).key(store.as_str()).payload(&payload);
-            match producer.send_result(record) {
-                Ok(delivery) => deliveries.push((row.seq, delivery)),
-                Err((e, _)) => {
-                    failures.push((row.seq, e.to_string()));
-                    break;
+            },
+        };
+        let failure = send_batch(agent, &active, topic, &store, &batch).await;
+        match failure {
+            None => {
+                agent.sync.broker_online.store(true, Ordering::Relaxed);
+                agent.sync.set_error(None);
+                backoff.reset();
+                producer = Some(active);
+            }
+            Some((seq, error)) => {
+                agent.sync.broker_online.store(false, Ordering::Relaxed);
+                agent.sync.set_error(Some(format!("seq {seq}: {error}")));
+                tracing::warn!(seq, error = %error, "delivery failed; a fresh producer retries from the lowest pending row");
+                // Dropping purges what is still queued; off the async threads, as it may block.
+                let _ = tokio::task::spawn_blocking(move || drop(active)).await;
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = shutdown.changed() => {}
                 }
             }
-        }
-        let seqs: Vec<u64> = deliveries.iter().map(|(s, _)| *s).collect();
-        let reports = join_all(deliveries.into_iter().map(|(_, d)| d)).await;
-        let mut delivered = Vec::with_capacity(reports.len());
-        for (seq, report) in seqs.into_iter().zip(reports) {
-            match report {
-                Ok(Ok(_)) => delivered.push(seq),
-                Ok(Err((e, _))) => failures.push((seq, e.to_string())),
-                Err(_) => failures.push((seq, "delivery report lost".into())),
-            }
-        }
-        let at = ledger::now_rfc3339();
-        let first_failure = failures.iter().min_by_key(|(s, _)| *s).cloned();
-        let sent_count = delivered.len();
-        let written = agent
-            .writer
-            .write(move |conn| {
-                ledger::mark_sent(conn, &delivered, &at)?;
-                if let Some((seq, error)) = &first_failure {
-                    ledger::record_send_failure(conn, *seq, error)?;
-                }
-                Ok::<_, rusqlite::Error>(())
-            })
-            .await;
-        if let Err(e) = written {
-            tracing::error!(error = %e, "cannot mark delivered rows");
-        }
-        if let Some((seq, error)) = failures.into_iter().min_by_key(|(s, _)| *s) {
-            agent.sync.broker_online.store(false, Ordering::Relaxed);
-            agent.sync.set_error(Some(format!("seq {seq}: {error}")));
-            tracing::warn!(seq, error = %error, delivered = sent_count, "delivery failed; retrying from the lowest pending row");
-            tokio::select! {
-                _ = backoff.wait() => {}
-                _ = shutdown.changed() => {}
-            }
-        } else {
-            agent.sync.broker_online.store(true, Ordering::Relaxed);
-            backoff.reset();
         }
     }
+    if let Some(p) = producer {
+        // Leave what is in flight a moment to be reported; what is not stays pending.
+        let _ = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            let _ = p.flush(Timeout::After(Duration::from_secs(2)));
+        })
+        .await;
+    }
+}
+
+/// A new producer, once the broker answers for `topic`.
+async fn connect(brokers: &str, topic: &str) -> Result<FutureProducer, String> {
+    let producer = producer(brokers).map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(3)))
+            .map(|_| producer)
+            .map_err(|e| format!("broker unreachable: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Produces one batch and records what was delivered; returns the lowest failure.
+async fn send_batch(
+    agent: &Arc<Agent>,
+    producer: &FutureProducer,
+    topic: &str,
+    store: &bazaar_shared::StoreId,
+    batch: &[ledger::OutboxRow],
+) -> Option<(u64, String)> {
+    let mut deliveries = Vec::with_capacity(batch.len());
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    for row in batch {
+        let payload = match row.envelope(store).to_signed_bytes(&agent.config.key) {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push((row.seq, format!("cannot encode: {e}")));
+                break;
+            }
+        };
+        let record = FutureRecord::to(topic).key(store.as_str()).payload(&payload);
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push((row.seq, delivery)),
+            Err((e, _)) => {
+                failures.push((row.seq, e.to_string()));
+                break;
+            }
+        }
+    }
+    let seqs: Vec<u64> = deliveries.iter().map(|(s, _)| *s).collect();
+    let reports = tokio::time::timeout(DELIVERY_DEADLINE, join_all(deliveries.into_iter().map(|(_, d)| d))).await;
+    let mut delivered = Vec::with_capacity(seqs.len());
+    match reports {
+        Ok(reports) => {
+            for (seq, report) in seqs.into_iter().zip(reports) {
+                match report {
+                    Ok(Ok(_)) => delivered.push(seq),
+                    Ok(Err((e, _))) => failures.push((seq, e.to_string())),
+                    Err(_) => failures.push((seq, "delivery report lost".into())),
+                }
+            }
+        }
+        Err(_) => {
+            if let Some(first) = seqs.first() {
+                failures.push((*first, "no delivery report in time".into()));
+            }
+        }
+    }
+    let first_failure = failures.into_iter().min_by_key(|(s, _)| *s);
+    let at = ledger::now_rfc3339();
+    let noted = first_failure.clone();
+    let written = agent
+        .writer
+        .write(move |conn| {
+            ledger::mark_sent(conn, &delivered, &at)?;
+            if let Some((seq, error)) = &noted {
+                ledger::record_send_failure(conn, *seq, error)?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot mark delivered rows");
+    }
+    first_failure
 }
 
 /// Polls the hub's applied seq: marks rows acked and re-queues what the hub never got.

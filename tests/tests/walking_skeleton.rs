@@ -300,3 +300,35 @@ async fn an_idempotency_key_posted_twice_gives_one_movement() {
     assert_eq!(hub_stock(&pool, "S1").await, BTreeMap::from([("MILK-1L".to_string(), -2)]));
     drop_database(&s.names).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_crash_while_sending_heals_without_anyone_touching_the_agent() {
+    // Regression: an idempotent producer whose messages time out bumps its epoch; tansu 0.6
+    // panics on that epoch and stops serving. The agent must start a fresh producer instead.
+    let mut s = stack().await;
+    s.broker.start().expect("broker starts");
+    s.agent.start().expect("agent starts");
+    let client = http();
+    let pool = mysql(&s.names).await;
+    let mut expected = post_workload(&client, &s.agent.url(), 300).await;
+    wait_for_hub_seq(&pool, "S1", 1, Duration::from_secs(60), || s.agent.log_tail()).await;
+    s.broker.kill();
+    // Keep selling for longer than the producer's message timeout (15 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(18);
+    let mut n = 0;
+    while std::time::Instant::now() < deadline {
+        let body = json!({"kind": "sale", "sku": "OUTAGE-1", "qty": 1});
+        let (status, _) = post_movement(&client, &s.agent.url(), Some(&format!("outage-{n}")), &body).await;
+        assert_eq!(status, 201, "the till is never refused while offline");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *expected.entry("OUTAGE-1".to_string()).or_insert(0) -= n as i64;
+    s.broker.start().expect("broker restarts");
+    let total = 300 + n as u64;
+    wait_for_hub_seq(&pool, "S1", total, Duration::from_secs(90), || format!("{}\n{}", s.agent.log_tail(), s.hub.log_tail())).await;
+    assert_ledger_exactly_once(&pool, "S1", total).await;
+    assert_eq!(hub_stock(&pool, "S1").await, expected);
+    assert_eq!(agent_stock(&client, &s.agent.url()).await, expected);
+    drop_database(&s.names).await;
+}
