@@ -230,6 +230,96 @@ fn get_status(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AgentConfig, FileConfig, Secret};
+
+    fn agent(dir: &std::path::Path, local_token: Option<&str>) -> Arc<Agent> {
+        let file = FileConfig {
+            store: "S1".into(),
+            hub_url: "http://127.0.0.1:9".into(),
+            token: Secret::new("t"),
+            key: Secret::new(bazaar_shared::SigningKey::generate().to_base64()),
+            data_dir: Some(dir.to_path_buf()),
+            listen: None,
+            local_token: local_token.map(Secret::new),
+            kafka_brokers: None,
+            topic_prefix: None,
+            disk_budget_mb: None,
+            resend_after_secs: None,
+        };
+        let config = AgentConfig::from_layers(file, dir.to_path_buf(), |_| None).unwrap();
+        Arc::new(Agent::open(config).unwrap())
+    }
+
+    async fn post(agent: &Arc<Agent>, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+        let mut request = warp::test::request().method("POST").path("/v1/movements").body(body.to_owned());
+        if let Some(k) = key {
+            request = request.header("idempotency-key", k);
+        }
+        let response = request.reply(&routes(agent.clone())).await;
+        (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or_default())
+    }
+
+    async fn pending(agent: &Arc<Agent>) -> u64 {
+        agent.status().await.unwrap().pending
+    }
+
+    #[tokio::test]
+    async fn recording_answers_201_then_200_for_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        let body = r#"{"kind":"receipt","sku":"A","qty":5}"#;
+        let (status, first) = post(&agent, Some("k1"), body).await;
+        assert_eq!(status, 201);
+        assert_eq!((first["seq"].as_u64(), first["delta"].as_i64(), first["kind"].as_str()), (Some(1), Some(5), Some("receipt")));
+        let (status, again) = post(&agent, Some("k1"), body).await;
+        assert_eq!((status, &again), (200, &first));
+        let response = warp::test::request().path("/v1/stock/A").reply(&routes(agent.clone())).await;
+        let stock: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!((stock["on_hand"].as_i64(), stock["pending"].as_u64()), (Some(5), Some(1)));
+    }
+
+    #[tokio::test]
+    async fn every_rejection_is_a_json_error_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        post(&agent, Some("k1"), r#"{"kind":"receipt","sku":"A","qty":5}"#).await;
+        let cases: &[(Option<&str>, String, u16, &str)] = &[
+            (None, "not json".into(), 400, "bad_request"),
+            (None, r#"{"kind":"sale","sku":"A","qty":1,"extra":1}"#.into(), 400, "bad_request"),
+            (None, r#"{"kind":"sale","sku":"A B","qty":1}"#.into(), 422, "invalid"),
+            (None, r#"{"kind":"sale","sku":"A","qty":-1}"#.into(), 422, "invalid"),
+            (Some("k1"), r#"{"kind":"receipt","sku":"A","qty":6}"#.into(), 422, "invalid"),
+            (Some("bad key with spaces"), r#"{"kind":"sale","sku":"A","qty":1}"#.into(), 400, "bad_request"),
+            (None, format!(r#"{{"kind":"sale","sku":"A","qty":1,"ref":"{}"}}"#, "x".repeat(20_000)), 413, "too_large"),
+        ];
+        for (key, body, status, code) in cases {
+            let (got, error) = post(&agent, *key, body).await;
+            assert_eq!(got, *status, "{body:.80}: {error}");
+            assert_eq!(error["error"]["code"], *code, "{error}");
+            assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        assert_eq!(pending(&agent).await, 1, "no rejected request recorded anything");
+        let response = warp::test::request().path("/v1/nowhere").reply(&routes(agent.clone())).await;
+        assert_eq!(response.status(), 404);
+        let response = warp::test::request().path("/v1/stock/NOPE").reply(&routes(agent.clone())).await;
+        assert_eq!(response.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn a_local_token_guards_the_api_but_not_healthz() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), Some("till-secret"));
+        let denied = warp::test::request().path("/v1/status").reply(&routes(agent.clone())).await;
+        assert_eq!(denied.status(), 401);
+        let allowed = warp::test::request()
+            .path("/v1/status")
+            .header("authorization", "Bearer till-secret")
+            .reply(&routes(agent.clone()))
+            .await;
+        assert_eq!(allowed.status(), 200);
+        let health = warp::test::request().path("/healthz").reply(&routes(agent.clone())).await;
+        assert_eq!(health.status(), 200);
+    }
 
     fn request(json: serde_json::Value) -> Result<NewMovement, ApiError> {
         let req: MovementRequest = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
