@@ -25,6 +25,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Forecast daily demand from a CSV of `series,date,qty`; writes
+    /// `series,date,forecast,lo,hi,model` (DESIGN §8).
+    Forecast {
+        #[arg(long)]
+        input: PathBuf,
+        /// Days to forecast after each series' last date.
+        #[arg(long, default_value_t = 28, value_parser = clap::value_parser!(u16).range(1..=366))]
+        horizon: u16,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Manage stores.
     Store {
         #[command(subcommand)]
@@ -83,6 +94,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             eprintln!("database at {} is up to date", db::redact(cfg.mysql_url.expose()));
             Ok(())
         }
+        Command::Forecast { input, horizon, output } => forecast(&input, horizon.into(), &output),
         Command::Store { command: StoreCommand::Add { id, name, json, config } } => {
             let store = StoreId::parse(id).context("store id")?;
             let cfg = HubConfig::load(config.as_deref())?;
@@ -117,4 +129,52 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// Forecasts into a temporary file beside `output` and renames it into place, so a bad
+/// input never leaves a half-written forecast behind.
+fn forecast(input: &std::path::Path, horizon: usize, output: &std::path::Path) -> anyhow::Result<()> {
+    let reader = std::fs::File::open(input)
+        .with_context(|| format!("cannot open {}: give a CSV with columns series,date,qty", input.display()))?;
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let staging = dir.join(format!(".bazaar-forecast-{}.tmp", std::process::id()));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} forecasting {pos}/{len} series [{elapsed_precise}, {per_sec}, eta {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let summary = bazaar_intelligence::csv_io::forecast_csv(
+        std::io::BufReader::new(reader),
+        std::io::BufWriter::new(std::fs::File::create(&staging).with_context(|| format!("cannot write in {}", dir.display()))?),
+        horizon,
+        |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    );
+    bar.finish_and_clear();
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(anyhow::anyhow!("{}: {e}", input.display()));
+        }
+    };
+    std::fs::rename(&staging, output).with_context(|| format!("cannot write {}", output.display()))?;
+    let models = summary
+        .models
+        .iter()
+        .map(|(model, n)| format!("{model:?} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "forecast {} series ({} input rows) for {horizon} days in {:.1}s -> {} ({} rows)\nmodels chosen: {models}",
+        summary.series,
+        summary.input_rows,
+        started.elapsed().as_secs_f64(),
+        output.display(),
+        summary.output_rows,
+    );
+    Ok(())
 }
