@@ -13,6 +13,8 @@
 //! | [`Croston`] | Croston (1972): sizes and intervals smoothed at demand occurrences, ŷ = z/p |
 //! | [`Sba`] | Syntetos & Boylan (2005): Croston × (1 − α/2) |
 //! | [`Tsb`] | Teunter, Syntetos & Babai (2011): probability smoothed every period, ŷ = d·z |
+//! | [`Adida`] | Nikolopoulos et al. (2011): SES on k-day bucket totals, ŷ = SES/k |
+//! | [`Imapa`] | Petropoulos & Kourentzes (2015): mean of ADIDA over levels k = 1..K |
 //!
 //! Invariants:
 //! - Fitting is O(n · |grid|) with no allocation per step; the parameter grid is searched in
@@ -45,13 +47,15 @@ pub enum ModelKind {
     Croston,
     Sba,
     Tsb,
+    Adida,
+    Imapa,
     /// Equal-weight mean of the best candidates of the backtest (see [`crate::select`]).
     Combination,
 }
 
 impl ModelKind {
     /// The single models that selection considers by default.
-    pub const SINGLE_MODELS: [ModelKind; 7] = [
+    pub const SINGLE_MODELS: [ModelKind; 9] = [
         ModelKind::SeasonalNaive,
         ModelKind::Ses,
         ModelKind::HoltWinters,
@@ -59,6 +63,8 @@ impl ModelKind {
         ModelKind::Croston,
         ModelKind::Sba,
         ModelKind::Tsb,
+        ModelKind::Adida,
+        ModelKind::Imapa,
     ];
 
     /// Stable snake_case name used in CSV output and APIs.
@@ -72,6 +78,8 @@ impl ModelKind {
             ModelKind::Croston => "croston",
             ModelKind::Sba => "sba",
             ModelKind::Tsb => "tsb",
+            ModelKind::Adida => "adida",
+            ModelKind::Imapa => "imapa",
             ModelKind::Combination => "combination",
         }
     }
@@ -434,6 +442,67 @@ fn hw_growth(p: &HwParams, h: usize) -> f64 {
     (1.0 + (h - 1) as f64 * p.alpha * p.alpha + k * p.gamma * (2.0 * p.alpha + p.gamma)).sqrt()
 }
 
+/// [`grid_search`] for the Holt-Winters models with the K states laid out column-wise
+/// (all grid points share the season position), so that the inner loop over K vectorises.
+/// Same arithmetic, in the same order, as [`hw_predict`] / [`hw_update`]: it returns exactly
+/// what `grid_search` would.
+fn hw_grid_search<const K: usize>(history: &[f64], grid: &[HwParams; K], with_trend: bool) -> HwParams {
+    let (init, start) = hw_init(history, with_trend);
+    let alpha = grid.map(|p| p.alpha);
+    let beta = grid.map(|p| p.beta);
+    let gamma = grid.map(|p| p.gamma);
+    let phi = grid.map(|p| p.phi);
+    let mut level = [init.level; K];
+    let mut trend = [init.trend; K];
+    let mut season: [[f64; K]; WEEK] = std::array::from_fn(|j| [init.season[j]; K]);
+    let mut sse = [0.0_f64; K];
+    let mut pos = init.pos;
+    let rest = history.get(start..).unwrap_or(&[]);
+    if !with_trend && init.trend == 0.0 && phi.iter().all(|&p| p == 1.0) && beta.iter().all(|&b| b == 0.0) {
+        // No trend: b stays exactly 0 and ℓ + φ·b = ℓ, so the trend terms can be dropped
+        // without changing a single bit of the result (for finite data).
+        for &y in rest {
+            let s = &mut season[pos];
+            for k in 0..K {
+                let old = s[k];
+                let anchor = level[k];
+                let e = y - (anchor + old);
+                sse[k] += e * e;
+                level[k] = alpha[k] * (y - old) + (1.0 - alpha[k]) * anchor;
+                s[k] = gamma[k] * (y - anchor) + (1.0 - gamma[k]) * old;
+            }
+            pos = if pos + 1 == WEEK { 0 } else { pos + 1 };
+        }
+        return grid[argmin(&sse)];
+    }
+    for &y in rest {
+        let s = &mut season[pos];
+        for k in 0..K {
+            let old = s[k];
+            let anchor = level[k] + phi[k] * trend[k];
+            let e = y - (anchor + old);
+            sse[k] += e * e;
+            let new_level = alpha[k] * (y - old) + (1.0 - alpha[k]) * anchor;
+            trend[k] = beta[k] * (new_level - level[k]) + (1.0 - beta[k]) * phi[k] * trend[k];
+            s[k] = gamma[k] * (y - anchor) + (1.0 - gamma[k]) * old;
+            level[k] = new_level;
+        }
+        pos = if pos + 1 == WEEK { 0 } else { pos + 1 };
+    }
+    grid[argmin(&sse)]
+}
+
+/// Index of the smallest SSE; ties go to the earlier entry, NaN never wins.
+fn argmin(sse: &[f64]) -> usize {
+    let mut best = 0;
+    for k in 1..sse.len() {
+        if sse[k] < sse[best] || sse[best].is_nan() {
+            best = k;
+        }
+    }
+    best
+}
+
 impl Model for HoltWinters {
     type Params = HwParams;
     type State = HwState;
@@ -459,7 +528,7 @@ impl Model for HoltWinters {
             gamma: HW_GAMMAS[i % HW_GAMMAS.len()],
             phi: 1.0,
         });
-        grid_search::<HoltWinters, 15>(history, &grid)
+        hw_grid_search(history, &grid, false)
     }
     fn growth(p: &HwParams, h: usize) -> f64 {
         hw_growth(p, h)
@@ -492,7 +561,7 @@ impl Model for DampedHoltWinters {
             gamma: DAMPED_GAMMAS[i % ng],
             phi: DAMPING,
         });
-        grid_search::<DampedHoltWinters, 12>(history, &grid)
+        hw_grid_search(history, &grid, true)
     }
     fn growth(p: &HwParams, h: usize) -> f64 {
         hw_growth(p, h)
@@ -561,6 +630,41 @@ fn croston_rate(s: &CrostonState) -> f64 {
     s.size / s.interval.max(1.0)
 }
 
+/// [`grid_search`] for Croston (`sba = false`) and SBA over [`CROSTON_ALPHAS`]. Between
+/// demands the state does not move, so a run of r zero days adds r·ŷ² to the SSE at once:
+/// O(n + demands·|grid|) instead of O(n·|grid|).
+fn croston_grid_search(history: &[f64], sba: bool) -> CrostonParams {
+    const G: usize = CROSTON_ALPHAS.len();
+    let factor = CROSTON_ALPHAS.map(|alpha| if sba { 1.0 - alpha / 2.0 } else { 1.0 });
+    let (init, start) = croston_init(history);
+    let mut size = [init.size; G];
+    let mut interval = [init.interval; G];
+    let mut since_last = init.since_last;
+    let mut zeros = 0.0;
+    let mut sse = [0.0_f64; G];
+    for &y in history.get(start..).unwrap_or(&[]) {
+        if y > 0.0 {
+            for g in 0..G {
+                let prediction = size[g] / interval[g].max(1.0) * factor[g];
+                let e = y - prediction;
+                sse[g] += zeros * prediction * prediction + e * e;
+                size[g] += CROSTON_ALPHAS[g] * (y - size[g]);
+                interval[g] += CROSTON_ALPHAS[g] * (since_last - interval[g]);
+            }
+            since_last = 1.0;
+            zeros = 0.0;
+        } else {
+            since_last += 1.0;
+            zeros += 1.0;
+        }
+    }
+    for g in 0..G {
+        let prediction = size[g] / interval[g].max(1.0) * factor[g];
+        sse[g] += zeros * prediction * prediction;
+    }
+    CrostonParams { alpha: CROSTON_ALPHAS[argmin(&sse)] }
+}
+
 impl Model for Croston {
     type Params = CrostonParams;
     type State = CrostonState;
@@ -580,7 +684,7 @@ impl Model for Croston {
         out.fill(croston_rate(state));
     }
     fn choose_params(history: &[f64]) -> CrostonParams {
-        grid_search::<Croston, 6>(history, &CROSTON_ALPHAS.map(|alpha| CrostonParams { alpha }))
+        croston_grid_search(history, false)
     }
     fn growth(p: &CrostonParams, h: usize) -> f64 {
         ses_growth(p.alpha, h)
@@ -606,7 +710,7 @@ impl Model for Sba {
         out.fill(Self::predict(state, p));
     }
     fn choose_params(history: &[f64]) -> CrostonParams {
-        grid_search::<Sba, 6>(history, &CROSTON_ALPHAS.map(|alpha| CrostonParams { alpha }))
+        croston_grid_search(history, true)
     }
     fn growth(p: &CrostonParams, h: usize) -> f64 {
         ses_growth(p.alpha, h)
@@ -641,6 +745,40 @@ pub struct TsbState {
 const TSB_ALPHAS: [f64; 4] = [0.05, 0.1, 0.2, 0.3];
 const TSB_BETAS: [f64; 5] = [0.01, 0.02, 0.05, 0.1, 0.2];
 const TSB_INIT_DAYS: usize = 28;
+
+/// [`grid_search`] for TSB: the grid is α × β, the probability recursion depends only on β
+/// and the size recursion only on α, so 9 recursions (not 20) are advanced per day and the
+/// 20 one-step errors are formed from them. Same arithmetic as [`Tsb::predict`] /
+/// [`Tsb::update`]: it returns exactly what `grid_search` would.
+fn tsb_grid_search(history: &[f64], grid: &[TsbParams; 20]) -> TsbParams {
+    const NA: usize = TSB_ALPHAS.len();
+    const NB: usize = TSB_BETAS.len();
+    let (init, start) = Tsb::init(history);
+    let mut probability = [init.probability; NB];
+    let mut size = [init.size; NA];
+    let mut sse = [0.0_f64; NA * NB];
+    for &y in history.get(start..).unwrap_or(&[]) {
+        for a in 0..NA {
+            for b in 0..NB {
+                let e = y - probability[b] * size[a];
+                sse[a * NB + b] += e * e;
+            }
+        }
+        if y > 0.0 {
+            for b in 0..NB {
+                probability[b] += TSB_BETAS[b] * (1.0 - probability[b]);
+            }
+            for a in 0..NA {
+                size[a] += TSB_ALPHAS[a] * (y - size[a]);
+            }
+        } else {
+            for b in 0..NB {
+                probability[b] -= TSB_BETAS[b] * probability[b];
+            }
+        }
+    }
+    grid[argmin(&sse)]
+}
 
 impl Model for Tsb {
     type Params = TsbParams;
@@ -685,10 +823,212 @@ impl Model for Tsb {
             alpha: TSB_ALPHAS[i / nb],
             beta: TSB_BETAS[i % nb],
         });
-        grid_search::<Tsb, 20>(history, &grid)
+        tsb_grid_search(history, &grid)
     }
     fn growth(p: &TsbParams, h: usize) -> f64 {
         ses_growth(p.beta, h)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ADIDA and IMAPA (temporal aggregation)
+// ---------------------------------------------------------------------------------------
+
+/// Largest temporal aggregation level (days per bucket) of [`Adida`] and [`Imapa`].
+pub const MAX_AGGREGATION: usize = 12;
+/// α grid of the SES run on the aggregated series (the intermittent-demand literature's
+/// 0.05–0.3 range; statsforecast searches 0.1–0.3).
+pub const AGGREGATE_ALPHAS: [f64; 5] = [0.05, 0.1, 0.15, 0.2, 0.3];
+/// Days whose mean initialises the aggregated SES level.
+const AGGREGATE_INIT_DAYS: usize = 28;
+
+/// The aggregation level of ADIDA (and the highest level of IMAPA): the mean inter-demand
+/// interval rounded to the nearest integer (Nikolopoulos et al. 2011; statsforecast computes
+/// it as `(index of the last demand + 1) / number of demand days`), clamped to
+/// `1..=MAX_AGGREGATION`. A history without demand gives 1.
+pub fn aggregation_level(history: &[f64]) -> usize {
+    let (count, last) = history
+        .iter()
+        .enumerate()
+        .filter(|(_, &y)| y > 0.0)
+        .fold((0usize, 0usize), |(c, _), (i, _)| (c + 1, i));
+    if count == 0 {
+        return 1;
+    }
+    let interval = (last + 1) as f64 / count as f64;
+    (interval.round() as usize).clamp(1, MAX_AGGREGATION)
+}
+
+/// One temporal-aggregation filter: days are summed into non-overlapping buckets of `k`
+/// days (aligned to the first filtered day); when a bucket is complete, the daily rate (the
+/// SES level of the bucket means) moves towards it: `rate ← rate + α(sum/k − rate)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketState {
+    /// Smoothed demand per day (the aggregated SES level divided by `k`).
+    pub rate: f64,
+    /// Sum of the days of the bucket in progress.
+    pub bucket_sum: f64,
+    /// Days in the bucket in progress (< k).
+    pub bucket_days: usize,
+}
+
+impl BucketState {
+    fn new(rate: f64) -> Self {
+        BucketState { rate, bucket_sum: 0.0, bucket_days: 0 }
+    }
+
+    #[inline]
+    fn update(&mut self, k: usize, alpha: f64, y: f64) {
+        self.bucket_sum += y;
+        self.bucket_days += 1;
+        if self.bucket_days >= k {
+            self.rate += alpha * (self.bucket_sum / k as f64 - self.rate);
+            self.bucket_sum = 0.0;
+            self.bucket_days = 0;
+        }
+    }
+}
+
+/// Initial daily rate of the aggregated filters: mean of the first (up to) 28 days.
+fn aggregate_init(history: &[f64]) -> f64 {
+    mean(&history[..history.len().min(AGGREGATE_INIT_DAYS)])
+}
+
+/// The α of [`AGGREGATE_ALPHAS`] with the smallest daily one-step SSE of the level-`k`
+/// filter, computed on the bucket means: within a bucket the prediction is constant, so the
+/// daily SSE is `Σ (y − m)² + Σ_b w_b (m_b − rate_b)²` with `m_b` the bucket mean and
+/// `w_b` its days; the first sum does not depend on α. Costs `n + |grid|·n/k`.
+fn aggregate_alpha(history: &[f64], k: usize) -> f64 {
+    const G: usize = AGGREGATE_ALPHAS.len();
+    let k = k.max(1);
+    let mut rates = [aggregate_init(history); G];
+    let mut sse = [0.0_f64; G];
+    for chunk in history.chunks(k) {
+        let w = chunk.len() as f64;
+        let m = chunk.iter().sum::<f64>() / w;
+        let complete = chunk.len() == k;
+        for g in 0..G {
+            let e = m - rates[g];
+            sse[g] += w * e * e;
+            if complete {
+                rates[g] += AGGREGATE_ALPHAS[g] * e;
+            }
+        }
+    }
+    let mut best = 0;
+    for g in 1..G {
+        if sse[g] < sse[best] || sse[best].is_nan() {
+            best = g;
+        }
+    }
+    AGGREGATE_ALPHAS[best]
+}
+
+/// h-step growth of an aggregated SES: the level moves once per `k` days.
+fn aggregate_growth(k: usize, alpha: f64, h: usize) -> f64 {
+    ses_growth(alpha, (h.max(1) - 1) / k.max(1) + 1)
+}
+
+/// ADIDA, the Aggregate–Disaggregate Intermittent Demand Approach (Nikolopoulos, Syntetos,
+/// Boylan, Petropoulos & Assimakopoulos 2011): sum the daily series into non-overlapping
+/// buckets of `k` days (k = the rounded mean inter-demand interval), forecast the bucket
+/// totals with SES, and spread the forecast equally over the `k` days: ŷ = SES(buckets)/k.
+/// Recursive form: see [`BucketState`]. The initial level is the mean of the first (up to)
+/// 28 days; a bucket still in progress does not move the forecast.
+#[derive(Debug, Clone, Copy)]
+pub struct Adida;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdidaParams {
+    /// Days per bucket (k ≥ 1).
+    pub aggregation: usize,
+    pub alpha: f64,
+}
+
+impl Model for Adida {
+    type Params = AdidaParams;
+    type State = BucketState;
+    const KIND: ModelKind = ModelKind::Adida;
+    const MIN_HISTORY: usize = 1;
+
+    fn init(history: &[f64]) -> (BucketState, usize) {
+        (BucketState::new(aggregate_init(history)), 0)
+    }
+    fn predict(state: &BucketState, _: &AdidaParams) -> f64 {
+        state.rate
+    }
+    fn update(state: &mut BucketState, p: &AdidaParams, y: f64) {
+        state.update(p.aggregation.max(1), p.alpha, y)
+    }
+    fn forecast_into(state: &BucketState, _: &AdidaParams, out: &mut [f64]) {
+        out.fill(state.rate);
+    }
+    fn choose_params(history: &[f64]) -> AdidaParams {
+        let aggregation = aggregation_level(history);
+        AdidaParams { aggregation, alpha: aggregate_alpha(history, aggregation) }
+    }
+    fn growth(p: &AdidaParams, h: usize) -> f64 {
+        aggregate_growth(p.aggregation, p.alpha, h)
+    }
+}
+
+/// IMAPA, the Intermittent Multiple Aggregation Prediction Algorithm (Petropoulos &
+/// Kourentzes 2015): ADIDA at every aggregation level `k = 1..=K` (K = the rounded mean
+/// inter-demand interval), each level with its own SES α, and the equal-weight mean of the
+/// per-day forecasts. (As in statsforecast, SES is used at every level.)
+#[derive(Debug, Clone, Copy)]
+pub struct Imapa;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImapaParams {
+    /// Highest aggregation level K (levels 1..=K are combined).
+    pub levels: usize,
+    /// α of level k at index k − 1 (entries ≥ `levels` are unused).
+    pub alphas: [f64; MAX_AGGREGATION],
+}
+
+/// One [`BucketState`] per aggregation level; level k at index k − 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImapaState {
+    pub buckets: [BucketState; MAX_AGGREGATION],
+}
+
+impl Model for Imapa {
+    type Params = ImapaParams;
+    type State = ImapaState;
+    const KIND: ModelKind = ModelKind::Imapa;
+    const MIN_HISTORY: usize = 1;
+
+    fn init(history: &[f64]) -> (ImapaState, usize) {
+        (ImapaState { buckets: [BucketState::new(aggregate_init(history)); MAX_AGGREGATION] }, 0)
+    }
+    fn predict(state: &ImapaState, p: &ImapaParams) -> f64 {
+        let levels = p.levels.clamp(1, MAX_AGGREGATION);
+        state.buckets[..levels].iter().map(|b| b.rate).sum::<f64>() / levels as f64
+    }
+    fn update(state: &mut ImapaState, p: &ImapaParams, y: f64) {
+        let levels = p.levels.clamp(1, MAX_AGGREGATION);
+        for (i, bucket) in state.buckets[..levels].iter_mut().enumerate() {
+            bucket.update(i + 1, p.alphas[i], y);
+        }
+    }
+    fn forecast_into(state: &ImapaState, p: &ImapaParams, out: &mut [f64]) {
+        out.fill(Self::predict(state, p));
+    }
+    fn choose_params(history: &[f64]) -> ImapaParams {
+        let levels = aggregation_level(history);
+        let mut alphas = [AGGREGATE_ALPHAS[0]; MAX_AGGREGATION];
+        for (i, alpha) in alphas[..levels].iter_mut().enumerate() {
+            *alpha = aggregate_alpha(history, i + 1);
+        }
+        ImapaParams { levels, alphas }
+    }
+    fn growth(p: &ImapaParams, h: usize) -> f64 {
+        // Mean of the levels' variance growth (the levels' errors are strongly correlated).
+        let levels = p.levels.clamp(1, MAX_AGGREGATION);
+        let steps = h.max(1) - 1;
+        let sum: f64 = (0..levels).map(|i| 1.0 + (steps / (i + 1)) as f64 * p.alphas[i] * p.alphas[i]).sum();
+        (sum / levels as f64).sqrt()
     }
 }
 
@@ -882,6 +1222,128 @@ mod tests {
         assert!(fitted.forecast(1)[0] < 0.5, "forecast {:?}", fitted.forecast(1));
     }
 
+
+    /// Deterministic awkward test series: intermittent, seasonal, trending.
+    fn test_series() -> Vec<Vec<f64>> {
+        let mut seed = 99u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as f64 / (1u64 << 31) as f64
+        };
+        vec![
+            (0..300).map(|_| if next() < 0.2 { (1.0 + 5.0 * next()).floor() } else { 0.0 }).collect(),
+            (0..200).map(|t| 10.0 + [0.0, 1.0, 2.0, 3.0, 5.0, 9.0, 4.0][t % 7] + 3.0 * next() + t as f64 * 0.05).collect(),
+            (0..60).map(|_| (3.0 * next()).floor()).collect(),
+        ]
+    }
+
+    #[test]
+    fn specialised_grid_searches_match_the_generic_one() {
+        for history in test_series() {
+            let grid: [HwParams; 15] = std::array::from_fn(|i| HwParams {
+                alpha: HW_ALPHAS[i / HW_GAMMAS.len()],
+                beta: 0.0,
+                gamma: HW_GAMMAS[i % HW_GAMMAS.len()],
+                phi: 1.0,
+            });
+            assert_eq!(HoltWinters::choose_params(&history), grid_search::<HoltWinters, 15>(&history, &grid));
+            let (nb, ng) = (DAMPED_BETAS.len(), DAMPED_GAMMAS.len());
+            let grid: [HwParams; 12] = std::array::from_fn(|i| HwParams {
+                alpha: DAMPED_ALPHAS[i / (nb * ng)],
+                beta: DAMPED_BETAS[(i / ng) % nb],
+                gamma: DAMPED_GAMMAS[i % ng],
+                phi: DAMPING,
+            });
+            assert_eq!(DampedHoltWinters::choose_params(&history), grid_search::<DampedHoltWinters, 12>(&history, &grid));
+            let nb = TSB_BETAS.len();
+            let grid: [TsbParams; 20] =
+                std::array::from_fn(|i| TsbParams { alpha: TSB_ALPHAS[i / nb], beta: TSB_BETAS[i % nb] });
+            assert_eq!(Tsb::choose_params(&history), grid_search::<Tsb, 20>(&history, &grid));
+            let grid = CROSTON_ALPHAS.map(|alpha| CrostonParams { alpha });
+            assert_eq!(Croston::choose_params(&history), grid_search::<Croston, 6>(&history, &grid));
+            assert_eq!(Sba::choose_params(&history), grid_search::<Sba, 6>(&history, &grid));
+        }
+    }
+
+    #[test]
+    fn adida_by_hand() {
+        // [0,2,0,4,0,0,3,1], k = 2, α = 0.5. Initial rate = mean of the 8 days = 1.25.
+        // Buckets (0,2) (0,4) (0,0) (3,1) have means 1, 2, 0, 2; the rate moves after each:
+        //   1.25 → 1.125 → 1.5625 → 0.78125 → 1.390625 (the forecast).
+        // Daily one-step errors (prediction constant within a bucket):
+        //   −1.25, 0.75 | −1.125, 2.875 | −1.5625, −1.5625 | 2.21875, 0.21875
+        // SSE = 1.5625 + 0.5625 + 1.265625 + 8.265625 + 2·2.44140625 + 4.9228515625
+        //       + 0.0478515625 = 21.509765625
+        let history = [0.0, 2.0, 0.0, 4.0, 0.0, 0.0, 3.0, 1.0];
+        let fitted = Fitted::<Adida>::with_params(&history, AdidaParams { aggregation: 2, alpha: 0.5 }).expect("ok");
+        assert_all_close(&fitted.forecast(3), &[1.390625; 3]);
+        assert_close(fitted.sse, 21.509765625);
+        // A bucket in progress does not move the forecast until it is complete.
+        let mut state = fitted.state;
+        Adida::update(&mut state, &fitted.params, 5.0);
+        assert_close(Adida::predict(&state, &fitted.params), 1.390625);
+        Adida::update(&mut state, &fitted.params, 1.0);
+        // Bucket mean 3: 1.390625 + 0.5·(3 − 1.390625) = 2.1953125.
+        assert_close(Adida::predict(&state, &fitted.params), 2.1953125);
+        // h-step growth: the level moves once per bucket, h = 3 → 2 buckets → √(1 + α²).
+        assert_close(Adida::growth(&fitted.params, 3), 1.25f64.sqrt());
+    }
+
+    #[test]
+    fn aggregation_level_is_the_rounded_mean_inter_demand_interval() {
+        // Demands on days 2, 6, 8: intervals 3, 4, 2 → mean 3.
+        assert_eq!(aggregation_level(&INTERMITTENT), 3);
+        assert_eq!(aggregation_level(&[1.0; 10]), 1);
+        assert_eq!(aggregation_level(&[0.0; 10]), 1);
+        // One demand in 100 days is capped.
+        let mut sparse = [0.0; 100];
+        sparse[99] = 1.0;
+        assert_eq!(aggregation_level(&sparse), MAX_AGGREGATION);
+        let fitted = Fitted::<Adida>::fit(&INTERMITTENT).expect("ok");
+        assert_eq!(fitted.params.aggregation, 3);
+    }
+
+    #[test]
+    fn aggregate_alpha_matches_a_daily_grid_search() {
+        // The bucket-level shortcut must pick the same α as searching the daily filter.
+        let history: Vec<f64> = (0..200).map(|t| if t % 3 == 0 { ((t * 7) % 5) as f64 } else { 0.0 } + (t / 50) as f64).collect();
+        for k in 1..=5 {
+            let grid = AGGREGATE_ALPHAS.map(|alpha| AdidaParams { aggregation: k, alpha });
+            assert_eq!(aggregate_alpha(&history, k), grid_search::<Adida, 5>(&history, &grid).alpha, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn imapa_by_hand() {
+        // [0,2,0,4], levels 1 and 2, α = 0.5 at both. Initial rate = 1.5 at both levels.
+        // Level 1 (daily SES): 1.5 → 0.75 → 1.375 → 0.6875 → 2.34375.
+        // Level 2: buckets (0,2), (0,4) → 1.5 → 1.25 → 1.625.
+        // Predictions (mean of the levels): 1.5, 1.125, 1.3125, 0.96875; forecast
+        // (2.34375 + 1.625)/2 = 1.984375.
+        // SSE = 2.25 + 0.765625 + 1.72265625 + 9.1884765625 = 13.9267578125.
+        let mut alphas = [0.0; MAX_AGGREGATION];
+        alphas[0] = 0.5;
+        alphas[1] = 0.5;
+        let params = ImapaParams { levels: 2, alphas };
+        let fitted = Fitted::<Imapa>::with_params(&[0.0, 2.0, 0.0, 4.0], params).expect("ok");
+        assert_all_close(&fitted.forecast(2), &[1.984375; 2]);
+        assert_close(fitted.sse, 13.9267578125);
+    }
+
+    #[test]
+    fn imapa_with_one_level_is_adida_with_one_level() {
+        let history = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
+        let imapa = Fitted::<Imapa>::fit(&history).expect("ok");
+        let adida = Fitted::<Adida>::fit(&history).expect("ok");
+        assert_eq!(imapa.params.levels, 1);
+        assert_eq!(adida.params.aggregation, 1);
+        assert_close(imapa.forecast(1)[0], adida.forecast(1)[0]);
+        assert_close(imapa.sse, adida.sse);
+        // IMAPA's levels are 1..=K with K = ADIDA's level.
+        let imapa = Fitted::<Imapa>::fit(&INTERMITTENT).expect("ok");
+        assert_eq!(imapa.params.levels, 3);
+    }
+
     #[test]
     fn every_model_is_finite_on_awkward_inputs() {
         let inputs: [&[f64]; 4] = [&[0.0; 14], &[1e9; 20], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0], &[5.0; 14]];
@@ -894,6 +1356,8 @@ mod tests {
                 Fitted::<Croston>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Sba>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Tsb>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
+                Fitted::<Adida>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
+                Fitted::<Imapa>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
             ] {
                 let (mean, sd) = f.expect("long enough");
                 assert!(mean.iter().all(|v| v.is_finite()) && sd.is_finite());

@@ -9,8 +9,12 @@
 //!    earliest origin, then its filter runs through the series once, forecasting at every
 //!    origin — so the whole backtest costs one grid pass plus one filter pass per model.
 //! 3. The candidate with the smallest mean squared backtest error wins (equivalently the
-//!    smallest RMSSE, since the scale is common). With `combine_top = k ≥ 2`, the equal-weight
-//!    mean of the k best candidates also competes (forecast combination).
+//!    smallest RMSSE, since the scale is common). With `combine_top = k ≥ 2`, the combination
+//!    of the k best candidates ([`Combination`]: mean, per-day median — the default — or
+//!    inverse-MSE weights) also competes, or always wins with `always_combine`. By default
+//!    every single model (including ADIDA/IMAPA and the intermittent models) competes on
+//!    every series, with 20 origins; the default was chosen on validation windows only (see
+//!    `benches/accuracy.rs`).
 //!    `rmsse = sqrt(MSE / scale)`, scale = mean squared one-step naive difference of the
 //!    in-sample before the last origin (the M5 measure).
 //! 4. The winner forecasts from the end of that same filter pass (same parameters, state
@@ -31,7 +35,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::models::{
-    Croston, DampedHoltWinters, Fitted, HoltWinters, Model, ModelKind, SeasonalNaive, Ses, Sba, Tsb, WEEK,
+    Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, SeasonalNaive, Ses, Sba, Tsb,
+    WEEK,
 };
 use crate::stats::{naive_mse_scale, two_sided_z};
 
@@ -41,6 +46,18 @@ pub const INTERMITTENT_ADI: f64 = 1.32;
 
 /// Fewest training days before a backtest origin.
 const MIN_TRAINING_DAYS: usize = WEEK;
+
+/// How the best candidates of the backtest are combined into one forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combination {
+    /// Equal-weight mean.
+    Mean,
+    /// Per-day median (interval sd: equal-weight mean of the members').
+    Median,
+    /// Mean weighted by 1 / backtest MSE.
+    InverseMse,
+}
 
 /// How [`forecast_series`] selects and scores models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +74,11 @@ pub struct SelectConfig {
     pub candidates: Vec<ModelKind>,
     /// If ≥ 2, the mean of the best `combine_top` candidates competes too.
     pub combine_top: usize,
+    /// How the `combine_top` best candidates are combined.
+    pub combination: Combination,
+    /// Use the combination even when the best single model backtests better (forecast
+    /// combinations are more robust out of sample than the backtest winner).
+    pub always_combine: bool,
     /// Parameters are searched on at most this many of the most recent training days (keeps
     /// the grid search O(1) per series for long histories; 0 = all).
     pub param_search_days: usize,
@@ -71,12 +93,14 @@ impl Default for SelectConfig {
     fn default() -> Self {
         SelectConfig {
             interval_level: 0.8,
-            backtest_origins: 6,
+            backtest_origins: 20,
             origin_step: WEEK,
             max_backtest_horizon: 28,
             candidates: ModelKind::SINGLE_MODELS.to_vec(),
             combine_top: 3,
-            intermittent_adi: Some(INTERMITTENT_ADI),
+            combination: Combination::Median,
+            always_combine: false,
+            intermittent_adi: None,
             param_search_days: 364,
         }
     }
@@ -85,7 +109,13 @@ impl Default for SelectConfig {
 impl SelectConfig {
     /// A configuration that always uses one model (still backtested for its RMSSE).
     pub fn single(model: ModelKind) -> Self {
-        SelectConfig { candidates: vec![model], combine_top: 0, intermittent_adi: None, ..SelectConfig::default() }
+        SelectConfig {
+            candidates: vec![model],
+            combine_top: 0,
+            always_combine: false,
+            intermittent_adi: None,
+            ..SelectConfig::default()
+        }
     }
 }
 
@@ -167,34 +197,49 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
     let actuals: Vec<f64> = origins.iter().flat_map(|&o| y[o..o + b].iter().copied()).collect();
 
-    let mut members: Vec<ModelKind> = vec![scored[0].kind];
+    // Candidate forecasts: the best single model, and (k ≥ 2) the combination of the k best.
+    let span = horizon.max(b);
+    let mut members: Vec<(usize, f64)> = vec![(0, 1.0)];
     let mut best_sse = scored[0].sse;
     let k = cfg.combine_top.min(scored.len());
     if k >= 2 {
+        let top = &scored[..k];
+        let weights = combination_weights(cfg.combination, top);
+        let mut point = vec![0.0; k];
         let combo_sse: f64 = actuals
             .iter()
             .enumerate()
             .map(|(i, &actual)| {
-                let f = scored[..k].iter().map(|s| s.forecasts[i]).sum::<f64>() / k as f64;
+                for (p, s) in point.iter_mut().zip(top) {
+                    *p = s.forecasts[i];
+                }
+                let f = combine(cfg.combination, &weights, &mut point);
                 (actual - f) * (actual - f)
             })
             .sum();
-        if combo_sse < best_sse {
+        if cfg.always_combine || combo_sse < best_sse {
             best_sse = combo_sse;
-            members = scored[..k].iter().map(|s| s.kind).collect();
+            members = weights.iter().copied().enumerate().collect();
         }
     }
 
-    let mut fits: Vec<&Backtest> = Vec::with_capacity(members.len());
-    for kind in &members {
-        if let Some(fit) = scored.iter().find(|s| s.kind == *kind) {
-            fits.push(fit);
-        }
-    }
-    let span = horizon.max(b);
-    let count = fits.len().max(1) as f64;
-    let mean: Vec<f64> = (0..span).map(|h| fits.iter().map(|f| f.mean[h]).sum::<f64>() / count).collect();
-    let base_sd: Vec<f64> = (0..span).map(|h| fits.iter().map(|f| f.base_sd[h]).sum::<f64>() / count).collect();
+    let (mean, base_sd): (Vec<f64>, Vec<f64>) = if members.len() == 1 {
+        let only = &scored[members[0].0];
+        (only.mean.clone(), only.base_sd.clone())
+    } else {
+        let weights: Vec<f64> = members.iter().map(|m| m.1).collect();
+        let mut point = vec![0.0; members.len()];
+        let mean = (0..span)
+            .map(|h| {
+                for (p, m) in point.iter_mut().zip(&members) {
+                    *p = scored[m.0].mean[h];
+                }
+                combine(cfg.combination, &weights, &mut point)
+            })
+            .collect();
+        let base_sd = (0..span).map(|h| members.iter().map(|&(i, w)| w * scored[i].base_sd[h]).sum()).collect();
+        (mean, base_sd)
+    };
 
     let scored_points = (origins.len() * b) as f64;
     let implied: f64 = origins.len() as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
@@ -205,16 +250,42 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         vec![(best_sse / scored_points).sqrt(); span]
     };
 
-    let model = if members.len() > 1 { ModelKind::Combination } else { members[0] };
+    let model = if members.len() > 1 { ModelKind::Combination } else { scored[members[0].0].kind };
     let rmsse = finite_or_zero((best_sse / scored_points / scale).sqrt());
     assemble(model, mean, sd, horizon, level, rmsse, b)
+}
+
+/// Weights of the `top` candidates (sorted best first) in a combination; they sum to 1.
+/// For [`Combination::Median`] they weight only the interval sd.
+fn combination_weights(method: Combination, top: &[Backtest]) -> Vec<f64> {
+    let raw: Vec<f64> = match method {
+        Combination::Mean | Combination::Median => vec![1.0; top.len()],
+        Combination::InverseMse => {
+            let floor = top.iter().map(|s| s.sse).fold(f64::INFINITY, f64::min).max(1e-12);
+            top.iter().map(|s| 1.0 / s.sse.max(floor)).collect()
+        }
+    };
+    let total: f64 = raw.iter().sum();
+    raw.iter().map(|w| w / total).collect()
+}
+
+/// One combined point forecast from the members' `point` forecasts (reordered in place).
+fn combine(method: Combination, weights: &[f64], point: &mut [f64]) -> f64 {
+    match method {
+        Combination::Mean | Combination::InverseMse => point.iter().zip(weights).map(|(p, w)| p * w).sum(),
+        Combination::Median => {
+            point.sort_unstable_by(f64::total_cmp);
+            let n = point.len();
+            if n % 2 == 1 { point[n / 2] } else { (point[n / 2 - 1] + point[n / 2]) / 2.0 }
+        }
+    }
 }
 
 /// Whether a model belongs to the candidate pool of intermittent (or of continuous) demand.
 fn suits(kind: ModelKind, intermittent: bool) -> bool {
     match kind {
         ModelKind::Ses => true,
-        ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb => intermittent,
+        ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb | ModelKind::Adida | ModelKind::Imapa => intermittent,
         ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => !intermittent,
         ModelKind::Zero | ModelKind::Combination => false,
     }
@@ -230,6 +301,8 @@ fn min_history(kind: ModelKind) -> Option<usize> {
         ModelKind::Croston => Croston::MIN_HISTORY,
         ModelKind::Sba => Sba::MIN_HISTORY,
         ModelKind::Tsb => Tsb::MIN_HISTORY,
+        ModelKind::Adida => Adida::MIN_HISTORY,
+        ModelKind::Imapa => Imapa::MIN_HISTORY,
         ModelKind::Zero | ModelKind::Combination => return None,
     })
 }
@@ -270,6 +343,8 @@ fn backtest_kind(
         ModelKind::Croston => backtest::<Croston>(y, origins, b, span, search_days),
         ModelKind::Sba => backtest::<Sba>(y, origins, b, span, search_days),
         ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
+        ModelKind::Adida => backtest::<Adida>(y, origins, b, span, search_days),
+        ModelKind::Imapa => backtest::<Imapa>(y, origins, b, span, search_days),
         ModelKind::Zero | ModelKind::Combination => return None,
     };
     let (forecasts, mean, base_sd) = run;
@@ -301,7 +376,10 @@ fn backtest<M: Model>(
     let training = &y[..origins[0]];
     let recent = if search_days == 0 { 0 } else { training.len().saturating_sub(search_days.max(M::MIN_HISTORY)) };
     let params = M::choose_params(&training[recent..]);
-    let (mut state, start) = M::init(training);
+    // The filter starts where the parameter search starts: older days would barely move
+    // the state (exponential forgetting) and would make the cost grow with the history.
+    let (mut state, start) = M::init(&training[recent..]);
+    let start = recent + start;
     let mut next = 0;
     let mut sse = 0.0;
     for (t, &value) in y.iter().enumerate().skip(start) {
@@ -480,7 +558,16 @@ mod tests {
         let f = forecast_series(&history, 28, &SelectConfig::default());
         check_invariants(&f, 28);
         assert!(
-            matches!(f.model, ModelKind::Ses | ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb | ModelKind::Combination),
+            matches!(
+                f.model,
+                ModelKind::Ses
+                    | ModelKind::Croston
+                    | ModelKind::Sba
+                    | ModelKind::Tsb
+                    | ModelKind::Adida
+                    | ModelKind::Imapa
+                    | ModelKind::Combination
+            ),
             "{:?}",
             f.model
         );
