@@ -22,7 +22,8 @@ pub fn routes(agent: Arc<Agent>) -> impl Filter<Extract = (impl Reply,), Error =
     let api = post_movement(agent.clone())
         .or(get_stock_item(agent.clone()))
         .or(get_stock(agent.clone()))
-        .or(get_status(agent.clone()));
+        .or(get_status(agent.clone()))
+        .or(get_alerts(agent.clone()));
     let authorised = local_auth(agent).and(api).map(|(), reply| reply);
     healthz().or(authorised).recover(recover).with(warp::log("bazaar_agent::http"))
 }
@@ -227,6 +228,27 @@ fn get_status(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), 
         })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    all: Option<bool>,
+    limit: Option<u32>,
+}
+
+/// Open alerts (or all with `?all=true`), newest first. Raised locally, with no network.
+fn get_alerts(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "alerts")
+        .and(warp::get())
+        .and(warp::query::<AlertsQuery>())
+        .and(with_agent(agent))
+        .and_then(|q: AlertsQuery, agent: Arc<Agent>| async move {
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let all = q.all.unwrap_or(false);
+            let items = agent.read(move |conn| crate::housekeeping::alerts(conn, all, limit)).await?;
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items})))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +267,7 @@ mod tests {
             topic_prefix: None,
             disk_budget_mb: None,
             resend_after_secs: None,
+            retention_days: None,
         };
         let config = AgentConfig::from_layers(file, dir.to_path_buf(), |_| None).unwrap();
         Arc::new(Agent::open(config).unwrap())

@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub disk_budget_mb: Option<u64>,
     #[serde(default)]
     pub resend_after_secs: Option<u64>,
+    #[serde(default)]
+    pub retention_days: Option<u64>,
 }
 
 /// The settings `run` works with, parsed and checked.
@@ -74,6 +76,8 @@ pub struct AgentConfig {
     pub topic_prefix: String,
     pub disk_budget_bytes: u64,
     pub resend_after: std::time::Duration,
+    /// How long acknowledged rows and idempotency keys are kept before compaction.
+    pub retention: chrono::Duration,
 }
 
 impl AgentConfig {
@@ -160,6 +164,7 @@ impl AgentConfig {
             topic_prefix: pick("TOPIC_PREFIX", file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
             disk_budget_bytes: number("DISK_BUDGET_MB", file.disk_budget_mb, 2048)? * 1024 * 1024,
             resend_after: std::time::Duration::from_secs(number("RESEND_AFTER_SECS", file.resend_after_secs, 30)?),
+            retention: chrono::Duration::days(number("RETENTION_DAYS", file.retention_days, 30)?.min(36_500) as i64),
         })
     }
 }
@@ -181,6 +186,7 @@ mod tests {
             topic_prefix: None,
             disk_budget_mb: None,
             resend_after_secs: None,
+            retention_days: None,
         }
     }
 

@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod config;
+pub mod doctor;
+pub mod housekeeping;
 pub mod hub_client;
 pub mod ledger;
 pub mod startup;

@@ -70,6 +70,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check configuration, disk, SQLite, the local API, the hub, the broker and the clock.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show on-hand stock, one sku or all.
     Stock {
         sku: Option<String>,
@@ -109,6 +116,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Run { config } => run(config).await,
         Command::Status { config, json } => status(config, json).await,
+        Command::Doctor { config, json } => {
+            let path = AgentConfig::locate(config.as_deref());
+            let cfg = AgentConfig::load(config.as_deref())?;
+            let report = bazaar_agent::doctor::run(&cfg, &path).await;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for check in &report.checks {
+                    println!("{} {:<7} {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+                    if let Some(next) = &check.next_step {
+                        println!("             next: {next}");
+                    }
+                }
+            }
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Record { kind, sku, qty, reason, reference, to_store, from_store, idempotency_key, config } => {
             let mut body = serde_json::json!({"kind": kind, "sku": sku});
             if kind == "count" {
@@ -179,6 +205,7 @@ fn init(
         topic_prefix,
         disk_budget_mb: None,
         resend_after_secs: None,
+        retention_days: None,
     };
     // Check the whole configuration as `run` will see it before writing anything.
     let checked = AgentConfig::from_layers(file.clone(), data.clone(), |_| None)?;

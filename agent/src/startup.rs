@@ -43,6 +43,8 @@ pub struct Status {
     pub last_ack_at: Option<String>,
     pub disk_bytes: u64,
     pub disk_budget_used: f64,
+    pub over_budget: bool,
+    pub open_alerts: u64,
     pub last_error: Option<String>,
 }
 
@@ -88,24 +90,18 @@ impl Agent {
     }
 
     pub async fn status(&self) -> Result<Status, ApiError> {
-        let (counts, last_delivery_at, hub_applied, last_ack_at) = self
+        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts) = self
             .read(|c| {
                 Ok((
                     ledger::outbox_counts(c)?,
                     ledger::get_meta(c, ledger::META_LAST_DELIVERY_AT)?,
                     ledger::get_meta(c, ledger::META_HUB_APPLIED_SEQ)?,
                     ledger::get_meta(c, ledger::META_LAST_ACK_AT)?,
+                    crate::housekeeping::alerts(c, false, 1000)?,
                 ))
             })
             .await?;
-        let disk_bytes = ["", "-wal", "-shm"]
-            .iter()
-            .filter_map(|suffix| {
-                let mut path = self.config.database_path().into_os_string();
-                path.push(suffix);
-                std::fs::metadata(path).ok().map(|m| m.len())
-            })
-            .sum::<u64>();
+        let disk_bytes = crate::housekeeping::database_bytes(&self.config.database_path());
         let oldest_pending_age_s = counts.oldest_pending_at.as_deref().and_then(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
                 .ok()
@@ -129,6 +125,8 @@ impl Agent {
             last_ack_at,
             disk_bytes,
             disk_budget_used: disk_bytes as f64 / self.config.disk_budget_bytes.max(1) as f64,
+            over_budget: open_alerts.iter().any(|a| a.kind == crate::housekeeping::OVER_BUDGET),
+            open_alerts: open_alerts.len() as u64,
             last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }
@@ -148,6 +146,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let pump = tokio::spawn(sync::run(agent.clone(), hub, stop_rx.clone()));
+    let housekeeping = tokio::spawn(crate::housekeeping::run(agent.clone(), stop_rx.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %agent.config.store, "agent listening");
     let mut server_stop = stop_rx.clone();
@@ -163,5 +162,6 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = pump.await;
+    let _ = housekeeping.await;
     Ok(())
 }
