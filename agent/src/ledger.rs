@@ -181,11 +181,8 @@ pub fn record(
 ) -> Result<Recorded, RecordError> {
     if let Some(idem) = &idempotency {
         let existing: Option<(String, String)> = conn
-            .query_row(
-                "SELECT request_hash, movement_id FROM idempotency WHERE key = ?1",
-                [idem.key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT request_hash, movement_id FROM idempotency WHERE key = ?1")?
+            .query_row([idem.key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((hash, movement_id)) = existing {
             if hash != idem.request_hash {
@@ -197,7 +194,8 @@ pub fn record(
     }
 
     let on_hand: i64 = conn
-        .query_row("SELECT on_hand FROM stock WHERE sku = ?1", [new.sku.as_str()], |r| r.get(0))
+        .prepare_cached("SELECT on_hand FROM stock WHERE sku = ?1")?
+        .query_row([new.sku.as_str()], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     let (delta, counted) = match new.quantity {
@@ -209,19 +207,18 @@ pub fn record(
         .filter(|v| v.abs() <= MAX_QUANTITY * 1000)
         .ok_or_else(|| RecordError::Invalid("the resulting on-hand is out of range".into()))?;
 
-    let seq: u64 = conn.query_row(
-        "SELECT ifnull(max(seq), 0) + 1 FROM movements WHERE origin = 'store'",
-        [],
-        |r| r.get(0),
-    )?;
+    let seq: u64 = conn
+        .prepare_cached("SELECT ifnull(max(seq), 0) + 1 FROM movements WHERE origin = 'store'")?
+        .query_row([], |r| r.get(0))?;
     let id = Uuid::now_v7().to_string();
     let now = now_rfc3339();
     let watermark = meta_u64(conn, META_HUB_WATERMARK)?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO movements (origin, seq, id, kind, sku, delta, counted, hub_watermark, reason,
              ref, to_store, from_store, occurred_at, recorded_at, state)
          VALUES ('store', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, 'pending')",
-        params![
+    )?
+    .execute(params![
             seq,
             id,
             new.kind.as_str(),
@@ -234,29 +231,42 @@ pub fn record(
             new.to_store.as_ref().map(StoreId::as_str),
             new.from_store.as_ref().map(StoreId::as_str),
             now,
-        ],
-    )?;
+        ])?;
     let _ = store; // the store id travels in the envelope, built at send time
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO stock (sku, on_hand, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, updated_at = excluded.updated_at",
-        params![new.sku.as_str(), new_on_hand, now],
-    )?;
+    )?
+    .execute(params![new.sku.as_str(), new_on_hand, now])?;
+    crate::stock_alerts::refresh(conn, new.sku.as_str(), new_on_hand, &now)?;
     if let Some(idem) = idempotency {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO idempotency (key, request_hash, movement_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![idem.key, idem.request_hash, id, now],
-        )?;
+        )?
+        .execute(params![idem.key, idem.request_hash, id, now])?;
     }
-    Ok(Recorded { movement: movement_by_id(conn, &id)?, created: true })
+    // The row as a retry will read it back: same fields, same formatting.
+    let movement = MovementView {
+        seq: Some(seq),
+        hub_seq: None,
+        origin: Origin::Store.as_str().to_owned(),
+        id,
+        kind: new.kind.as_str().to_owned(),
+        sku: new.sku.to_string(),
+        delta,
+        counted,
+        reason: new.reason.map(|r| r.as_str().to_owned()),
+        reference: new.reference.clone(),
+        to_store: new.to_store.as_ref().map(ToString::to_string),
+        from_store: new.from_store.as_ref().map(ToString::to_string),
+        occurred_at: now,
+    };
+    Ok(Recorded { movement, created: true })
 }
 
 pub fn movement_by_id(conn: &Connection, id: &str) -> rusqlite::Result<MovementView> {
-    conn.query_row(
-        &format!("SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"),
-        [id],
-        movement_view,
-    )
+    conn.prepare_cached(&format!("SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"))?
+        .query_row([id], movement_view)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

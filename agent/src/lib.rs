@@ -12,5 +12,6 @@ pub mod housekeeping;
 pub mod hub_client;
 pub mod ledger;
 pub mod startup;
+pub mod stock_alerts;
 pub mod sync;
 pub mod writer;

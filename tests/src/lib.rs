@@ -379,3 +379,35 @@ pub async fn agent_stock(client: &reqwest::Client, agent_url: &str) -> std::coll
         }
     }
 }
+
+// Helpers for the throughput bench (tests/benches/throughput.rs).
+
+impl Process {
+    /// The OS process id, while the process is held.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Hub {
+    /// Whether the hub process is alive (false once it exited or was killed).
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(Process::is_running)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+}
+
+impl Broker {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+}
+
+impl Agent {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+}
