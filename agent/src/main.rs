@@ -88,25 +88,9 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn,warp=warn".into()),
-        )
-        .init();
+    bazaar_shared::service::init_logging("info,rdkafka=warn,warp=warn");
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(dispatch(cli.command)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    bazaar_shared::service::run_main(dispatch(cli.command));
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -244,28 +228,9 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another agent running? set `listen` or BAZAAR_AGENT_LISTEN", cfg.listen))?;
-    startup::run(cfg, listener, shutdown_signal()).await
+    startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
 
 fn local(cfg: &AgentConfig, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;

@@ -12,6 +12,8 @@ pub mod http;
 pub mod kafka;
 pub mod ids;
 pub mod partition;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod signing;
 pub mod topics;
 
