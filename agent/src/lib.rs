@@ -6,6 +6,7 @@
 //! `config`, and `startup` (the builder `main` and the tests share).
 
 pub mod api;
+pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod housekeeping;

@@ -24,6 +24,7 @@ pub struct Agent {
     pub writer: Writer,
     reader: Arc<Mutex<Connection>>,
     pub sync: SyncStatus,
+    pub commands: crate::commands::CommandStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +45,10 @@ pub struct Status {
     pub disk_bytes: u64,
     pub disk_budget_used: f64,
     pub over_budget: bool,
+    /// The last hub-origin movement applied (its hub_seq).
+    pub hub_watermark: u64,
+    /// Commands dropped because they did not verify with this store's key.
+    pub commands_forged: u64,
     pub open_alerts: u64,
     pub last_error: Option<String>,
 }
@@ -56,7 +61,7 @@ impl Agent {
         let writer = Writer::start(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let reader = ledger::open(&path)?;
         let store = config.store.to_string();
-        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), sync: SyncStatus::default() };
+        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), sync: SyncStatus::default(), commands: Default::default() };
         let existing = agent.read_blocking(|c| ledger::get_meta(c, ledger::META_STORE))?;
         match existing {
             Some(s) if s != store => anyhow::bail!(
@@ -90,7 +95,7 @@ impl Agent {
     }
 
     pub async fn status(&self) -> Result<Status, ApiError> {
-        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts) = self
+        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts, watermark, forged) = self
             .read(|c| {
                 Ok((
                     ledger::outbox_counts(c)?,
@@ -98,6 +103,8 @@ impl Agent {
                     ledger::get_meta(c, ledger::META_HUB_APPLIED_SEQ)?,
                     ledger::get_meta(c, ledger::META_LAST_ACK_AT)?,
                     crate::housekeeping::alerts(c, false, 1000)?,
+                    ledger::get_meta(c, ledger::META_HUB_WATERMARK)?,
+                    ledger::get_meta(c, crate::commands::META_FORGED)?,
                 ))
             })
             .await?;
@@ -127,6 +134,8 @@ impl Agent {
             disk_budget_used: disk_bytes as f64 / self.config.disk_budget_bytes.max(1) as f64,
             over_budget: open_alerts.iter().any(|a| a.kind == crate::housekeeping::OVER_BUDGET),
             open_alerts: open_alerts.len() as u64,
+            hub_watermark: watermark.and_then(|v| v.parse().ok()).unwrap_or(0),
+            commands_forged: forged.and_then(|v| v.parse().ok()).unwrap_or(0),
             last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
         })
     }
@@ -147,6 +156,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
     let (stop_tx, stop_rx) = watch::channel(false);
     let pump = tokio::spawn(sync::run(agent.clone(), hub, stop_rx.clone()));
     let housekeeping = tokio::spawn(crate::housekeeping::run(agent.clone(), stop_rx.clone()));
+    let commands = tokio::spawn(crate::commands::run(agent.clone(), stop_rx.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %agent.config.store, "agent listening");
     let mut server_stop = stop_rx.clone();
@@ -163,5 +173,6 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
     let _ = server.await;
     let _ = pump.await;
     let _ = housekeeping.await;
+    let _ = commands.await;
     Ok(())
 }
