@@ -67,19 +67,31 @@ pub fn check_budget(conn: &Connection, used: u64, budget: u64) -> rusqlite::Resu
 /// Deletes at most one batch of acknowledged rows and idempotency keys older than
 /// `cutoff` (RFC 3339); returns how many ledger rows went.
 pub fn compact(conn: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM idempotency WHERE created_at < ?1
-           AND movement_id IN (SELECT id FROM movements WHERE state = 'acked')",
-        [cutoff],
-    )?;
-    conn.execute(
-        "DELETE FROM movements WHERE local_id IN (
-             SELECT m.local_id FROM movements m
-             WHERE m.state = 'acked' AND m.recorded_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM idempotency i WHERE i.movement_id = m.id)
-             LIMIT ?2)",
-        params![cutoff, COMPACT_BATCH],
-    )
+    // Rows are acknowledged in ledger order, so the compactable rows are a prefix of the
+    // ledger: walking it by rowid from the start, bounded by the first row not yet
+    // acknowledged, never scans the (possibly huge) unacknowledged tail.
+    let boundary: i64 = conn
+        .prepare_cached(
+            "SELECT min(
+                 ifnull((SELECT local_id FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1), 9223372036854775807),
+                 ifnull((SELECT local_id FROM movements WHERE state = 'sent' ORDER BY seq LIMIT 1), 9223372036854775807))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let victims: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT local_id, id FROM movements
+             WHERE local_id < ?1 AND state = 'acked' AND recorded_at < ?2
+             ORDER BY local_id LIMIT ?3",
+        )?
+        .query_map(params![boundary, cutoff, COMPACT_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut forget_key = conn.prepare_cached("DELETE FROM idempotency WHERE movement_id = ?1")?;
+    let mut delete = conn.prepare_cached("DELETE FROM movements WHERE local_id = ?1")?;
+    for (local_id, id) in &victims {
+        forget_key.execute([id])?;
+        delete.execute([local_id])?;
+    }
+    Ok(victims.len())
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -21,7 +21,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use uuid::Uuid;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/agent/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/agent/0001_init.sql"),
+    include_str!("../../migrations/agent/0002_outbox_indexes.sql"),
+];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -395,7 +398,7 @@ pub fn pending_batch(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Outb
 pub fn mark_sent(conn: &Connection, seqs: &[u64], at: &str) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare_cached(
         "UPDATE movements SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL
-         WHERE seq = ?1 AND state = 'pending'",
+         WHERE seq = ?1 AND state = 'pending' AND origin = 'store'",
     )?;
     let mut changed = 0;
     for seq in seqs {
@@ -409,7 +412,8 @@ pub fn mark_sent(conn: &Connection, seqs: &[u64], at: &str) -> rusqlite::Result<
 
 pub fn record_send_failure(conn: &Connection, seq: u64, error: &str) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE movements SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1 AND state = 'pending'",
+        "UPDATE movements SET attempts = attempts + 1, last_error = ?2
+         WHERE seq = ?1 AND state = 'pending' AND origin = 'store'",
         params![seq, error],
     )?;
     Ok(())
@@ -498,13 +502,12 @@ pub struct OutboxCounts {
 }
 
 pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
-    let count = |state: &str| -> rusqlite::Result<u64> {
-        conn.query_row("SELECT count(*) FROM movements WHERE state = ?1", [state], |r| r.get(0))
-    };
+    // Literal states, so each count walks its own partial index (see migration 0002).
+    let count = |sql: &str| -> rusqlite::Result<u64> { conn.prepare_cached(sql)?.query_row([], |r| r.get(0)) };
     Ok(OutboxCounts {
-        pending: count("pending")?,
-        sent: count("sent")?,
-        parked: count("parked")?,
+        pending: count("SELECT count(*) FROM movements WHERE state = 'pending'")?,
+        sent: count("SELECT count(*) FROM movements WHERE state = 'sent'")?,
+        parked: count("SELECT count(*) FROM movements WHERE state = 'parked'")?,
         oldest_pending_at: conn.query_row(
             "SELECT recorded_at FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1",
             [],

@@ -23,6 +23,9 @@ pub struct Agent {
     pub config: AgentConfig,
     pub writer: Writer,
     reader: Arc<Mutex<Connection>>,
+    /// The sync pump's own read connection: an API caller reading a large status never
+    /// makes the pump wait.
+    pump_reader: Arc<Mutex<Connection>>,
     pub sync: SyncStatus,
     pub commands: crate::commands::CommandStats,
 }
@@ -60,8 +63,9 @@ impl Agent {
         let path = config.database_path();
         let writer = Writer::start(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let reader = ledger::open(&path)?;
+        let pump_reader = ledger::open(&path)?;
         let store = config.store.to_string();
-        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), sync: SyncStatus::default(), commands: Default::default() };
+        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), pump_reader: Arc::new(Mutex::new(pump_reader)), sync: SyncStatus::default(), commands: Default::default() };
         let existing = agent.read_blocking(|c| ledger::get_meta(c, ledger::META_STORE))?;
         match existing {
             Some(s) if s != store => anyhow::bail!(
@@ -78,13 +82,29 @@ impl Agent {
         f(&conn)
     }
 
-    /// Runs a read on the read connection, off the async threads.
+    /// Runs a read on the API's read connection, off the async threads.
     pub async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let reader = self.reader.clone();
+        Self::read_on(self.reader.clone(), f).await
+    }
+
+    /// Runs a read on the sync pump's own connection.
+    pub async fn read_for_pump<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        Self::read_on(self.pump_reader.clone(), f).await
+    }
+
+    async fn read_on<T, F>(reader: Arc<Mutex<Connection>>, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&conn)
@@ -97,6 +117,10 @@ impl Agent {
     pub async fn status(&self) -> Result<Status, ApiError> {
         let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts, watermark, forged) = self
             .read(|c| {
+                // One read transaction: every figure from the same snapshot, so pending and
+                // sent never double-count a row the pump moved in between.
+                let snapshot = c.unchecked_transaction()?;
+                let c = &*snapshot;
                 Ok((
                     ledger::outbox_counts(c)?,
                     ledger::get_meta(c, ledger::META_LAST_DELIVERY_AT)?,

@@ -183,7 +183,7 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         let notified = committed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let batch = match agent.read(|conn| ledger::pending_batch(conn, BATCH)).await {
+        let batch = match agent.read_for_pump(|conn| ledger::pending_batch(conn, BATCH)).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = ?e, "cannot read the outbox");

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::cache::Lookup;
+use crate::ratelimit::{client_ip, Decision, RateLimiter};
 use crate::startup::Hub;
 use crate::stores;
 
@@ -39,13 +41,18 @@ impl Principal {
 }
 
 pub fn routes(hub: Arc<Hub>) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    let observed = hub.clone();
     healthz()
+        .or(metrics(hub.clone()))
         .or(store_health(hub.clone()))
         .or(store_stock(hub.clone()))
         .or(seed_get_stock(hub.clone()))
         .or(register_store(hub))
         .recover(recover)
         .with(warp::log("bazaar_hub::http"))
+        .with(warp::log::custom(move |info| {
+            observed.http_metrics.observe(info.path(), info.method().as_str(), info.status().as_u16(), info.elapsed());
+        }))
 }
 
 fn with_hub(hub: Arc<Hub>) -> impl Filter<Extract = (Arc<Hub>,), Error = std::convert::Infallible> + Clone {
@@ -92,6 +99,13 @@ fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone 
     warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
 }
 
+/// Prometheus text format; open, like `/healthz`.
+fn metrics(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics").and(warp::get()).and(with_hub(hub)).map(|hub: Arc<Hub>| {
+        warp::reply::with_header(crate::metrics::render(&hub), "content-type", "text/plain; version=0.0.4; charset=utf-8").into_response()
+    })
+}
+
 fn store_health(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "stores" / String)
         .and(warp::get())
@@ -117,12 +131,44 @@ fn store_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Err
             let store = store_param(store)?;
             let sku = sku_param(sku)?;
             who.may_act_on(&store)?;
-            let figure = lookup_stock(&hub, &store, &sku).await?;
+            let (figure, _) = lookup_stock(&hub, &store, &sku).await?;
             Ok::<_, Rejection>(warp::reply::json(&figure))
         })
 }
 
-async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<stores::StockFigure, ApiError> {
+/// Where a stock figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Database,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Database => "database",
+        }
+    }
+}
+
+/// Redis first, then MySQL; a miss is filled from the primary (compare-and-set on the
+/// version, so a slow fill never overwrites a newer refresh). Only registered stores are
+/// ever cached, so a hit needs no store check.
+async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<(stores::StockFigure, Source), ApiError> {
+    let generation = match hub.cache.lookup(store.as_str(), sku.as_str()).await {
+        Lookup::Hit(figure) => return Ok((figure, Source::Cache)),
+        Lookup::Miss { generation } => Some(generation),
+        Lookup::Unavailable => None,
+    };
+    let figure = read_stock(hub, store, sku).await?;
+    if let Some(generation) = generation {
+        hub.cache.store(&figure, &generation).await;
+    }
+    Ok((figure, Source::Database))
+}
+
+async fn read_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<stores::StockFigure, ApiError> {
     if !stores::exists(&hub.pool, store).await.map_err(|e| ApiError::internal("could not read stores", e))? {
         return Err(ApiError::not_found(format!("store {store} is not registered")));
     }
@@ -137,6 +183,7 @@ async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<stores::S
 fn seed_get_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("get-stock" / String / String)
         .and(warp::get())
+        .and(rate_limited(hub.clone(), |hub| &hub.get_stock_limit))
         .and(warp::header::optional::<String>("authorization"))
         .and(with_hub(hub))
         .and_then(|store: String, sku: String, header: Option<String>, hub: Arc<Hub>| async move {
@@ -145,14 +192,43 @@ fn seed_get_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), 
             if !hub.config.open_get_stock {
                 authenticate(&hub, header.as_deref()).await?.may_act_on(&store)?;
             }
-            let figure = lookup_stock(&hub, &store, &sku).await?;
+            let (figure, source) = lookup_stock(&hub, &store, &sku).await?;
             Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
                 "store_id": figure.store,
                 "product_id": figure.sku,
                 "quantity": figure.on_hand,
-                "source": "database",
+                "source": source.as_str(),
             })))
         })
+}
+
+/// Refuses the request with `429`, `Retry-After` and the JSON error once the client (see
+/// [`client_ip`]) is past the route's limit; before authentication, so it costs nothing.
+fn rate_limited(
+    hub: Arc<Hub>,
+    limiter: fn(&Hub) -> &RateLimiter,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(with_hub(hub))
+        .and_then(move |peer: Option<SocketAddr>, forwarded: Option<String>, hub: Arc<Hub>| async move {
+            let client = client_ip(peer, forwarded.as_deref(), &hub.config.trusted_proxies);
+            let limiter = limiter(&hub);
+            match limiter.check(client).await {
+                Decision::Allow => Ok(()),
+                Decision::Deny { retry_after } => {
+                    let secs = Decision::retry_after_secs(retry_after);
+                    let mut error = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!("at most {} requests per second per client on this route; retry in {secs} s", limiter.per_second()),
+                    );
+                    error.retry_after_secs = Some(secs);
+                    Err(Rejection::from(error))
+                }
+            }
+        })
+        .untuple_one()
 }
 
 #[derive(Debug, Deserialize)]

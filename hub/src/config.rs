@@ -2,7 +2,7 @@
 //! variable (DESIGN §7). Secrets are wrapped so they never print.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use anyhow::Context;
@@ -41,6 +41,9 @@ pub struct FileConfig {
     pub topic_prefix: Option<String>,
     pub rate_limit_get_stock: Option<u32>,
     pub open_get_stock: Option<bool>,
+    pub redis_prefix: Option<String>,
+    pub stock_cache_ttl_secs: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,12 @@ pub struct HubConfig {
     pub topic_prefix: String,
     pub rate_limit_get_stock: u32,
     pub open_get_stock: bool,
+    /// Every Redis key starts with it (`bazaar:`); lets test runs share one Redis.
+    pub redis_prefix: String,
+    /// How long a cached stock figure lives without a refresh; 0 turns the cache off.
+    pub stock_cache_ttl_secs: u64,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl HubConfig {
@@ -84,6 +93,18 @@ impl HubConfig {
             Some(raw) => matches!(raw.as_str(), "1" | "true" | "yes"),
             None => file.open_get_stock.unwrap_or(false),
         };
+        let ttl = match var("STOCK_CACHE_TTL_SECS") {
+            Some(raw) => raw.parse().with_context(|| format!("BAZAAR_HUB_STOCK_CACHE_TTL_SECS={raw:?} is not a whole number of seconds"))?,
+            None => file.stock_cache_ttl_secs.unwrap_or(3600),
+        };
+        let proxies: Vec<String> = match var("TRUSTED_PROXIES") {
+            Some(raw) => raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect(),
+            None => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = proxies
+            .iter()
+            .map(|p| p.parse::<IpAddr>().map(|ip| ip.to_canonical()).with_context(|| format!("BAZAAR_HUB_TRUSTED_PROXIES: {p:?} is not an IP address")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(HubConfig {
             mysql_url: var("MYSQL_URL").map(Secret).or(file.mysql_url).unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
             mysql_replica_url: var("MYSQL_REPLICA_URL").map(Secret).or(file.mysql_replica_url),
@@ -95,6 +116,9 @@ impl HubConfig {
             topic_prefix: var("TOPIC_PREFIX").or(file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
             rate_limit_get_stock: rate,
             open_get_stock,
+            redis_prefix: var("REDIS_PREFIX").or(file.redis_prefix).unwrap_or_else(|| "bazaar:".into()),
+            stock_cache_ttl_secs: ttl,
+            trusted_proxies,
         })
     }
 }
@@ -122,5 +146,20 @@ mod tests {
     fn bad_values_are_named() {
         let err = HubConfig::from_layers(FileConfig::default(), |n| (n == "BAZAAR_HUB_LISTEN").then(|| "nope".into())).unwrap_err();
         assert!(err.to_string().contains("BAZAAR_HUB_LISTEN"));
+        let err = HubConfig::from_layers(FileConfig::default(), |n| (n == "BAZAAR_HUB_TRUSTED_PROXIES").then(|| "10.0.0.1, proxy".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("\"proxy\""), "{err:#}");
+    }
+
+    #[test]
+    fn trusted_proxies_and_cache_settings_parse() {
+        let cfg = HubConfig::from_layers(FileConfig::default(), |n| match n {
+            "BAZAAR_HUB_TRUSTED_PROXIES" => Some("10.0.0.1, ::1".into()),
+            "BAZAAR_HUB_STOCK_CACHE_TTL_SECS" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.trusted_proxies, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(cfg.stock_cache_ttl_secs, 0);
+        assert_eq!(cfg.redis_prefix, "bazaar:");
     }
 }

@@ -8,9 +8,12 @@
 //!   transaction that applies the change, never from Kafka offsets;
 //! - offsets are stored only after the commit, so a crash anywhere before it re-delivers
 //!   the batch, and the re-delivery is skipped as duplicates;
+//! - between the commit and storing the offsets, the stock cache is refreshed for every
+//!   (store, sku) the batch touched, duplicates included, from what MySQL now holds
+//!   ([`crate::cache`]); Redis being down skips the refresh and ingest goes on;
 //! - the database being away stops consumption (retried with backoff); nothing is skipped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bazaar_shared::kafka::base_config;
@@ -34,6 +37,9 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     pub held: usize,
     pub parked: usize,
+    /// Every (store, sku) the batch named or changed, duplicates included: the stock-cache
+    /// entries to refresh after the commit.
+    pub touched: BTreeSet<(String, String)>,
 }
 
 /// A raw message from Kafka.
@@ -57,7 +63,13 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, rdkafka::e
 }
 
 /// Consumes until `shutdown`; every batch is applied before its offsets are stored.
-pub async fn run(consumer: StreamConsumer, pool: MySqlPool, mut shutdown: watch::Receiver<bool>, metrics: crate::startup::IngestCounters) {
+pub async fn run(
+    consumer: StreamConsumer,
+    pool: MySqlPool,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: crate::startup::IngestCounters,
+    cache: crate::cache::StockCache,
+) {
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
@@ -95,6 +107,7 @@ pub async fn run(consumer: StreamConsumer, pool: MySqlPool, mut shutdown: watch:
             }
         };
         metrics.record(&outcome);
+        cache.refresh(&pool, &outcome.touched).await;
         if let Err(e) = store_offsets(&consumer, &batch) {
             tracing::warn!(error = %e, "could not store offsets; the batch will be re-delivered and skipped as duplicates");
         }
@@ -165,6 +178,7 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
     let now = Utc::now();
     let mut parked: Vec<Parked> = Vec::new();
     let mut by_store: BTreeMap<String, Vec<Decoded>> = BTreeMap::new();
+    let mut touched = BTreeSet::new();
     for m in batch {
         match Envelope::decode(&m.payload) {
             Ok(received) => by_store
@@ -179,6 +193,9 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
                 envelope: None,
             }),
         }
+    }
+    for messages in by_store.values() {
+        touched.extend(messages.iter().map(|m| (m.received.envelope.store.to_string(), m.received.envelope.sku.to_string())));
     }
     let mut outcome = BatchOutcome::default();
     let stores: Vec<String> = by_store.keys().cloned().collect();
@@ -293,6 +310,7 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
     }
 
     write_ledger(tx, &ledger, now).await?;
+    touched.extend(ledger.stock.keys().cloned());
     for (store, last, latest_event) in &new_watermarks {
         sqlx::query(
             "UPDATE store_sync SET last_seq = ?, last_applied_at = ?,
@@ -319,6 +337,7 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
         q.build().execute(&mut **tx).await?;
     }
     outcome.parked = parked.len();
+    outcome.touched = touched;
     if !parked.is_empty() {
         for p in &parked {
             tracing::warn!(reason = p.reason.as_str(), detail = %p.detail, topic = %p.position.topic,

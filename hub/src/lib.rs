@@ -2,14 +2,20 @@
 //!
 //! Layout: `plan` (pure per-store decisions: apply, hold, park, skip), `ingest` (Kafka
 //! consumer group → one MySQL transaction per batch), `stores` (registration, credentials,
-//! sync state, stock reads), `api` (thin warp routes), `audit`, `config`, `db`, and
-//! `startup` (the builder `main` and the tests share).
+//! sync state, stock reads), `api` (thin warp routes), `audit`, `config`, `db`,
+//! `redis_link` (the one Redis connection, with its fallback), `cache` (stock in Redis),
+//! `ratelimit` (GCRA per client IP), `metrics` (`/metrics`), and `startup` (the builder
+//! `main` and the tests share).
 
 pub mod api;
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod ingest;
+pub mod metrics;
 pub mod plan;
+pub mod ratelimit;
+pub mod redis_link;
 pub mod startup;
 pub mod stores;

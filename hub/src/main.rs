@@ -58,25 +58,9 @@ enum StoreCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn,sqlx=warn,warp=warn".into()),
-        )
-        .init();
+    bazaar_shared::service::init_logging("info,rdkafka=warn,sqlx=warn,warp=warn");
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(dispatch(cli.command)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    bazaar_shared::service::run_main(dispatch(cli.command));
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -86,7 +70,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}: set BAZAAR_HUB_LISTEN to a free address", cfg.listen))?;
-            startup::run(cfg, listener, shutdown_signal()).await
+            startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
         }
         Command::Migrate { config } => {
             let cfg = HubConfig::load(config.as_deref())?;
@@ -116,20 +100,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
 
 /// Forecasts into a temporary file beside `output` and renames it into place, so a bad
 /// input never leaves a half-written forecast behind.

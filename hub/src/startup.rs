@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::cache::StockCache;
 use crate::config::HubConfig;
+use crate::metrics::HttpMetrics;
+use crate::ratelimit::RateLimiter;
+use crate::redis_link::RedisLink;
 use crate::db;
 use crate::ingest::{self, BatchOutcome};
 
@@ -22,6 +26,10 @@ pub struct Hub {
     pub config: HubConfig,
     pub pool: MySqlPool,
     pub ingest: IngestCounters,
+    pub redis: Arc<RedisLink>,
+    pub cache: StockCache,
+    pub get_stock_limit: RateLimiter,
+    pub http_metrics: HttpMetrics,
 }
 
 #[derive(Clone, Default)]
@@ -53,7 +61,13 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
     } else {
         pool
     };
-    Ok(Arc::new(Hub { config, pool, ingest: IngestCounters::default() }))
+    let redis = Arc::new(RedisLink::new(&config.redis_url, &config.redis_prefix)?);
+    let cache = StockCache::new(redis.clone(), Duration::from_secs(config.stock_cache_ttl_secs));
+    let get_stock_limit = RateLimiter::new("get-stock", config.rate_limit_get_stock, redis.clone());
+    // Connect now (and start this process's cache generation); Redis being down is not
+    // an error: the link warns once and keeps retrying in the background.
+    redis.connect().await;
+    Ok(Arc::new(Hub { config, pool, ingest: IngestCounters::default(), redis, cache, get_stock_limit, http_metrics: HttpMetrics::default() }))
 }
 
 /// Serves the API on `listener` and consumes movements until `shutdown` resolves; then
@@ -108,5 +122,5 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         return;
     }
     tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group, "ingest started");
-    ingest::run(consumer, hub.pool.clone(), stop, hub.ingest.clone()).await;
+    ingest::run(consumer, hub.pool.clone(), stop, hub.ingest.clone(), hub.cache.clone()).await;
 }

@@ -177,6 +177,8 @@ impl Hub {
             ("BAZAAR_HUB_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
             ("BAZAAR_HUB_KAFKA_GROUP".into(), names.group.clone()),
             ("BAZAAR_HUB_TOPIC_PREFIX".into(), names.prefix.clone()),
+            // The machine's Redis, in this test's own namespace.
+            ("BAZAAR_HUB_REDIS_PREFIX".into(), names.prefix.clone()),
             ("RUST_LOG".into(), "info,rdkafka=warn,sqlx=warn".into()),
         ];
         let dir = dir.join("hub");

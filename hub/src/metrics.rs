@@ -1,0 +1,143 @@
+//! `/metrics` in the Prometheus text format (0.0.4), from a small registry of our own: a
+//! counter and a latency histogram per (route, method, status), plus the counters the rest
+//! of the hub keeps (cache, rate limits, Redis, ingest). Routes are labelled by their
+//! pattern (`/v1/stores/{store}`), never by the raw path, so the series stay few.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Default)]
+struct Series {
+    count: u64,
+    sum: f64,
+    /// Per bucket (not cumulative); the last slot is +Inf.
+    buckets: [u64; BUCKETS.len() + 1],
+}
+
+#[derive(Default)]
+pub struct HttpMetrics {
+    series: Mutex<BTreeMap<(&'static str, &'static str, u16), Series>>,
+}
+
+impl HttpMetrics {
+    pub fn observe(&self, path: &str, method: &str, status: u16, elapsed: Duration) {
+        let route = route_of(path);
+        let seconds = elapsed.as_secs_f64();
+        let slot = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = series.entry((route, method_of(method), status)).or_default();
+        s.count += 1;
+        s.sum += seconds;
+        s.buckets[slot] += 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        out.push_str("# HELP bazaar_hub_http_requests_total HTTP requests answered, by route pattern, method and status.\n");
+        out.push_str("# TYPE bazaar_hub_http_requests_total counter\n");
+        for ((route, method, status), s) in series.iter() {
+            let _ = writeln!(out, "bazaar_hub_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}", s.count);
+        }
+        out.push_str("# HELP bazaar_hub_http_request_duration_seconds Time to answer, by route pattern, method and status.\n");
+        out.push_str("# TYPE bazaar_hub_http_request_duration_seconds histogram\n");
+        for ((route, method, status), s) in series.iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i];
+                let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);
+            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_count{{{labels}}} {}", s.count);
+        }
+    }
+}
+
+fn method_of(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The route pattern a path belongs to.
+pub fn route_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [""] => "/",
+        ["healthz"] => "/healthz",
+        ["metrics"] => "/metrics",
+        ["get-stock", _, _] => "/get-stock/{store_id}/{product_id}",
+        ["v1", "stores"] => "/v1/stores",
+        ["v1", "stores", _] => "/v1/stores/{store}",
+        ["v1", "stores", _, "stock", _] => "/v1/stores/{store}/stock/{sku}",
+        _ => "other",
+    }
+}
+
+/// One counter or gauge line with its HELP and TYPE.
+pub fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+/// Everything `/metrics` shows, rendered from the hub's state.
+pub fn render(hub: &crate::startup::Hub) -> String {
+    let mut out = String::with_capacity(4096);
+    hub.http_metrics.render(&mut out);
+    let (hits, misses) = hub.cache.counts();
+    scalar(&mut out, "bazaar_hub_stock_cache_hits_total", "counter", "Stock reads answered from Redis.", hits);
+    scalar(&mut out, "bazaar_hub_stock_cache_misses_total", "counter", "Stock reads that went to MySQL (not cached, or Redis down).", misses);
+    scalar(&mut out, "bazaar_hub_redis_up", "gauge", "1 while this hub is connected to Redis.", u8::from(hub.redis.is_up()));
+    scalar(&mut out, "bazaar_hub_redis_failures_total", "counter", "Redis operations that found it unreachable.", hub.redis.failures());
+    scalar(&mut out, "bazaar_hub_stock_cache_generation", "gauge", "The cache generation this hub started at its last Redis connection.", hub.redis.generation());
+    let _ = writeln!(
+        out,
+        "# HELP bazaar_hub_rate_limited_total Requests refused with 429, by route.\n# TYPE bazaar_hub_rate_limited_total counter\nbazaar_hub_rate_limited_total{{route=\"{}\"}} {}",
+        hub.get_stock_limit.route(),
+        hub.get_stock_limit.denied()
+    );
+    let [applied, duplicates, held, parked] = hub.ingest.totals();
+    scalar(&mut out, "bazaar_hub_movements_applied_total", "counter", "Movements applied to the ledger.", applied);
+    scalar(&mut out, "bazaar_hub_movements_duplicates_total", "counter", "Movements skipped as already applied.", duplicates);
+    scalar(&mut out, "bazaar_hub_movements_held_total", "counter", "Movements held until a gap in seq fills.", held);
+    scalar(&mut out, "bazaar_hub_movements_parked_total", "counter", "Movements parked (bad signature, unknown store, malformed).", parked);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_labelled_by_pattern() {
+        assert_eq!(route_of("/v1/stores/S1/stock/MILK"), "/v1/stores/{store}/stock/{sku}");
+        assert_eq!(route_of("/get-stock/S1/MILK"), "/get-stock/{store_id}/{product_id}");
+        assert_eq!(route_of("/v1/stores"), "/v1/stores");
+        assert_eq!(route_of("/nope/x/y/z"), "other");
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative() {
+        let m = HttpMetrics::default();
+        m.observe("/healthz", "GET", 200, Duration::from_micros(300));
+        m.observe("/healthz", "GET", 200, Duration::from_millis(3));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("bazaar_hub_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2"), "{out}");
+        assert!(out.contains("le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("le=\"+Inf\"} 2\n"), "{out}");
+    }
+}
