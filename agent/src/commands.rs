@@ -269,23 +269,8 @@ mod tests {
     use bazaar_shared::{Kind, SigningKey, Sku, StoreId};
 
     fn command(store: &str, hub_seq: u64, delta: i64, key: &SigningKey) -> Vec<u8> {
-        Envelope {
-            v: 1,
-            store: StoreId::parse(store).unwrap(),
-            origin: Origin::Hub,
-            seq: hub_seq,
-            id: uuid::Uuid::now_v7(),
-            kind: if delta > 0 { Kind::Receipt } else { Kind::Sale },
-            sku: Sku::parse("A").unwrap(),
-            delta,
-            counted: None,
-            hub_watermark: 0,
-            occurred_at: chrono::Utc::now(),
-            reference: None,
-            reason: None,
-            to_store: None,
-            from_store: None,
-        }
+        let kind = if delta > 0 { Kind::Receipt } else { Kind::Sale };
+        Envelope::movement(StoreId::parse(store).unwrap(), Origin::Hub, hub_seq, kind, Sku::parse("A").unwrap(), delta)
         .to_signed_bytes(key)
         .unwrap()
     }

@@ -2,7 +2,6 @@
 //! `/etc/bazaar/agent.toml` when installed), each setting overridable by a
 //! `BAZAAR_AGENT_*` variable. Secrets are wrapped so they never print.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,25 +15,7 @@ pub const DATABASE_FILE: &str = "agent.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7171";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bazaar-agent";
 
-/// A secret string: shown as `<redacted>` by Debug and Display.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use bazaar_shared::Secret;
 
 /// The file as written by `init`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,8 +110,8 @@ impl AgentConfig {
         if !(hub_url.starts_with("http://") || hub_url.starts_with("https://")) {
             bail!("hub url {hub_url:?} must start with http:// or https://");
         }
-        let token = pick("TOKEN", Some(file.token.0)).map(Secret).unwrap_or_else(|| Secret::new(""));
-        let key_text = pick("KEY", Some(file.key.0)).unwrap_or_default();
+        let token = pick("TOKEN", Some(file.token.into_inner())).map(Secret::new).unwrap_or_else(|| Secret::new(""));
+        let key_text = pick("KEY", Some(file.key.into_inner())).unwrap_or_default();
         let key = SigningKey::from_base64(&key_text).context("signing key (the `key` shown by `bazaar-hub store add`)")?;
         let data_dir = pick("DATA", file.data_dir.map(|p| p.display().to_string()))
             .map(PathBuf::from)
@@ -139,7 +120,7 @@ impl AgentConfig {
         let listen: SocketAddr = listen_text
             .parse()
             .with_context(|| format!("listen address {listen_text:?} is not IP:PORT"))?;
-        let local_token = pick("LOCAL_TOKEN", file.local_token.map(|s| s.0)).map(Secret);
+        let local_token = pick("LOCAL_TOKEN", file.local_token.map(Secret::into_inner)).map(Secret::new);
         if !listen.ip().is_loopback() && local_token.is_none() {
             bail!(
                 "the local API would listen on {listen}, beyond this machine, without a local token: \

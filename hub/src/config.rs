@@ -1,7 +1,6 @@
 //! Hub configuration: an optional TOML file, each setting overridable by a `BAZAAR_HUB_*`
 //! variable (DESIGN §7). Secrets are wrapped so they never print.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -9,24 +8,7 @@ use anyhow::Context;
 use bazaar_shared::topics::DEFAULT_PREFIX;
 use serde::Deserialize;
 
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use bazaar_shared::Secret;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,12 +88,12 @@ impl HubConfig {
             .map(|p| p.parse::<IpAddr>().map(|ip| ip.to_canonical()).with_context(|| format!("BAZAAR_HUB_TRUSTED_PROXIES: {p:?} is not an IP address")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(HubConfig {
-            mysql_url: var("MYSQL_URL").map(Secret).or(file.mysql_url).unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
-            mysql_replica_url: var("MYSQL_REPLICA_URL").map(Secret).or(file.mysql_replica_url),
+            mysql_url: var("MYSQL_URL").map(Secret::new).or(file.mysql_url).unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
+            mysql_replica_url: var("MYSQL_REPLICA_URL").map(Secret::new).or(file.mysql_replica_url),
             redis_url: var("REDIS_URL").or(file.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             kafka_brokers: var("KAFKA_BROKERS").or(file.kafka_brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
             listen,
-            admin_token: var("ADMIN_TOKEN").map(Secret).or(file.admin_token),
+            admin_token: var("ADMIN_TOKEN").map(Secret::new).or(file.admin_token),
             kafka_group: var("KAFKA_GROUP").or(file.kafka_group).unwrap_or_else(|| "bazaar-hub".into()),
             topic_prefix: var("TOPIC_PREFIX").or(file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
             rate_limit_get_stock: rate,

@@ -140,21 +140,8 @@ mod tests {
 
     fn message(key: &SigningKey, seq: u64, id: Uuid) -> Decoded {
         let envelope = Envelope {
-            v: 1,
-            store: StoreId::parse("S1").unwrap(),
-            origin: Origin::Store,
-            seq,
             id,
-            kind: Kind::Sale,
-            sku: Sku::parse("A").unwrap(),
-            delta: -1,
-            counted: None,
-            hub_watermark: 0,
-            occurred_at: chrono::Utc::now(),
-            reference: None,
-            reason: None,
-            to_store: None,
-            from_store: None,
+            ..Envelope::movement(StoreId::parse("S1").unwrap(), Origin::Store, seq, Kind::Sale, Sku::parse("A").unwrap(), -1)
         };
         let payload = envelope.to_signed_bytes(key).unwrap();
         Decoded {

@@ -382,23 +382,14 @@ async fn metrics_are_open_and_count_requests_cache_and_ingest() {
 
 fn sale(key: &bazaar_shared::SigningKey, seq: u64, sku: &str) -> bazaar_hub::ingest::RawMessage {
     use bazaar_shared::{Envelope, Kind, Origin, Sku, StoreId};
-    let envelope = Envelope {
-        v: 1,
-        store: StoreId::parse("S1").expect("store id"),
-        origin: Origin::Store,
+    let envelope = Envelope::movement(
+        StoreId::parse("S1").expect("store id"),
+        Origin::Store,
         seq,
-        id: uuid::Uuid::now_v7(),
-        kind: Kind::Sale,
-        sku: Sku::parse(sku).expect("sku"),
-        delta: -1,
-        counted: None,
-        hub_watermark: 0,
-        occurred_at: chrono::Utc::now(),
-        reference: None,
-        reason: None,
-        to_store: None,
-        from_store: None,
-    };
+        Kind::Sale,
+        Sku::parse(sku).expect("sku"),
+        -1,
+    );
     bazaar_hub::ingest::RawMessage {
         position: bazaar_hub::plan::Position { topic: "t".into(), partition: 0, offset: seq as i64 },
         payload: envelope.to_signed_bytes(key).expect("signed"),

@@ -191,6 +191,29 @@ impl Received {
 }
 
 impl Envelope {
+    /// A plain movement of `delta` for `sku`, now, with a fresh UUIDv7 and nothing
+    /// optional set: the start from which counts, adjustments and transfers add their
+    /// fields. Not validated until signed.
+    pub fn movement(store: StoreId, origin: Origin, seq: u64, kind: Kind, sku: Sku, delta: i64) -> Envelope {
+        Envelope {
+            v: WIRE_VERSION,
+            store,
+            origin,
+            seq,
+            id: Uuid::now_v7(),
+            kind,
+            sku,
+            delta,
+            counted: None,
+            hub_watermark: 0,
+            occurred_at: Utc::now(),
+            reference: None,
+            reason: None,
+            to_store: None,
+            from_store: None,
+        }
+    }
+
     /// Checks the rules of DESIGN §3–§4 that a single message can be held to.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         let bad = |msg: String| Err(EnvelopeError::Invalid(msg));

@@ -12,6 +12,7 @@ pub mod http;
 pub mod kafka;
 pub mod ids;
 pub mod partition;
+pub mod secret;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod signing;
@@ -19,5 +20,6 @@ pub mod topics;
 
 pub use envelope::{Envelope, EnvelopeError, Kind, Origin, Reason, MAX_MESSAGE_BYTES};
 pub use ids::{IdError, Sku, StoreId};
+pub use secret::Secret;
 pub use signing::{SigningKey, SigningKeyError};
 pub use topics::Topics;

@@ -13,21 +13,10 @@ use serde_json::{json, Value};
 
 fn hub_movement(hub_seq: u64, kind: Kind, delta: i64) -> Envelope {
     Envelope {
-        v: 1,
-        store: StoreId::parse("S1").unwrap(),
-        origin: Origin::Hub,
-        seq: hub_seq,
-        id: uuid::Uuid::now_v7(),
-        kind,
-        sku: Sku::parse("FLOUR").unwrap(),
-        delta,
-        counted: None,
         hub_watermark: hub_seq,
-        occurred_at: chrono::Utc::now(),
         reference: Some(format!("hq/{hub_seq}")),
         reason: (kind == Kind::Adjustment).then_some(Reason::Correction),
-        to_store: None,
-        from_store: None,
+        ..Envelope::movement(StoreId::parse("S1").unwrap(), Origin::Hub, hub_seq, kind, Sku::parse("FLOUR").unwrap(), delta)
     }
 }
 

@@ -187,23 +187,8 @@ async fn kill_9_of_the_hub_while_applying_loses_and_duplicates_nothing() {
 }
 
 fn envelope(seq: u64, delta: i64) -> Envelope {
-    Envelope {
-        v: 1,
-        store: StoreId::parse("S1").unwrap(),
-        origin: Origin::Store,
-        seq,
-        id: uuid::Uuid::now_v7(),
-        kind: if delta < 0 { Kind::Sale } else { Kind::Receipt },
-        sku: Sku::parse("RAW-1").unwrap(),
-        delta,
-        counted: None,
-        hub_watermark: 0,
-        occurred_at: chrono::Utc::now(),
-        reference: None,
-        reason: None,
-        to_store: None,
-        from_store: None,
-    }
+    let kind = if delta < 0 { Kind::Sale } else { Kind::Receipt };
+    Envelope::movement(StoreId::parse("S1").unwrap(), Origin::Store, seq, kind, Sku::parse("RAW-1").unwrap(), delta)
 }
 
 fn producer(brokers: &str) -> FutureProducer {
