@@ -121,17 +121,14 @@ fn apply_hub_movement(conn: &Connection, envelope: &Envelope) -> rusqlite::Resul
 }
 
 fn raise_gap_alert(conn: &Connection, expected: u64, got: u64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO alerts (kind, sku, severity, message, raised_at)
-         SELECT ?1, NULL, 'critical', ?2, ?3
-         WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = ?1 AND resolved_at IS NULL)",
-        params![
-            GAP_ALERT,
-            format!("hub command {got} arrived while {expected} was expected; hub changes stop until a re-snapshot"),
-            ledger::now_rfc3339()
-        ],
-    )?;
-    Ok(())
+    crate::housekeeping::raise_alert(
+        conn,
+        GAP_ALERT,
+        None,
+        "critical",
+        &format!("hub command {got} arrived while {expected} was expected; hub changes stop until a re-snapshot"),
+        &ledger::now_rfc3339(),
+    )
 }
 
 /// Where to read: (partition count, partition, next offset). A stored position is kept

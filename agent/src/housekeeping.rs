@@ -35,24 +35,34 @@ pub fn database_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// Opens an alert of `kind` for `sku` (or the store) unless one is open already: one open
+/// alert per condition, however often the condition is seen.
+pub fn raise_alert(conn: &Connection, kind: &str, sku: Option<&str>, severity: &str, message: &str, now: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO alerts (kind, sku, severity, message, raised_at)
+         SELECT ?1, ?2, ?3, ?4, ?5
+         WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = ?1 AND sku IS ?2 AND resolved_at IS NULL)",
+    )?
+    .execute(params![kind, sku, severity, message, now])?;
+    Ok(())
+}
+
 /// Raises or resolves the over-budget alert; returns whether it is open.
 pub fn check_budget(conn: &Connection, used: u64, budget: u64) -> rusqlite::Result<bool> {
     let now = ledger::now_rfc3339();
     if used > budget {
-        conn.execute(
-            "INSERT INTO alerts (kind, sku, severity, message, raised_at)
-             SELECT ?1, NULL, 'critical', ?2, ?3
-             WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = ?1 AND resolved_at IS NULL)",
-            params![
-                OVER_BUDGET,
-                format!(
-                    "the outbox uses {} MiB of its {} MiB disk budget: movements are still accepted; \
-                     restore the network to the broker, or raise disk_budget_mb",
-                    used / (1024 * 1024),
-                    budget / (1024 * 1024)
-                ),
-                now
-            ],
+        raise_alert(
+            conn,
+            OVER_BUDGET,
+            None,
+            "critical",
+            &format!(
+                "the outbox uses {} MiB of its {} MiB disk budget: movements are still accepted; \
+                 restore the network to the broker, or raise disk_budget_mb",
+                used / (1024 * 1024),
+                budget / (1024 * 1024)
+            ),
+            &now,
         )?;
         Ok(true)
     } else {

@@ -55,12 +55,7 @@ pub fn refresh(conn: &Connection, sku: &str, on_hand: i64, now: &str) -> rusqlit
     )?
     .execute(params![sku, current.map(AlertKind::as_str).unwrap_or(""), now])?;
     if let Some(kind) = current {
-        conn.prepare_cached(
-            "INSERT INTO alerts (kind, sku, severity, message, raised_at)
-             SELECT ?1, ?2, ?3, ?4, ?5
-             WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE kind = ?1 AND sku = ?2 AND resolved_at IS NULL)",
-        )?
-        .execute(params![kind.as_str(), sku, severity(kind), message(kind, sku, on_hand), now])?;
+        crate::housekeeping::raise_alert(conn, kind.as_str(), Some(sku), severity(kind), &message(kind, sku, on_hand), now)?;
     }
     Ok(())
 }
