@@ -18,17 +18,24 @@ use crate::writer::WriteError;
 const MAX_BODY_BYTES: u64 = 16 * 1024;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
-pub fn routes(agent: Arc<Agent>) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+pub fn routes(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let api = post_movement(agent.clone())
         .or(get_stock_item(agent.clone()))
         .or(get_stock(agent.clone()))
         .or(get_status(agent.clone()))
         .or(get_alerts(agent.clone()));
     let authorised = local_auth(agent).and(api).map(|(), reply| reply);
-    healthz().or(authorised).recover(recover).with(warp::log("bazaar_agent::http"))
+    healthz()
+        .or(authorised)
+        .recover(recover)
+        .with(warp::log("bazaar_agent::http"))
 }
 
-fn with_agent(agent: Arc<Agent>) -> impl Filter<Extract = (Arc<Agent>,), Error = std::convert::Infallible> + Clone {
+fn with_agent(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (Arc<Agent>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || agent.clone())
 }
 
@@ -49,7 +56,9 @@ fn local_auth(agent: Arc<Agent>) -> impl Filter<Extract = ((),), Error = Rejecti
 }
 
 fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
 }
 
 /// What a till sends. Unknown fields are refused so a typo never silently records
@@ -100,9 +109,15 @@ impl MovementRequest {
         };
         let reason = match (kind, self.reason) {
             (Kind::Adjustment, Some(r)) => Some(Reason::parse(&r).ok_or_else(|| {
-                ApiError::unprocessable(format!("reason {r:?} is not one of damage, theft, expiry, correction"))
+                ApiError::unprocessable(format!(
+                    "reason {r:?} is not one of damage, theft, expiry, correction"
+                ))
             })?),
-            (Kind::Adjustment, None) => return invalid("an adjustment needs a reason: damage, theft, expiry or correction".into()),
+            (Kind::Adjustment, None) => {
+                return invalid(
+                    "an adjustment needs a reason: damage, theft, expiry or correction".into(),
+                )
+            }
             (_, Some(_)) => return invalid(format!("a {} takes no reason", kind.as_str())),
             (_, None) => None,
         };
@@ -112,7 +127,9 @@ impl MovementRequest {
                 .transpose()
                 .map_err(|e| ApiError::unprocessable(format!("{field}: {e}")))?;
             if parsed.as_ref() == Some(own_store) {
-                return Err(ApiError::unprocessable(format!("{field} must name another store")));
+                return Err(ApiError::unprocessable(format!(
+                    "{field} must name another store"
+                )));
             }
             Ok(parsed)
         };
@@ -120,43 +137,73 @@ impl MovementRequest {
         let from_store = other_store(self.from_store, "from_store")?;
         match (kind, &to_store, &from_store) {
             (Kind::TransferOut, Some(_), None) | (Kind::TransferIn, None, Some(_)) => {}
-            (Kind::TransferOut, _, _) => return invalid("a transfer_out names the receiving store in `to_store`".into()),
-            (Kind::TransferIn, _, _) => return invalid("a transfer_in names the sending store in `from_store`".into()),
+            (Kind::TransferOut, _, _) => {
+                return invalid("a transfer_out names the receiving store in `to_store`".into())
+            }
+            (Kind::TransferIn, _, _) => {
+                return invalid("a transfer_in names the sending store in `from_store`".into())
+            }
             (_, None, None) => {}
             _ => return invalid(format!("a {} names no other store", kind.as_str())),
         }
         if let Some(r) = &self.reference {
             if r.chars().count() > MAX_REF_LEN || r.chars().any(char::is_control) {
-                return invalid(format!("ref must be at most {MAX_REF_LEN} printable characters"));
+                return invalid(format!(
+                    "ref must be at most {MAX_REF_LEN} printable characters"
+                ));
             }
         }
-        Ok(NewMovement { kind, sku, quantity, reason, reference: self.reference, to_store, from_store })
+        Ok(NewMovement {
+            kind,
+            sku,
+            quantity,
+            reason,
+            reference: self.reference,
+            to_store,
+            from_store,
+        })
     }
 }
 
 fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
     match raw {
         None => Ok(None),
-        Some(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.chars().all(|c| c.is_ascii_graphic()) => Ok(Some(k)),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            Ok(Some(k))
+        }
         Some(_) => Err(ApiError::bad_request(format!(
             "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
         ))),
     }
 }
 
-fn post_movement(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+fn post_movement(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "movements")
         .and(warp::post())
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::body::content_length_limit(MAX_BODY_BYTES))
         .and(warp::body::bytes())
         .and(with_agent(agent))
-        .and_then(|key: Option<String>, body: bytes::Bytes, agent: Arc<Agent>| async move {
-            record_movement(agent, key, &body).await.map_err(Rejection::from)
-        })
+        .and_then(
+            |key: Option<String>, body: bytes::Bytes, agent: Arc<Agent>| async move {
+                record_movement(agent, key, &body)
+                    .await
+                    .map_err(Rejection::from)
+            },
+        )
 }
 
-async fn record_movement(agent: Arc<Agent>, key: Option<String>, body: &[u8]) -> Result<warp::reply::Response, ApiError> {
+async fn record_movement(
+    agent: Arc<Agent>,
+    key: Option<String>,
+    body: &[u8],
+) -> Result<warp::reply::Response, ApiError> {
     let key = idempotency_key(key)?;
     let request: MovementRequest = parse_json(body)?;
     let new = request.into_new_movement(&agent.config.store)?;
@@ -165,7 +212,10 @@ async fn record_movement(agent: Arc<Agent>, key: Option<String>, body: &[u8]) ->
     let outcome = agent
         .writer
         .write(move |conn| {
-            let idem = key.as_deref().map(|k| IdempotencyKey { key: k, request_hash: &request_hash });
+            let idem = key.as_deref().map(|k| IdempotencyKey {
+                key: k,
+                request_hash: &request_hash,
+            });
             ledger::record(conn, &store, &new, idem)
         })
         .await;
@@ -182,17 +232,22 @@ async fn record_movement(agent: Arc<Agent>, key: Option<String>, body: &[u8]) ->
     }
 }
 
-fn get_stock_item(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn get_stock_item(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "stock" / String)
         .and(warp::get())
         .and(with_agent(agent))
         .and_then(|raw: String, agent: Arc<Agent>| async move {
-            let sku = Sku::parse(raw).map_err(|e| Rejection::from(ApiError::unprocessable(e.to_string())))?;
+            let sku = Sku::parse(raw)
+                .map_err(|e| Rejection::from(ApiError::unprocessable(e.to_string())))?;
             let shown = sku.clone();
             let found = agent.read(move |conn| ledger::stock_of(conn, &sku)).await?;
             match found {
                 Some(view) => Ok(warp::reply::json(&view)),
-                None => Err(Rejection::from(ApiError::not_found(format!("sku {shown} has no movement at this store")))),
+                None => Err(Rejection::from(ApiError::not_found(format!(
+                    "sku {shown} has no movement at this store"
+                )))),
             }
         })
 }
@@ -204,7 +259,9 @@ struct StockQuery {
     limit: Option<u32>,
 }
 
-fn get_stock(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn get_stock(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "stock")
         .and(warp::get())
         .and(warp::query::<StockQuery>())
@@ -212,13 +269,21 @@ fn get_stock(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), E
         .and_then(|q: StockQuery, agent: Arc<Agent>| async move {
             let limit = q.limit.unwrap_or(500).clamp(1, 5000);
             let after = q.after.unwrap_or_default();
-            let items = agent.read(move |conn| ledger::stock_page(conn, &after, limit)).await?;
-            let next = (items.len() == limit as usize).then(|| items.last().map(|i| i.sku.clone())).flatten();
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items, "next_after": next})))
+            let items = agent
+                .read(move |conn| ledger::stock_page(conn, &after, limit))
+                .await?;
+            let next = (items.len() == limit as usize)
+                .then(|| items.last().map(|i| i.sku.clone()))
+                .flatten();
+            Ok::<_, Rejection>(warp::reply::json(
+                &serde_json::json!({"items": items, "next_after": next}),
+            ))
         })
 }
 
-fn get_status(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn get_status(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "status")
         .and(warp::get())
         .and(with_agent(agent))
@@ -236,7 +301,9 @@ struct AlertsQuery {
 }
 
 /// Open alerts (or all with `?all=true`), newest first. Raised locally, with no network.
-fn get_alerts(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn get_alerts(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "alerts")
         .and(warp::get())
         .and(warp::query::<AlertsQuery>())
@@ -244,7 +311,9 @@ fn get_alerts(agent: Arc<Agent>) -> impl Filter<Extract = (warp::reply::Json,), 
         .and_then(|q: AlertsQuery, agent: Arc<Agent>| async move {
             let limit = q.limit.unwrap_or(100).clamp(1, 1000);
             let all = q.all.unwrap_or(false);
-            let items = agent.read(move |conn| crate::housekeeping::alerts(conn, all, limit)).await?;
+            let items = agent
+                .read(move |conn| crate::housekeeping::alerts(conn, all, limit))
+                .await?;
             Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items})))
         })
 }
@@ -274,12 +343,18 @@ mod tests {
     }
 
     async fn post(agent: &Arc<Agent>, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
-        let mut request = warp::test::request().method("POST").path("/v1/movements").body(body.to_owned());
+        let mut request = warp::test::request()
+            .method("POST")
+            .path("/v1/movements")
+            .body(body.to_owned());
         if let Some(k) = key {
             request = request.header("idempotency-key", k);
         }
         let response = request.reply(&routes(agent.clone())).await;
-        (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or_default())
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(response.body()).unwrap_or_default(),
+        )
     }
 
     async fn pending(agent: &Arc<Agent>) -> u64 {
@@ -293,38 +368,101 @@ mod tests {
         let body = r#"{"kind":"receipt","sku":"A","qty":5}"#;
         let (status, first) = post(&agent, Some("k1"), body).await;
         assert_eq!(status, 201);
-        assert_eq!((first["seq"].as_u64(), first["delta"].as_i64(), first["kind"].as_str()), (Some(1), Some(5), Some("receipt")));
+        assert_eq!(
+            (
+                first["seq"].as_u64(),
+                first["delta"].as_i64(),
+                first["kind"].as_str()
+            ),
+            (Some(1), Some(5), Some("receipt"))
+        );
         let (status, again) = post(&agent, Some("k1"), body).await;
         assert_eq!((status, &again), (200, &first));
-        let response = warp::test::request().path("/v1/stock/A").reply(&routes(agent.clone())).await;
+        let response = warp::test::request()
+            .path("/v1/stock/A")
+            .reply(&routes(agent.clone()))
+            .await;
         let stock: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
-        assert_eq!((stock["on_hand"].as_i64(), stock["pending"].as_u64()), (Some(5), Some(1)));
+        assert_eq!(
+            (stock["on_hand"].as_i64(), stock["pending"].as_u64()),
+            (Some(5), Some(1))
+        );
     }
 
     #[tokio::test]
     async fn every_rejection_is_a_json_error_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path(), None);
-        post(&agent, Some("k1"), r#"{"kind":"receipt","sku":"A","qty":5}"#).await;
+        post(
+            &agent,
+            Some("k1"),
+            r#"{"kind":"receipt","sku":"A","qty":5}"#,
+        )
+        .await;
         let cases: &[(Option<&str>, String, u16, &str)] = &[
             (None, "not json".into(), 400, "bad_request"),
-            (None, r#"{"kind":"sale","sku":"A","qty":1,"extra":1}"#.into(), 400, "bad_request"),
-            (None, r#"{"kind":"sale","sku":"A B","qty":1}"#.into(), 422, "invalid"),
-            (None, r#"{"kind":"sale","sku":"A","qty":-1}"#.into(), 422, "invalid"),
-            (Some("k1"), r#"{"kind":"receipt","sku":"A","qty":6}"#.into(), 422, "invalid"),
-            (Some("bad key with spaces"), r#"{"kind":"sale","sku":"A","qty":1}"#.into(), 400, "bad_request"),
-            (None, format!(r#"{{"kind":"sale","sku":"A","qty":1,"ref":"{}"}}"#, "x".repeat(20_000)), 413, "too_large"),
+            (
+                None,
+                r#"{"kind":"sale","sku":"A","qty":1,"extra":1}"#.into(),
+                400,
+                "bad_request",
+            ),
+            (
+                None,
+                r#"{"kind":"sale","sku":"A B","qty":1}"#.into(),
+                422,
+                "invalid",
+            ),
+            (
+                None,
+                r#"{"kind":"sale","sku":"A","qty":-1}"#.into(),
+                422,
+                "invalid",
+            ),
+            (
+                Some("k1"),
+                r#"{"kind":"receipt","sku":"A","qty":6}"#.into(),
+                422,
+                "invalid",
+            ),
+            (
+                Some("bad key with spaces"),
+                r#"{"kind":"sale","sku":"A","qty":1}"#.into(),
+                400,
+                "bad_request",
+            ),
+            (
+                None,
+                format!(
+                    r#"{{"kind":"sale","sku":"A","qty":1,"ref":"{}"}}"#,
+                    "x".repeat(20_000)
+                ),
+                413,
+                "too_large",
+            ),
         ];
         for (key, body, status, code) in cases {
             let (got, error) = post(&agent, *key, body).await;
             assert_eq!(got, *status, "{body:.80}: {error}");
             assert_eq!(error["error"]["code"], *code, "{error}");
-            assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
         }
-        assert_eq!(pending(&agent).await, 1, "no rejected request recorded anything");
-        let response = warp::test::request().path("/v1/nowhere").reply(&routes(agent.clone())).await;
+        assert_eq!(
+            pending(&agent).await,
+            1,
+            "no rejected request recorded anything"
+        );
+        let response = warp::test::request()
+            .path("/v1/nowhere")
+            .reply(&routes(agent.clone()))
+            .await;
         assert_eq!(response.status(), 404);
-        let response = warp::test::request().path("/v1/stock/NOPE").reply(&routes(agent.clone())).await;
+        let response = warp::test::request()
+            .path("/v1/stock/NOPE")
+            .reply(&routes(agent.clone()))
+            .await;
         assert_eq!(response.status(), 404);
     }
 
@@ -332,7 +470,10 @@ mod tests {
     async fn a_local_token_guards_the_api_but_not_healthz() {
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path(), Some("till-secret"));
-        let denied = warp::test::request().path("/v1/status").reply(&routes(agent.clone())).await;
+        let denied = warp::test::request()
+            .path("/v1/status")
+            .reply(&routes(agent.clone()))
+            .await;
         assert_eq!(denied.status(), 401);
         let allowed = warp::test::request()
             .path("/v1/status")
@@ -340,12 +481,16 @@ mod tests {
             .reply(&routes(agent.clone()))
             .await;
         assert_eq!(allowed.status(), 200);
-        let health = warp::test::request().path("/healthz").reply(&routes(agent.clone())).await;
+        let health = warp::test::request()
+            .path("/healthz")
+            .reply(&routes(agent.clone()))
+            .await;
         assert_eq!(health.status(), 200);
     }
 
     fn request(json: serde_json::Value) -> Result<NewMovement, ApiError> {
-        let req: MovementRequest = serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let req: MovementRequest =
+            serde_json::from_value(json).map_err(|e| ApiError::bad_request(e.to_string()))?;
         req.into_new_movement(&StoreId::parse("S1").unwrap())
     }
 
@@ -353,37 +498,99 @@ mod tests {
     fn quantities_take_their_sign_from_the_kind() {
         let sale = request(serde_json::json!({"kind": "sale", "sku": "A", "qty": 2})).unwrap();
         assert_eq!(sale.quantity, Quantity::Delta(-2));
-        let adj = request(serde_json::json!({"kind": "adjustment", "sku": "A", "qty": -3, "reason": "theft"})).unwrap();
+        let adj = request(
+            serde_json::json!({"kind": "adjustment", "sku": "A", "qty": -3, "reason": "theft"}),
+        )
+        .unwrap();
         assert_eq!(adj.quantity, Quantity::Delta(-3));
-        let count = request(serde_json::json!({"kind": "count", "sku": "A", "counted": 0})).unwrap();
+        let count =
+            request(serde_json::json!({"kind": "count", "sku": "A", "counted": 0})).unwrap();
         assert_eq!(count.quantity, Quantity::Counted(0));
     }
 
     #[test]
     fn every_bad_request_is_refused_with_a_reason() {
         let cases = [
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": -2}), "positive"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 0}), "positive"),
-            (serde_json::json!({"kind": "sale", "sku": "A"}), "needs `qty`"),
-            (serde_json::json!({"kind": "sale", "sku": "A B", "qty": 1}), "sku"),
-            (serde_json::json!({"kind": "steal", "sku": "A", "qty": 1}), "not one of"),
-            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1}), "reason"),
-            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 0, "reason": "theft"}), "non-zero"),
-            (serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1, "reason": "fun"}), "not one of"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "reason": "theft"}), "no reason"),
-            (serde_json::json!({"kind": "count", "sku": "A", "qty": 1}), "counted"),
-            (serde_json::json!({"kind": "count", "sku": "A", "counted": -1}), "between"),
-            (serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1}), "to_store"),
-            (serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1, "to_store": "S1"}), "another store"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "to_store": "S2"}), "no other store"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "ref": "x".repeat(200)}), "ref"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": MAX_QUANTITY + 1}), "positive"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "colour": "red"}), "unknown field"),
-            (serde_json::json!({"kind": "sale", "sku": "A", "qty": 1.5}), "invalid type"),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": -2}),
+                "positive",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 0}),
+                "positive",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A"}),
+                "needs `qty`",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A B", "qty": 1}),
+                "sku",
+            ),
+            (
+                serde_json::json!({"kind": "steal", "sku": "A", "qty": 1}),
+                "not one of",
+            ),
+            (
+                serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1}),
+                "reason",
+            ),
+            (
+                serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 0, "reason": "theft"}),
+                "non-zero",
+            ),
+            (
+                serde_json::json!({"kind": "adjustment", "sku": "A", "qty": 1, "reason": "fun"}),
+                "not one of",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "reason": "theft"}),
+                "no reason",
+            ),
+            (
+                serde_json::json!({"kind": "count", "sku": "A", "qty": 1}),
+                "counted",
+            ),
+            (
+                serde_json::json!({"kind": "count", "sku": "A", "counted": -1}),
+                "between",
+            ),
+            (
+                serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1}),
+                "to_store",
+            ),
+            (
+                serde_json::json!({"kind": "transfer_out", "sku": "A", "qty": 1, "to_store": "S1"}),
+                "another store",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "to_store": "S2"}),
+                "no other store",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "ref": "x".repeat(200)}),
+                "ref",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": MAX_QUANTITY + 1}),
+                "positive",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 1, "colour": "red"}),
+                "unknown field",
+            ),
+            (
+                serde_json::json!({"kind": "sale", "sku": "A", "qty": 1.5}),
+                "invalid type",
+            ),
         ];
         for (body, expected) in cases {
             let err = request(body.clone()).unwrap_err();
-            assert!(err.message.contains(expected), "{body}: {:?} should mention {expected:?}", err.message);
+            assert!(
+                err.message.contains(expected),
+                "{body}: {:?} should mention {expected:?}",
+                err.message
+            );
         }
     }
 }

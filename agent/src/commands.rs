@@ -60,7 +60,13 @@ fn meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
 
 /// Applies one message read at `offset`, and records the next offset, in the caller's
 /// transaction. A gap records nothing: the message will be read again after a re-snapshot.
-pub fn apply(conn: &Connection, agent_store: &str, key: &bazaar_shared::SigningKey, payload: &[u8], offset: i64) -> rusqlite::Result<Outcome> {
+pub fn apply(
+    conn: &Connection,
+    agent_store: &str,
+    key: &bazaar_shared::SigningKey,
+    payload: &[u8],
+    offset: i64,
+) -> rusqlite::Result<Outcome> {
     let decoded: Option<Received> = Envelope::decode(payload).ok();
     let outcome = match &decoded {
         Some(r) if r.envelope.store.as_str() != agent_store => Outcome::OtherStore,
@@ -70,7 +76,10 @@ pub fn apply(conn: &Connection, agent_store: &str, key: &bazaar_shared::SigningK
             if envelope.seq <= last {
                 Outcome::Duplicate
             } else if envelope.seq > last + 1 {
-                return Ok(Outcome::Gap { expected: last + 1, got: envelope.seq });
+                return Ok(Outcome::Gap {
+                    expected: last + 1,
+                    got: envelope.seq,
+                });
             } else {
                 apply_hub_movement(conn, envelope)?;
                 Outcome::Applied
@@ -133,7 +142,11 @@ fn raise_gap_alert(conn: &Connection, expected: u64, got: u64) -> rusqlite::Resu
 
 /// Where to read: (partition count, partition, next offset). A stored position is kept
 /// only while the topic still has the partition count it was taken with.
-fn position(conn: &Connection, partitions: i32, store: &str) -> rusqlite::Result<(i32, Option<i64>)> {
+fn position(
+    conn: &Connection,
+    partitions: i32,
+    store: &str,
+) -> rusqlite::Result<(i32, Option<i64>)> {
     let partition = partition_for_key(store.as_bytes(), partitions);
     let stored_count = meta_u64(conn, META_PARTITIONS)?;
     if stored_count != Some(partitions as u64) {
@@ -167,7 +180,11 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
             let metadata = consumer
                 .fetch_metadata(Some(&topic_for_setup), Duration::from_secs(5))
                 .map_err(|e| e.to_string())?;
-            let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or(0) as i32;
             if partitions == 0 {
                 return Err(format!("{topic_for_setup} has no partitions yet"));
             }
@@ -198,7 +215,11 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
         };
         let mut assignment = TopicPartitionList::new();
         let offset = next.map(Offset::Offset).unwrap_or(Offset::Beginning);
-        if assignment.add_partition_offset(&topic, partition, offset).is_err() || consumer.assign(&assignment).is_err() {
+        if assignment
+            .add_partition_offset(&topic, partition, offset)
+            .is_err()
+            || consumer.assign(&assignment).is_err()
+        {
             tracing::error!(partition, "cannot assign the commands partition");
             continue 'connect;
         }
@@ -211,7 +232,9 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
             let polled = {
                 let consumer = consumer.clone();
                 tokio::task::spawn_blocking(move || {
-                    consumer.poll(Duration::from_millis(500)).map(|m| m.map(|m| (m.offset(), m.payload().unwrap_or_default().to_vec())))
+                    consumer
+                        .poll(Duration::from_millis(500))
+                        .map(|m| m.map(|m| (m.offset(), m.payload().unwrap_or_default().to_vec())))
                 })
                 .await
             };
@@ -242,10 +265,17 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
                 }
                 Ok(Outcome::Forged) => {
                     agent.commands.forged.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(offset, "dropped a command that does not verify with this store's key");
+                    tracing::warn!(
+                        offset,
+                        "dropped a command that does not verify with this store's key"
+                    );
                 }
                 Ok(Outcome::Gap { expected, got }) => {
-                    tracing::error!(expected, got, "gap in hub commands; waiting for a re-snapshot");
+                    tracing::error!(
+                        expected,
+                        got,
+                        "gap in hub commands; waiting for a re-snapshot"
+                    );
                     let _ = shutdown.changed().await;
                     return;
                 }
@@ -267,7 +297,14 @@ mod tests {
 
     fn command(store: &str, hub_seq: u64, delta: i64, key: &SigningKey) -> Vec<u8> {
         let kind = if delta > 0 { Kind::Receipt } else { Kind::Sale };
-        Envelope::movement(StoreId::parse(store).unwrap(), Origin::Hub, hub_seq, kind, Sku::parse("A").unwrap(), delta)
+        Envelope::movement(
+            StoreId::parse(store).unwrap(),
+            Origin::Hub,
+            hub_seq,
+            kind,
+            Sku::parse("A").unwrap(),
+            delta,
+        )
         .to_signed_bytes(key)
         .unwrap()
     }
@@ -277,22 +314,61 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         ledger::migrate(&conn).unwrap();
         let key = SigningKey::generate();
-        let on_hand = |conn: &Connection| ledger::stock_of(conn, &Sku::parse("A").unwrap()).unwrap().map(|s| s.on_hand);
-        assert_eq!(apply(&conn, "S1", &key, &command("S1", 1, 10, &key), 0).unwrap(), Outcome::Applied);
-        assert_eq!(apply(&conn, "S1", &key, &command("S1", 1, 10, &key), 1).unwrap(), Outcome::Duplicate);
-        assert_eq!(apply(&conn, "S1", &key, &command("S1", 2, -3, &SigningKey::generate()), 2).unwrap(), Outcome::Forged);
-        assert_eq!(apply(&conn, "S1", &key, b"garbage", 3).unwrap(), Outcome::Forged);
-        assert_eq!(apply(&conn, "S1", &key, &command("S2", 2, -3, &key), 4).unwrap(), Outcome::OtherStore);
-        assert_eq!(apply(&conn, "S1", &key, &command("S1", 2, -3, &key), 5).unwrap(), Outcome::Applied);
+        let on_hand = |conn: &Connection| {
+            ledger::stock_of(conn, &Sku::parse("A").unwrap())
+                .unwrap()
+                .map(|s| s.on_hand)
+        };
+        assert_eq!(
+            apply(&conn, "S1", &key, &command("S1", 1, 10, &key), 0).unwrap(),
+            Outcome::Applied
+        );
+        assert_eq!(
+            apply(&conn, "S1", &key, &command("S1", 1, 10, &key), 1).unwrap(),
+            Outcome::Duplicate
+        );
+        assert_eq!(
+            apply(
+                &conn,
+                "S1",
+                &key,
+                &command("S1", 2, -3, &SigningKey::generate()),
+                2
+            )
+            .unwrap(),
+            Outcome::Forged
+        );
+        assert_eq!(
+            apply(&conn, "S1", &key, b"garbage", 3).unwrap(),
+            Outcome::Forged
+        );
+        assert_eq!(
+            apply(&conn, "S1", &key, &command("S2", 2, -3, &key), 4).unwrap(),
+            Outcome::OtherStore
+        );
+        assert_eq!(
+            apply(&conn, "S1", &key, &command("S1", 2, -3, &key), 5).unwrap(),
+            Outcome::Applied
+        );
         assert_eq!(on_hand(&conn), Some(7));
         assert_eq!(meta_u64(&conn, META_OFFSET).unwrap(), Some(6));
         assert_eq!(meta_u64(&conn, META_FORGED).unwrap(), Some(2));
         assert_eq!(
             apply(&conn, "S1", &key, &command("S1", 4, 1, &key), 6).unwrap(),
-            Outcome::Gap { expected: 3, got: 4 }
+            Outcome::Gap {
+                expected: 3,
+                got: 4
+            }
         );
-        assert_eq!(meta_u64(&conn, META_OFFSET).unwrap(), Some(6), "a gap does not move the position");
-        assert_eq!(meta_u64(&conn, ledger::META_HUB_WATERMARK).unwrap(), Some(2));
+        assert_eq!(
+            meta_u64(&conn, META_OFFSET).unwrap(),
+            Some(6),
+            "a gap does not move the position"
+        );
+        assert_eq!(
+            meta_u64(&conn, ledger::META_HUB_WATERMARK).unwrap(),
+            Some(2)
+        );
         // Store-origin movements recorded afterwards carry the watermark (DESIGN §4).
         let recorded = ledger::record(
             &conn,
@@ -309,7 +385,10 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(recorded.movement.delta, -2, "the count is taken against an on-hand that includes hub movements");
+        assert_eq!(
+            recorded.movement.delta, -2,
+            "the count is taken against an on-hand that includes hub movements"
+        );
         assert_eq!(ledger::pending_batch(&conn, 1).unwrap()[0].hub_watermark, 2);
     }
 
@@ -317,9 +396,15 @@ mod tests {
     fn a_new_partition_count_voids_the_stored_position() {
         let conn = Connection::open_in_memory().unwrap();
         ledger::migrate(&conn).unwrap();
-        assert_eq!(position(&conn, 12, "S1").unwrap(), (partition_for_key(b"S1", 12), None));
+        assert_eq!(
+            position(&conn, 12, "S1").unwrap(),
+            (partition_for_key(b"S1", 12), None)
+        );
         set_meta(&conn, META_OFFSET, "41").unwrap();
         assert_eq!(position(&conn, 12, "S1").unwrap().1, Some(41));
-        assert_eq!(position(&conn, 24, "S1").unwrap(), (partition_for_key(b"S1", 24), None));
+        assert_eq!(
+            position(&conn, 24, "S1").unwrap(),
+            (partition_for_key(b"S1", 24), None)
+        );
     }
 }

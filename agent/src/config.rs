@@ -91,9 +91,12 @@ impl AgentConfig {
                 path.display()
             )
         })?;
-        let file: FileConfig =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid agent configuration", path.display()))?;
-        let default_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let file: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid agent configuration", path.display()))?;
+        let default_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         Self::from_layers(file, default_dir, |name| std::env::var(name).ok())
     }
 
@@ -103,16 +106,20 @@ impl AgentConfig {
         default_data_dir: PathBuf,
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<AgentConfig> {
-        let pick = |name: &str, value: Option<String>| env(&format!("BAZAAR_AGENT_{name}")).or(value);
+        let pick =
+            |name: &str, value: Option<String>| env(&format!("BAZAAR_AGENT_{name}")).or(value);
         let store = pick("STORE", Some(file.store)).unwrap_or_default();
         let store = StoreId::parse(store).context("store id in the agent configuration")?;
         let hub_url = pick("HUB_URL", Some(file.hub_url)).unwrap_or_default();
         if !(hub_url.starts_with("http://") || hub_url.starts_with("https://")) {
             bail!("hub url {hub_url:?} must start with http:// or https://");
         }
-        let token = pick("TOKEN", Some(file.token.into_inner())).map(Secret::new).unwrap_or_else(|| Secret::new(""));
+        let token = pick("TOKEN", Some(file.token.into_inner()))
+            .map(Secret::new)
+            .unwrap_or_else(|| Secret::new(""));
         let key_text = pick("KEY", Some(file.key.into_inner())).unwrap_or_default();
-        let key = SigningKey::from_base64(&key_text).context("signing key (the `key` shown by `bazaar-hub store add`)")?;
+        let key = SigningKey::from_base64(&key_text)
+            .context("signing key (the `key` shown by `bazaar-hub store add`)")?;
         let data_dir = pick("DATA", file.data_dir.map(|p| p.display().to_string()))
             .map(PathBuf::from)
             .unwrap_or(default_data_dir);
@@ -120,7 +127,8 @@ impl AgentConfig {
         let listen: SocketAddr = listen_text
             .parse()
             .with_context(|| format!("listen address {listen_text:?} is not IP:PORT"))?;
-        let local_token = pick("LOCAL_TOKEN", file.local_token.map(Secret::into_inner)).map(Secret::new);
+        let local_token =
+            pick("LOCAL_TOKEN", file.local_token.map(Secret::into_inner)).map(Secret::new);
         if !listen.ip().is_loopback() && local_token.is_none() {
             bail!(
                 "the local API would listen on {listen}, beyond this machine, without a local token: \
@@ -129,7 +137,9 @@ impl AgentConfig {
         }
         let number = |name: &str, value: Option<u64>, default: u64| -> anyhow::Result<u64> {
             match env(&format!("BAZAAR_AGENT_{name}")) {
-                Some(raw) => raw.parse().with_context(|| format!("BAZAAR_AGENT_{name}={raw:?} is not a whole number")),
+                Some(raw) => raw
+                    .parse()
+                    .with_context(|| format!("BAZAAR_AGENT_{name}={raw:?} is not a whole number")),
                 None => Ok(value.unwrap_or(default)),
             }
         };
@@ -141,11 +151,19 @@ impl AgentConfig {
             data_dir,
             listen,
             local_token,
-            kafka_brokers: pick("KAFKA_BROKERS", file.kafka_brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
-            topic_prefix: pick("TOPIC_PREFIX", file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            kafka_brokers: pick("KAFKA_BROKERS", file.kafka_brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            topic_prefix: pick("TOPIC_PREFIX", file.topic_prefix)
+                .unwrap_or_else(|| DEFAULT_PREFIX.into()),
             disk_budget_bytes: number("DISK_BUDGET_MB", file.disk_budget_mb, 2048)? * 1024 * 1024,
-            resend_after: std::time::Duration::from_secs(number("RESEND_AFTER_SECS", file.resend_after_secs, 30)?),
-            retention: chrono::Duration::days(number("RETENTION_DAYS", file.retention_days, 30)?.min(36_500) as i64),
+            resend_after: std::time::Duration::from_secs(number(
+                "RESEND_AFTER_SECS",
+                file.resend_after_secs,
+                30,
+            )?),
+            retention: chrono::Duration::days(
+                number("RETENTION_DAYS", file.retention_days, 30)?.min(36_500) as i64,
+            ),
         })
     }
 }
@@ -183,7 +201,10 @@ mod tests {
         assert_eq!(cfg.listen.port(), 1);
         assert_eq!(cfg.hub_url, "http://hub:8080");
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
-        assert!(!format!("{cfg:?}").contains("s3cr3t"), "secrets never print");
+        assert!(
+            !format!("{cfg:?}").contains("s3cr3t"),
+            "secrets never print"
+        );
     }
 
     #[test]

@@ -33,21 +33,38 @@ pub struct Report {
 }
 
 fn pass(name: &'static str, detail: impl Into<String>) -> Check {
-    Check { name, ok: true, detail: detail.into(), next_step: None }
+    Check {
+        name,
+        ok: true,
+        detail: detail.into(),
+        next_step: None,
+    }
 }
 
 fn fail(name: &'static str, detail: impl Into<String>, next: impl Into<String>) -> Check {
-    Check { name, ok: false, detail: detail.into(), next_step: Some(next.into()) }
+    Check {
+        name,
+        ok: false,
+        detail: detail.into(),
+        next_step: Some(next.into()),
+    }
 }
 
 pub async fn run(config: &AgentConfig, config_path: &Path) -> Report {
-    let mut checks = vec![pass("config", format!("{} (store {})", config_path.display(), config.store))];
+    let mut checks = vec![pass(
+        "config",
+        format!("{} (store {})", config_path.display(), config.store),
+    )];
     checks.push(disk(config));
     checks.push(sqlite(&config.database_path()));
     checks.push(local_api(config).await);
     checks.extend(hub(config).await);
     checks.push(broker(config).await);
-    Report { store: config.store.to_string(), ok: checks.iter().all(|c| c.ok), checks }
+    Report {
+        store: config.store.to_string(),
+        ok: checks.iter().all(|c| c.ok),
+        checks,
+    }
 }
 
 fn disk(config: &AgentConfig) -> Check {
@@ -59,21 +76,35 @@ fn disk(config: &AgentConfig) -> Check {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|text| text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|text| {
+            text.lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map(|kib| kib * 1024);
     let mib = |b: u64| b / (1024 * 1024);
     let detail = format!(
         "database {} MiB of a {} MiB budget; {} free in {}",
         mib(used),
         mib(budget),
-        free.map(|f| format!("{} MiB", mib(f))).unwrap_or_else(|| "unknown".into()),
+        free.map(|f| format!("{} MiB", mib(f)))
+            .unwrap_or_else(|| "unknown".into()),
         config.data_dir.display()
     );
     if used > budget {
-        return fail("disk", detail, "the outbox is over budget: restore the broker connection, or raise disk_budget_mb");
+        return fail(
+            "disk",
+            detail,
+            "the outbox is over budget: restore the broker connection, or raise disk_budget_mb",
+        );
     }
     if free.is_some_and(|f| f < 256 * 1024 * 1024) {
-        return fail("disk", detail, "less than 256 MiB free: free space on the data directory's filesystem");
+        return fail(
+            "disk",
+            detail,
+            "less than 256 MiB free: free space on the data directory's filesystem",
+        );
     }
     pass("disk", detail)
 }
@@ -82,7 +113,13 @@ fn sqlite(path: &Path) -> Check {
     let opened = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
     let conn = match opened {
         Ok(c) => c,
-        Err(e) => return fail("sqlite", format!("cannot open {}: {e}", path.display()), "run `bazaar-agent init` or check the data directory's permissions"),
+        Err(e) => {
+            return fail(
+                "sqlite",
+                format!("cannot open {}: {e}", path.display()),
+                "run `bazaar-agent init` or check the data directory's permissions",
+            )
+        }
     };
     match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
         Ok(result) if result == "ok" => {
@@ -96,10 +133,25 @@ fn sqlite(path: &Path) -> Check {
 
 async fn local_api(config: &AgentConfig) -> Check {
     let url = format!("http://{}/healthz", config.listen);
-    match reqwest::Client::new().get(&url).timeout(Duration::from_secs(3)).send().await {
-        Ok(r) if r.status().is_success() => pass("agent", format!("running, local API on {}", config.listen)),
-        Ok(r) => fail("agent", format!("{url} answered {}", r.status()), "restart `bazaar-agent run`"),
-        Err(_) => fail("agent", format!("nothing answers on {}", config.listen), "start it: `bazaar-agent run` (tills cannot record movements until it runs)"),
+    match reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => {
+            pass("agent", format!("running, local API on {}", config.listen))
+        }
+        Ok(r) => fail(
+            "agent",
+            format!("{url} answered {}", r.status()),
+            "restart `bazaar-agent run`",
+        ),
+        Err(_) => fail(
+            "agent",
+            format!("nothing answers on {}", config.listen),
+            "start it: `bazaar-agent run` (tills cannot record movements until it runs)",
+        ),
     }
 }
 
@@ -127,10 +179,25 @@ async fn hub(config: &AgentConfig) -> Vec<Check> {
         .and_then(|v| v.to_str().ok())
         .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok());
     checks.push(match status.as_u16() {
-        200 => pass("hub", format!("{} knows store {}", config.hub_url, config.store)),
-        401 | 403 => fail("hub", format!("the hub refused this store's token ({status})"), "re-run `bazaar-agent init` with the token printed by `bazaar-hub store add`"),
-        404 => fail("hub", format!("the hub does not know store {}", config.store), "register it: `bazaar-hub store add ID`"),
-        _ => fail("hub", format!("{url} answered {status}"), "look at the hub's log"),
+        200 => pass(
+            "hub",
+            format!("{} knows store {}", config.hub_url, config.store),
+        ),
+        401 | 403 => fail(
+            "hub",
+            format!("the hub refused this store's token ({status})"),
+            "re-run `bazaar-agent init` with the token printed by `bazaar-hub store add`",
+        ),
+        404 => fail(
+            "hub",
+            format!("the hub does not know store {}", config.store),
+            "register it: `bazaar-hub store add ID`",
+        ),
+        _ => fail(
+            "hub",
+            format!("{url} answered {status}"),
+            "look at the hub's log",
+        ),
     });
     if let Some(hub_time) = date {
         // The Date header has whole seconds; the midpoint of the request is our best guess
@@ -140,7 +207,11 @@ async fn hub(config: &AgentConfig) -> Vec<Check> {
         checks.push(if skew.abs() <= MAX_SKEW_SECS {
             pass("clock", format!("{skew:+} s against the hub"))
         } else {
-            fail("clock", format!("{skew:+} s against the hub"), "enable time synchronisation (NTP) on this server")
+            fail(
+                "clock",
+                format!("{skew:+} s against the hub"),
+                "enable time synchronisation (NTP) on this server",
+            )
         });
     }
     checks
@@ -155,14 +226,32 @@ async fn broker(config: &AgentConfig) -> Check {
             .client()
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
             .map_err(|e| e.to_string())?;
-        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
         Ok::<_, String>((topic, partitions))
     })
     .await;
     match outcome {
-        Ok(Ok((topic, n))) if n > 0 => pass("broker", format!("{} answers; {topic} has {n} partitions", config.kafka_brokers)),
-        Ok(Ok((topic, _))) => fail("broker", format!("{topic} does not exist yet"), "start `bazaar-agent run` or the hub: they create missing topics"),
-        Ok(Err(e)) => fail("broker", format!("{}: {e}", config.kafka_brokers), "check the network to the broker and `kafka_brokers`; movements queue safely meanwhile"),
+        Ok(Ok((topic, n))) if n > 0 => pass(
+            "broker",
+            format!(
+                "{} answers; {topic} has {n} partitions",
+                config.kafka_brokers
+            ),
+        ),
+        Ok(Ok((topic, _))) => fail(
+            "broker",
+            format!("{topic} does not exist yet"),
+            "start `bazaar-agent run` or the hub: they create missing topics",
+        ),
+        Ok(Err(e)) => fail(
+            "broker",
+            format!("{}: {e}", config.kafka_brokers),
+            "check the network to the broker and `kafka_brokers`; movements queue safely meanwhile",
+        ),
         Err(e) => fail("broker", e.to_string(), "retry"),
     }
 }

@@ -37,7 +37,14 @@ pub fn database_bytes(path: &Path) -> u64 {
 
 /// Opens an alert of `kind` for `sku` (or the store) unless one is open already: one open
 /// alert per condition, however often the condition is seen.
-pub fn raise_alert(conn: &Connection, kind: &str, sku: Option<&str>, severity: &str, message: &str, now: &str) -> rusqlite::Result<()> {
+pub fn raise_alert(
+    conn: &Connection,
+    kind: &str,
+    sku: Option<&str>,
+    severity: &str,
+    message: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO alerts (kind, sku, severity, message, raised_at)
          SELECT ?1, ?2, ?3, ?4, ?5
@@ -93,7 +100,9 @@ pub fn compact(conn: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
              WHERE local_id < ?1 AND state = 'acked' AND recorded_at < ?2
              ORDER BY local_id LIMIT ?3",
         )?
-        .query_map(params![boundary, cutoff, COMPACT_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![boundary, cutoff, COMPACT_BATCH], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let mut forget_key = conn.prepare_cached("DELETE FROM idempotency WHERE movement_id = ?1")?;
     let mut delete = conn.prepare_cached("DELETE FROM movements WHERE local_id = ?1")?;
@@ -115,7 +124,11 @@ pub struct AlertView {
     pub resolved_at: Option<String>,
 }
 
-pub fn alerts(conn: &Connection, include_resolved: bool, limit: u32) -> rusqlite::Result<Vec<AlertView>> {
+pub fn alerts(
+    conn: &Connection,
+    include_resolved: bool,
+    limit: u32,
+) -> rusqlite::Result<Vec<AlertView>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, kind, sku, severity, message, raised_at, resolved_at FROM alerts
          WHERE ?1 OR resolved_at IS NULL ORDER BY id DESC LIMIT ?2",
@@ -148,8 +161,14 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
             })
             .await;
         match outcome {
-            Ok((true, _)) => tracing::error!(used, budget, "outbox over its disk budget; still accepting movements"),
-            Ok((false, compacted)) if compacted > 0 => tracing::info!(compacted, "compacted acknowledged movements"),
+            Ok((true, _)) => tracing::error!(
+                used,
+                budget,
+                "outbox over its disk budget; still accepting movements"
+            ),
+            Ok((false, compacted)) if compacted > 0 => {
+                tracing::info!(compacted, "compacted acknowledged movements")
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "housekeeping failed"),
         }
@@ -179,7 +198,10 @@ mod tests {
         assert!(check_budget(&conn, 300, 100).unwrap());
         let open = alerts(&conn, false, 10).unwrap();
         assert_eq!(open.len(), 1);
-        assert_eq!((open[0].kind.as_str(), open[0].severity.as_str()), (OVER_BUDGET, "critical"));
+        assert_eq!(
+            (open[0].kind.as_str(), open[0].severity.as_str()),
+            (OVER_BUDGET, "critical")
+        );
         assert!(!check_budget(&conn, 50, 100).unwrap());
         assert!(alerts(&conn, false, 10).unwrap().is_empty());
         assert_eq!(alerts(&conn, true, 10).unwrap().len(), 1);
@@ -200,17 +222,50 @@ mod tests {
         };
         for i in 0..4 {
             let key = format!("k{i}");
-            ledger::record(&conn, &store, &sale, Some(ledger::IdempotencyKey { key: &key, request_hash: "h" })).unwrap();
+            ledger::record(
+                &conn,
+                &store,
+                &sale,
+                Some(ledger::IdempotencyKey {
+                    key: &key,
+                    request_hash: "h",
+                }),
+            )
+            .unwrap();
         }
         ledger::mark_sent(&conn, &[1, 2, 3], "t").unwrap();
         ledger::mark_acked(&conn, 2, "t").unwrap();
         let future = "9999-01-01T00:00:00.000Z";
-        assert_eq!(compact(&conn, future).unwrap(), 2, "seqs 1 and 2 were acknowledged");
-        let left: Vec<u64> = ledger::pending_batch(&conn, 10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(
+            compact(&conn, future).unwrap(),
+            2,
+            "seqs 1 and 2 were acknowledged"
+        );
+        let left: Vec<u64> = ledger::pending_batch(&conn, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(left, [4], "pending rows stay");
-        let sent: i64 = conn.query_row("SELECT count(*) FROM movements WHERE state = 'sent'", [], |r| r.get(0)).unwrap();
+        let sent: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM movements WHERE state = 'sent'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_eq!(sent, 1, "sent but unacknowledged rows stay");
-        assert_eq!(ledger::stock_of(&conn, &Sku::parse("A").unwrap()).unwrap().unwrap().on_hand, -4);
-        assert_eq!(compact(&conn, "2000-01-01T00:00:00.000Z").unwrap(), 0, "nothing younger than the cutoff goes");
+        assert_eq!(
+            ledger::stock_of(&conn, &Sku::parse("A").unwrap())
+                .unwrap()
+                .unwrap()
+                .on_hand,
+            -4
+        );
+        assert_eq!(
+            compact(&conn, "2000-01-01T00:00:00.000Z").unwrap(),
+            0,
+            "nothing younger than the cutoff goes"
+        );
     }
 }

@@ -57,6 +57,9 @@ impl HubClient {
         if !status.is_success() {
             bail!("the hub answered {status} for {}", self.url);
         }
-        response.json().await.context("the hub's store state was not the expected JSON")
+        response
+            .json()
+            .await
+            .context("the hub's store state was not the expected JSON")
     }
 }

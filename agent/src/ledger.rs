@@ -192,7 +192,10 @@ pub fn record(
                 return Err(RecordError::IdempotencyMismatch(idem.key.to_owned()));
             }
             let movement = movement_by_id(conn, &movement_id)?;
-            return Ok(Recorded { movement, created: false });
+            return Ok(Recorded {
+                movement,
+                created: false,
+            });
         }
     }
 
@@ -222,19 +225,19 @@ pub fn record(
          VALUES ('store', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, 'pending')",
     )?
     .execute(params![
-            seq,
-            id,
-            new.kind.as_str(),
-            new.sku.as_str(),
-            delta,
-            counted,
-            watermark,
-            new.reason.map(Reason::as_str),
-            new.reference,
-            new.to_store.as_ref().map(StoreId::as_str),
-            new.from_store.as_ref().map(StoreId::as_str),
-            now,
-        ])?;
+        seq,
+        id,
+        new.kind.as_str(),
+        new.sku.as_str(),
+        delta,
+        counted,
+        watermark,
+        new.reason.map(Reason::as_str),
+        new.reference,
+        new.to_store.as_ref().map(StoreId::as_str),
+        new.from_store.as_ref().map(StoreId::as_str),
+        now,
+    ])?;
     let _ = store; // the store id travels in the envelope, built at send time
     conn.prepare_cached(
         "INSERT INTO stock (sku, on_hand, updated_at) VALUES (?1, ?2, ?3)
@@ -264,12 +267,17 @@ pub fn record(
         from_store: new.from_store.as_ref().map(ToString::to_string),
         occurred_at: now,
     };
-    Ok(Recorded { movement, created: true })
+    Ok(Recorded {
+        movement,
+        created: true,
+    })
 }
 
 pub fn movement_by_id(conn: &Connection, id: &str) -> rusqlite::Result<MovementView> {
-    conn.prepare_cached(&format!("SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"))?
-        .query_row([id], movement_view)
+    conn.prepare_cached(&format!(
+        "SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"
+    ))?
+    .query_row([id], movement_view)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -299,7 +307,11 @@ pub fn stock_page(conn: &Connection, after: &str, limit: u32) -> rusqlite::Resul
          FROM stock s WHERE s.sku > ?1 ORDER BY s.sku LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit], |r| {
-        Ok(StockView { sku: r.get(0)?, on_hand: r.get(1)?, pending: r.get(2)? })
+        Ok(StockView {
+            sku: r.get(0)?,
+            on_hand: r.get(1)?,
+            pending: r.get(2)?,
+        })
     })?;
     rows.collect()
 }
@@ -476,7 +488,10 @@ pub fn rebase_on_first_contact(conn: &Connection, hub_last_seq: u64) -> Result<u
     )?;
     if let Some(local) = ever_sent {
         if local > hub_last_seq {
-            return Err(RebaseError::HubBehind { local, hub: hub_last_seq });
+            return Err(RebaseError::HubBehind {
+                local,
+                hub: hub_last_seq,
+            });
         }
     }
     let shift = if ever_sent.is_some() { 0 } else { hub_last_seq };
@@ -503,16 +518,20 @@ pub struct OutboxCounts {
 
 pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
     // Literal states, so each count walks its own partial index (see migration 0002).
-    let count = |sql: &str| -> rusqlite::Result<u64> { conn.prepare_cached(sql)?.query_row([], |r| r.get(0)) };
+    let count = |sql: &str| -> rusqlite::Result<u64> {
+        conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
+    };
     Ok(OutboxCounts {
         pending: count("SELECT count(*) FROM movements WHERE state = 'pending'")?,
         sent: count("SELECT count(*) FROM movements WHERE state = 'sent'")?,
         parked: count("SELECT count(*) FROM movements WHERE state = 'parked'")?,
-        oldest_pending_at: conn.query_row(
-            "SELECT recorded_at FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1",
-            [],
-            |r| r.get(0),
-        ).optional()?,
+        oldest_pending_at: conn
+            .query_row(
+                "SELECT recorded_at FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?,
         last_seq: conn.query_row(
             "SELECT ifnull(max(seq), 0) FROM movements WHERE origin = 'store'",
             [],
@@ -550,35 +569,87 @@ mod tests {
     #[test]
     fn recording_updates_stock_and_numbers_gaplessly() {
         let conn = db();
-        record(&conn, &store(), &movement(Kind::Receipt, "A", Quantity::Delta(10)), None).unwrap();
-        let sale = record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-3)), None).unwrap();
+        record(
+            &conn,
+            &store(),
+            &movement(Kind::Receipt, "A", Quantity::Delta(10)),
+            None,
+        )
+        .unwrap();
+        let sale = record(
+            &conn,
+            &store(),
+            &movement(Kind::Sale, "A", Quantity::Delta(-3)),
+            None,
+        )
+        .unwrap();
         assert_eq!(sale.movement.seq, Some(2));
         let sku = Sku::parse("A").unwrap();
         assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, 7);
         // Negative stock is recorded, not refused (promise 3).
-        record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-9)), None).unwrap();
+        record(
+            &conn,
+            &store(),
+            &movement(Kind::Sale, "A", Quantity::Delta(-9)),
+            None,
+        )
+        .unwrap();
         assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, -2);
     }
 
     #[test]
     fn a_count_becomes_a_delta_against_local_on_hand() {
         let conn = db();
-        record(&conn, &store(), &movement(Kind::Receipt, "A", Quantity::Delta(10)), None).unwrap();
-        let count = record(&conn, &store(), &movement(Kind::Count, "A", Quantity::Counted(8)), None).unwrap();
-        assert_eq!((count.movement.delta, count.movement.counted), (-2, Some(8)));
-        assert_eq!(stock_of(&conn, &Sku::parse("A").unwrap()).unwrap().unwrap().on_hand, 8);
+        record(
+            &conn,
+            &store(),
+            &movement(Kind::Receipt, "A", Quantity::Delta(10)),
+            None,
+        )
+        .unwrap();
+        let count = record(
+            &conn,
+            &store(),
+            &movement(Kind::Count, "A", Quantity::Counted(8)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (count.movement.delta, count.movement.counted),
+            (-2, Some(8))
+        );
+        assert_eq!(
+            stock_of(&conn, &Sku::parse("A").unwrap())
+                .unwrap()
+                .unwrap()
+                .on_hand,
+            8
+        );
     }
 
     #[test]
     fn idempotency_key_returns_the_original_or_refuses_another_body() {
         let conn = db();
         let m = movement(Kind::Sale, "A", Quantity::Delta(-1));
-        let key = || Some(IdempotencyKey { key: "k1", request_hash: "h1" });
+        let key = || {
+            Some(IdempotencyKey {
+                key: "k1",
+                request_hash: "h1",
+            })
+        };
         let first = record(&conn, &store(), &m, key()).unwrap();
         let again = record(&conn, &store(), &m, key()).unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.movement, again.movement);
-        let other = record(&conn, &store(), &m, Some(IdempotencyKey { key: "k1", request_hash: "h2" }));
+        let other = record(
+            &conn,
+            &store(),
+            &m,
+            Some(IdempotencyKey {
+                key: "k1",
+                request_hash: "h2",
+            }),
+        );
         assert!(matches!(other, Err(RecordError::IdempotencyMismatch(_))));
         assert_eq!(outbox_counts(&conn).unwrap().pending, 1);
     }
@@ -587,7 +658,13 @@ mod tests {
     fn outbox_moves_pending_sent_acked_and_requeues_from_the_lowest() {
         let conn = db();
         for _ in 0..5 {
-            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+            record(
+                &conn,
+                &store(),
+                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
+                None,
+            )
+            .unwrap();
         }
         let batch = pending_batch(&conn, 3).unwrap();
         assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -606,11 +683,30 @@ mod tests {
     fn first_contact_rebases_provisional_rows_past_the_hub() {
         let conn = db();
         for _ in 0..3 {
-            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+            record(
+                &conn,
+                &store(),
+                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
+                None,
+            )
+            .unwrap();
         }
         assert_eq!(rebase_on_first_contact(&conn, 100).unwrap(), 100);
-        assert_eq!(pending_batch(&conn, 10).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), [101, 102, 103]);
-        let next = record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        assert_eq!(
+            pending_batch(&conn, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [101, 102, 103]
+        );
+        let next = record(
+            &conn,
+            &store(),
+            &movement(Kind::Sale, "A", Quantity::Delta(-1)),
+            None,
+        )
+        .unwrap();
         assert_eq!(next.movement.seq, Some(104));
         // Only once.
         assert_eq!(rebase_on_first_contact(&conn, 500).unwrap(), 0);
@@ -620,17 +716,32 @@ mod tests {
     fn rebase_refuses_when_the_hub_is_behind_what_was_sent() {
         let conn = db();
         for _ in 0..3 {
-            record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+            record(
+                &conn,
+                &store(),
+                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
+                None,
+            )
+            .unwrap();
         }
         mark_sent(&conn, &[1, 2, 3], "t").unwrap();
-        assert!(matches!(rebase_on_first_contact(&conn, 1), Err(RebaseError::HubBehind { .. })));
+        assert!(matches!(
+            rebase_on_first_contact(&conn, 1),
+            Err(RebaseError::HubBehind { .. })
+        ));
         assert_eq!(rebase_on_first_contact(&conn, 3).unwrap(), 0);
     }
 
     #[test]
     fn envelope_from_outbox_row_validates_and_signs() {
         let conn = db();
-        record(&conn, &store(), &movement(Kind::Sale, "A", Quantity::Delta(-2)), None).unwrap();
+        record(
+            &conn,
+            &store(),
+            &movement(Kind::Sale, "A", Quantity::Delta(-2)),
+            None,
+        )
+        .unwrap();
         let row = pending_batch(&conn, 1).unwrap().remove(0);
         let key = bazaar_shared::SigningKey::generate();
         let bytes = row.envelope(&store()).to_signed_bytes(&key).unwrap();

@@ -8,7 +8,11 @@ use bazaar_shared::{SigningKey, StoreId};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bazaar-agent", version, about = "Bazaar store agent: takes every stock movement, works offline, syncs through Kafka")]
+#[command(
+    name = "bazaar-agent",
+    version,
+    about = "Bazaar store agent: takes every stock movement, works offline, syncs through Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,9 +99,25 @@ fn main() {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init { store, hub, token, key, data, listen, kafka_brokers, topic_prefix } => {
-            init(store, hub, token, key, data, listen, kafka_brokers, topic_prefix)
-        }
+        Command::Init {
+            store,
+            hub,
+            token,
+            key,
+            data,
+            listen,
+            kafka_brokers,
+            topic_prefix,
+        } => init(
+            store,
+            hub,
+            token,
+            key,
+            data,
+            listen,
+            kafka_brokers,
+            topic_prefix,
+        ),
         Command::Run { config } => run(config).await,
         Command::Status { config, json } => status(config, json).await,
         Command::Doctor { config, json } => {
@@ -108,7 +128,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 for check in &report.checks {
-                    println!("{} {:<7} {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+                    println!(
+                        "{} {:<7} {}",
+                        if check.ok { "ok  " } else { "FAIL" },
+                        check.name,
+                        check.detail
+                    );
                     if let Some(next) = &check.next_step {
                         println!("             next: {next}");
                     }
@@ -119,14 +144,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Record { kind, sku, qty, reason, reference, to_store, from_store, idempotency_key, config } => {
+        Command::Record {
+            kind,
+            sku,
+            qty,
+            reason,
+            reference,
+            to_store,
+            from_store,
+            idempotency_key,
+            config,
+        } => {
             let mut body = serde_json::json!({"kind": kind, "sku": sku});
             if kind == "count" {
                 body["counted"] = qty.into();
             } else {
                 body["qty"] = qty.into();
             }
-            for (field, value) in [("reason", reason), ("ref", reference), ("to_store", to_store), ("from_store", from_store)] {
+            for (field, value) in [
+                ("reason", reason),
+                ("ref", reference),
+                ("to_store", to_store),
+                ("from_store", from_store),
+            ] {
                 if let Some(v) = value {
                     body[field] = v.into();
                 }
@@ -157,7 +197,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             println!("{:<40} {:>12} {:>8}", "SKU", "ON HAND", "PENDING");
             for item in items {
-                println!("{:<40} {:>12} {:>8}", item["sku"].as_str().unwrap_or("?"), item["on_hand"], item["pending"]);
+                println!(
+                    "{:<40} {:>12} {:>8}",
+                    item["sku"].as_str().unwrap_or("?"),
+                    item["on_hand"],
+                    item["pending"]
+                );
             }
             Ok(())
         }
@@ -217,7 +262,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(())
@@ -231,9 +278,14 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
 }
 
-
-fn local(cfg: &AgentConfig, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?;
+fn local(
+    cfg: &AgentConfig,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
     let mut request = client.request(method, format!("http://{}{}", cfg.listen, path));
     if let Some(token) = &cfg.local_token {
         request = request.bearer_auth(token.expose());
@@ -241,9 +293,15 @@ fn local(cfg: &AgentConfig, method: reqwest::Method, path: &str) -> anyhow::Resu
     Ok(request)
 }
 
-async fn send(cfg: &AgentConfig, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+async fn send(
+    cfg: &AgentConfig,
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<serde_json::Value> {
     let response = request.send().await.with_context(|| {
-        format!("the agent at {} did not answer: is `bazaar-agent run` running?", cfg.listen)
+        format!(
+            "the agent at {} did not answer: is `bazaar-agent run` running?",
+            cfg.listen
+        )
     })?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
@@ -267,14 +325,30 @@ async fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         other => other.to_string(),
     };
     println!("store             {}", field("store"));
-    println!("online            {} (broker {}, hub {})", field("online"), field("broker_online"), field("hub_online"));
-    println!("pending           {} (oldest {} s)", field("pending"), field("oldest_pending_age_s"));
+    println!(
+        "online            {} (broker {}, hub {})",
+        field("online"),
+        field("broker_online"),
+        field("hub_online")
+    );
+    println!(
+        "pending           {} (oldest {} s)",
+        field("pending"),
+        field("oldest_pending_age_s")
+    );
     println!("sent, not acked   {}", field("sent"));
     println!("parked            {}", field("parked"));
-    println!("last seq          {} (hub has applied {})", field("last_seq"), field("hub_applied_seq"));
+    println!(
+        "last seq          {} (hub has applied {})",
+        field("last_seq"),
+        field("hub_applied_seq")
+    );
     println!("last delivery     {}", field("last_delivery_at"));
     println!("last hub ack      {}", field("last_ack_at"));
-    println!("disk budget used  {:.1}%", status["disk_budget_used"].as_f64().unwrap_or(0.0) * 100.0);
+    println!(
+        "disk budget used  {:.1}%",
+        status["disk_budget_used"].as_f64().unwrap_or(0.0) * 100.0
+    );
     if let Some(e) = status["last_error"].as_str() {
         println!("last error        {e}");
     }

@@ -58,14 +58,26 @@ pub struct Status {
 
 impl Agent {
     pub fn open(config: AgentConfig) -> anyhow::Result<Agent> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
         let path = config.database_path();
-        let writer = Writer::start(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let writer =
+            Writer::start(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let reader = ledger::open(&path)?;
         let pump_reader = ledger::open(&path)?;
         let store = config.store.to_string();
-        let agent = Agent { config, writer, reader: Arc::new(Mutex::new(reader)), pump_reader: Arc::new(Mutex::new(pump_reader)), sync: SyncStatus::default(), commands: Default::default() };
+        let agent = Agent {
+            config,
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+            pump_reader: Arc::new(Mutex::new(pump_reader)),
+            sync: SyncStatus::default(),
+            commands: Default::default(),
+        };
         let existing = agent.read_blocking(|c| ledger::get_meta(c, ledger::META_STORE))?;
         match existing {
             Some(s) if s != store => anyhow::bail!(
@@ -77,8 +89,14 @@ impl Agent {
         Ok(agent)
     }
 
-    fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-        let conn = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
     }
 
@@ -106,7 +124,9 @@ impl Agent {
         T: Send + 'static,
     {
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&conn)
         })
         .await
@@ -115,8 +135,8 @@ impl Agent {
     }
 
     pub async fn status(&self) -> Result<Status, ApiError> {
-        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts, watermark, forged) = self
-            .read(|c| {
+        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts, watermark, forged) =
+            self.read(|c| {
                 // One read transaction: every figure from the same snapshot, so pending and
                 // sent never double-count a row the pump moved in between.
                 let snapshot = c.unchecked_transaction()?;
@@ -134,9 +154,11 @@ impl Agent {
             .await?;
         let disk_bytes = crate::housekeeping::database_bytes(&self.config.database_path());
         let oldest_pending_age_s = counts.oldest_pending_at.as_deref().and_then(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .ok()
-                .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0))
+            chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                    .num_seconds()
+                    .max(0)
+            })
         });
         let broker_online = self.sync.broker_online.load(Ordering::Relaxed);
         let hub_online = self.sync.hub_online.load(Ordering::Relaxed);
@@ -156,7 +178,9 @@ impl Agent {
             last_ack_at,
             disk_bytes,
             disk_budget_used: disk_bytes as f64 / self.config.disk_budget_bytes.max(1) as f64,
-            over_budget: open_alerts.iter().any(|a| a.kind == crate::housekeeping::OVER_BUDGET),
+            over_budget: open_alerts
+                .iter()
+                .any(|a| a.kind == crate::housekeeping::OVER_BUDGET),
             open_alerts: open_alerts.len() as u64,
             hub_watermark: watermark.and_then(|v| v.parse().ok()).unwrap_or(0),
             commands_forged: forged.and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -167,7 +191,11 @@ impl Agent {
 
 /// Serves the local API on `listener` and runs the sync pump until `shutdown` resolves,
 /// then drains: in-flight requests finish, the pump stops, the writer commits what it has.
-pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let hub = HubClient::new(&config)?;
     let agent = Arc::new(Agent::open(config)?);
     let store = agent.config.store.to_string();
@@ -184,12 +212,10 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %agent.config.store, "agent listening");
     let mut server_stop = stop_rx.clone();
-    let server = warp::serve(crate::api::routes(agent.clone())).serve_incoming_with_graceful_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
+    let server = warp::serve(crate::api::routes(agent.clone()))
+        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
-        },
-    );
+        });
     let server = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: finishing requests in flight");

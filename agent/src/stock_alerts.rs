@@ -8,8 +8,12 @@
 use bazaar_intelligence::alerts::{evaluate, AlertFacts, AlertKind, AlertThresholds};
 use rusqlite::{params, Connection, OptionalExtension};
 
-const STOCK_KINDS: [AlertKind; 4] =
-    [AlertKind::NegativeStock, AlertKind::OutOfStock, AlertKind::LowStock, AlertKind::Overstock];
+const STOCK_KINDS: [AlertKind; 4] = [
+    AlertKind::NegativeStock,
+    AlertKind::OutOfStock,
+    AlertKind::LowStock,
+    AlertKind::Overstock,
+];
 
 fn severity(kind: AlertKind) -> &'static str {
     match kind {
@@ -21,7 +25,9 @@ fn severity(kind: AlertKind) -> &'static str {
 
 fn message(kind: AlertKind, sku: &str, on_hand: i64) -> String {
     match kind {
-        AlertKind::NegativeStock => format!("{sku} is at {on_hand}: more sold than the ledger holds — count the shelf"),
+        AlertKind::NegativeStock => {
+            format!("{sku} is at {on_hand}: more sold than the ledger holds — count the shelf")
+        }
         AlertKind::OutOfStock => format!("{sku} is out of stock"),
         AlertKind::LowStock => format!("{sku} is down to {on_hand}, at or below its reorder point"),
         _ => format!("{sku} is at {on_hand}, above its maximum"),
@@ -53,9 +59,20 @@ pub fn refresh(conn: &Connection, sku: &str, on_hand: i64, now: &str) -> rusqlit
          WHERE sku = ?1 AND resolved_at IS NULL
            AND kind IN ('negative_stock', 'out_of_stock', 'low_stock', 'overstock') AND kind <> ?2",
     )?
-    .execute(params![sku, current.map(AlertKind::as_str).unwrap_or(""), now])?;
+    .execute(params![
+        sku,
+        current.map(AlertKind::as_str).unwrap_or(""),
+        now
+    ])?;
     if let Some(kind) = current {
-        crate::housekeeping::raise_alert(conn, kind.as_str(), Some(sku), severity(kind), &message(kind, sku, on_hand), now)?;
+        crate::housekeeping::raise_alert(
+            conn,
+            kind.as_str(),
+            Some(sku),
+            severity(kind),
+            &message(kind, sku, on_hand),
+            now,
+        )?;
     }
     Ok(())
 }
@@ -66,7 +83,11 @@ mod tests {
     use crate::housekeeping::alerts;
 
     fn open(conn: &Connection) -> Vec<String> {
-        alerts(conn, false, 100).unwrap().into_iter().map(|a| a.kind).collect()
+        alerts(conn, false, 100)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.kind)
+            .collect()
     }
 
     #[test]
@@ -77,10 +98,18 @@ mod tests {
         assert_eq!(open(&conn), ["out_of_stock"]);
         refresh(&conn, "A", -2, "t2").unwrap();
         refresh(&conn, "A", -3, "t3").unwrap();
-        assert_eq!(open(&conn), ["negative_stock"], "out_of_stock resolved, one negative alert");
+        assert_eq!(
+            open(&conn),
+            ["negative_stock"],
+            "out_of_stock resolved, one negative alert"
+        );
         refresh(&conn, "A", 10, "t4").unwrap();
         assert!(open(&conn).is_empty());
-        conn.execute("INSERT INTO products (sku, reorder_point, max_stock) VALUES ('A', 5, 50)", []).unwrap();
+        conn.execute(
+            "INSERT INTO products (sku, reorder_point, max_stock) VALUES ('A', 5, 50)",
+            [],
+        )
+        .unwrap();
         refresh(&conn, "A", 4, "t5").unwrap();
         assert_eq!(open(&conn), ["low_stock"]);
         refresh(&conn, "A", 60, "t6").unwrap();

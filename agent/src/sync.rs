@@ -77,7 +77,14 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
     let topics = Topics::with_prefix(&agent.config.topic_prefix);
     let mut backoff = Backoff::new();
     loop {
-        match ensure_topics(&agent.config.kafka_brokers, &topics.all(), DEFAULT_PARTITIONS, 1).await {
+        match ensure_topics(
+            &agent.config.kafka_brokers,
+            &topics.all(),
+            DEFAULT_PARTITIONS,
+            1,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 agent.sync.broker_online.store(false, Ordering::Relaxed);
@@ -107,7 +114,11 @@ fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError>
 }
 
 /// Waits for the hub's answer, then renumbers provisional rows past its `last_seq`.
-async fn first_contact(agent: &Arc<Agent>, hub: &HubClient, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn first_contact(
+    agent: &Arc<Agent>,
+    hub: &HubClient,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     let already = agent
         .read(|conn| ledger::get_meta(conn, ledger::META_HUB_CONFIRMED))
         .await
@@ -138,7 +149,11 @@ async fn first_contact(agent: &Arc<Agent>, hub: &HubClient, shutdown: &mut watch
                     .await;
                 match outcome {
                     Ok(shift) => {
-                        tracing::info!(hub_last_seq = last_seq, shift, "first contact with the hub; sending begins");
+                        tracing::info!(
+                            hub_last_seq = last_seq,
+                            shift,
+                            "first contact with the hub; sending begins"
+                        );
                         agent.sync.hub_online.store(true, Ordering::Relaxed);
                         agent.sync.first_contact_done.store(true, Ordering::Relaxed);
                         agent.sync.set_error(None);
@@ -183,7 +198,10 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         let notified = committed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let batch = match agent.read_for_pump(|conn| ledger::pending_batch(conn, BATCH)).await {
+        let batch = match agent
+            .read_for_pump(|conn| ledger::pending_batch(conn, BATCH))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = ?e, "cannot read the outbox");
@@ -278,7 +296,9 @@ async fn send_batch(
                 break;
             }
         };
-        let record = FutureRecord::to(topic).key(store.as_str()).payload(&payload);
+        let record = FutureRecord::to(topic)
+            .key(store.as_str())
+            .payload(&payload);
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push((row.seq, delivery)),
             Err((e, _)) => {
@@ -288,7 +308,11 @@ async fn send_batch(
         }
     }
     let seqs: Vec<u64> = deliveries.iter().map(|(s, _)| *s).collect();
-    let reports = tokio::time::timeout(DELIVERY_DEADLINE, join_all(deliveries.into_iter().map(|(_, d)| d))).await;
+    let reports = tokio::time::timeout(
+        DELIVERY_DEADLINE,
+        join_all(deliveries.into_iter().map(|(_, d)| d)),
+    )
+    .await;
     let mut delivered = Vec::with_capacity(seqs.len());
     match reports {
         Ok(reports) => {
@@ -365,7 +389,11 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
             .await;
         match outcome {
             Ok(requeued) if requeued > 0 => {
-                tracing::warn!(requeued, hub_last_seq = hub_last, "hub has not acknowledged sent rows in time; sending them again");
+                tracing::warn!(
+                    requeued,
+                    hub_last_seq = hub_last,
+                    "hub has not acknowledged sent rows in time; sending them again"
+                );
                 last_seen = Some((hub_last, Instant::now()));
             }
             Ok(_) => {}

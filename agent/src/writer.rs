@@ -102,7 +102,11 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, committ
     }
 }
 
-fn run_group(conn: &Connection, group: &mut Vec<Job>, finishes: &mut Vec<Finish>) -> Result<(), String> {
+fn run_group(
+    conn: &Connection,
+    group: &mut Vec<Job>,
+    finishes: &mut Vec<Finish>,
+) -> Result<(), String> {
     let begun = conn
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
@@ -118,7 +122,10 @@ fn run_group(conn: &Connection, group: &mut Vec<Job>, finishes: &mut Vec<Finish>
     let alone = group.len() == 1;
     for job in group.drain(..) {
         if !alone {
-            if let Err(e) = conn.prepare_cached("SAVEPOINT job").and_then(|mut s| s.execute([])) {
+            if let Err(e) = conn
+                .prepare_cached("SAVEPOINT job")
+                .and_then(|mut s| s.execute([]))
+            {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Err(e.to_string());
             }
@@ -133,19 +140,24 @@ fn run_group(conn: &Connection, group: &mut Vec<Job>, finishes: &mut Vec<Finish>
             continue;
         }
         let closed = if ok {
-            conn.prepare_cached("RELEASE job").and_then(|mut s| s.execute([]))
+            conn.prepare_cached("RELEASE job")
+                .and_then(|mut s| s.execute([]))
         } else {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job").map(|_| 0)
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                .map(|_| 0)
         };
         if let Err(e) = closed {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.to_string());
         }
     }
-    conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map(|_| ()).map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        e.to_string()
-    })
+    conn.prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        })
 }
 
 #[cfg(test)]
@@ -161,8 +173,11 @@ mod tests {
             let w = writer.clone();
             handles.push(tokio::spawn(async move {
                 w.write(move |conn| {
-                    conn.execute("INSERT INTO meta (key, value) VALUES (?1, 'v')", [format!("k{i}")])
-                        .map_err(|e| e.to_string())?;
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, 'v')",
+                        [format!("k{i}")],
+                    )
+                    .map_err(|e| e.to_string())?;
                     if i % 10 == 0 {
                         return Err("refused".to_string());
                     }
@@ -179,7 +194,9 @@ mod tests {
         }
         assert_eq!(ok, 180);
         let conn = crate::ledger::open(&dir.path().join("w.db")).unwrap();
-        let rows: i64 = conn.query_row("SELECT count(*) FROM meta", [], |r| r.get(0)).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(rows, 180, "the refused jobs' inserts were rolled back");
     }
 }

@@ -28,7 +28,9 @@ impl Principal {
         match self {
             Principal::Admin => Ok(()),
             Principal::Store(own) if own == store => Ok(()),
-            Principal::Store(own) => Err(ApiError::forbidden(format!("the token of store {own} acts on that store only"))),
+            Principal::Store(own) => Err(ApiError::forbidden(format!(
+                "the token of store {own} acts on that store only"
+            ))),
         }
     }
 
@@ -40,7 +42,9 @@ impl Principal {
     }
 }
 
-pub fn routes(hub: Arc<Hub>) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+pub fn routes(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let observed = hub.clone();
     healthz()
         .or(metrics(hub.clone()))
@@ -51,17 +55,26 @@ pub fn routes(hub: Arc<Hub>) -> impl Filter<Extract = (impl Reply,), Error = std
         .recover(recover)
         .with(warp::log("bazaar_hub::http"))
         .with(warp::log::custom(move |info| {
-            observed.http_metrics.observe(info.path(), info.method().as_str(), info.status().as_u16(), info.elapsed());
+            observed.http_metrics.observe(
+                info.path(),
+                info.method().as_str(),
+                info.status().as_u16(),
+                info.elapsed(),
+            );
         }))
 }
 
-fn with_hub(hub: Arc<Hub>) -> impl Filter<Extract = (Arc<Hub>,), Error = std::convert::Infallible> + Clone {
+fn with_hub(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (Arc<Hub>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || hub.clone())
 }
 
 async fn authenticate(hub: &Hub, header: Option<&str>) -> Result<Principal, ApiError> {
     let Some(token) = bearer(header) else {
-        return Err(ApiError::unauthorized("send `Authorization: Bearer <admin or store token>`"));
+        return Err(ApiError::unauthorized(
+            "send `Authorization: Bearer <admin or store token>`",
+        ));
     };
     if let Some(admin) = &hub.config.admin_token {
         if constant_time_eq(token.as_bytes(), admin.expose().as_bytes()) {
@@ -83,7 +96,9 @@ fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection>
     warp::header::optional::<String>("authorization")
         .and(with_hub(hub))
         .and_then(|header: Option<String>, hub: Arc<Hub>| async move {
-            authenticate(&hub, header.as_deref()).await.map_err(Rejection::from)
+            authenticate(&hub, header.as_deref())
+                .await
+                .map_err(Rejection::from)
         })
 }
 
@@ -96,17 +111,31 @@ fn sku_param(raw: String) -> Result<Sku, Rejection> {
 }
 
 fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+    warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
 }
 
 /// Prometheus text format; open, like `/healthz`.
-fn metrics(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("metrics").and(warp::get()).and(with_hub(hub)).map(|hub: Arc<Hub>| {
-        warp::reply::with_header(crate::metrics::render(&hub), "content-type", "text/plain; version=0.0.4; charset=utf-8").into_response()
-    })
+fn metrics(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .map(|hub: Arc<Hub>| {
+            warp::reply::with_header(
+                crate::metrics::render(&hub),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .into_response()
+        })
 }
 
-fn store_health(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn store_health(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "stores" / String)
         .and(warp::get())
         .and(auth(hub.clone()))
@@ -116,24 +145,32 @@ fn store_health(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Er
             who.may_act_on(&store)?;
             match stores::sync_health(&hub.pool, &store).await {
                 Ok(Some(health)) => Ok::<_, Rejection>(warp::reply::json(&health)),
-                Ok(None) => Err(ApiError::not_found(format!("store {store} is not registered")).into()),
-                Err(e) => Err(ApiError::internal("could not read the store's sync state", e).into()),
+                Ok(None) => {
+                    Err(ApiError::not_found(format!("store {store} is not registered")).into())
+                }
+                Err(e) => {
+                    Err(ApiError::internal("could not read the store's sync state", e).into())
+                }
             }
         })
 }
 
-fn store_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn store_stock(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("v1" / "stores" / String / "stock" / String)
         .and(warp::get())
         .and(auth(hub.clone()))
         .and(with_hub(hub))
-        .and_then(|store: String, sku: String, who: Principal, hub: Arc<Hub>| async move {
-            let store = store_param(store)?;
-            let sku = sku_param(sku)?;
-            who.may_act_on(&store)?;
-            let (figure, _) = lookup_stock(&hub, &store, &sku).await?;
-            Ok::<_, Rejection>(warp::reply::json(&figure))
-        })
+        .and_then(
+            |store: String, sku: String, who: Principal, hub: Arc<Hub>| async move {
+                let store = store_param(store)?;
+                let sku = sku_param(sku)?;
+                who.may_act_on(&store)?;
+                let (figure, _) = lookup_stock(&hub, &store, &sku).await?;
+                Ok::<_, Rejection>(warp::reply::json(&figure))
+            },
+        )
 }
 
 /// Where a stock figure came from.
@@ -155,7 +192,11 @@ impl Source {
 /// Redis first, then MySQL; a miss is filled from the primary (compare-and-set on the
 /// version, so a slow fill never overwrites a newer refresh). Only registered stores are
 /// ever cached, so a hit needs no store check.
-async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<(stores::StockFigure, Source), ApiError> {
+async fn lookup_stock(
+    hub: &Hub,
+    store: &StoreId,
+    sku: &Sku,
+) -> Result<(stores::StockFigure, Source), ApiError> {
     let generation = match hub.cache.lookup(store.as_str(), sku.as_str()).await {
         Lookup::Hit(figure) => return Ok((figure, Source::Cache)),
         Lookup::Miss { generation } => Some(generation),
@@ -168,38 +209,55 @@ async fn lookup_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<(stores::
     Ok((figure, Source::Database))
 }
 
-async fn read_stock(hub: &Hub, store: &StoreId, sku: &Sku) -> Result<stores::StockFigure, ApiError> {
-    if !stores::exists(&hub.pool, store).await.map_err(|e| ApiError::internal("could not read stores", e))? {
-        return Err(ApiError::not_found(format!("store {store} is not registered")));
+async fn read_stock(
+    hub: &Hub,
+    store: &StoreId,
+    sku: &Sku,
+) -> Result<stores::StockFigure, ApiError> {
+    if !stores::exists(&hub.pool, store)
+        .await
+        .map_err(|e| ApiError::internal("could not read stores", e))?
+    {
+        return Err(ApiError::not_found(format!(
+            "store {store} is not registered"
+        )));
     }
     match stores::stock_figure(&hub.pool, store, sku).await {
         Ok(Some(figure)) => Ok(figure),
-        Ok(None) => Err(ApiError::not_found(format!("sku {sku} is unknown at this hub (no product record, no movement)"))),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "sku {sku} is unknown at this hub (no product record, no movement)"
+        ))),
         Err(e) => Err(ApiError::internal("could not read stock", e)),
     }
 }
 
 /// The seed system's read route, kept as it was: `{"store_id","product_id","quantity","source"}`.
-fn seed_get_stock(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+fn seed_get_stock(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
     warp::path!("get-stock" / String / String)
         .and(warp::get())
         .and(rate_limited(hub.clone(), |hub| &hub.get_stock_limit))
         .and(warp::header::optional::<String>("authorization"))
         .and(with_hub(hub))
-        .and_then(|store: String, sku: String, header: Option<String>, hub: Arc<Hub>| async move {
-            let store = store_param(store)?;
-            let sku = sku_param(sku)?;
-            if !hub.config.open_get_stock {
-                authenticate(&hub, header.as_deref()).await?.may_act_on(&store)?;
-            }
-            let (figure, source) = lookup_stock(&hub, &store, &sku).await?;
-            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
-                "store_id": figure.store,
-                "product_id": figure.sku,
-                "quantity": figure.on_hand,
-                "source": source.as_str(),
-            })))
-        })
+        .and_then(
+            |store: String, sku: String, header: Option<String>, hub: Arc<Hub>| async move {
+                let store = store_param(store)?;
+                let sku = sku_param(sku)?;
+                if !hub.config.open_get_stock {
+                    authenticate(&hub, header.as_deref())
+                        .await?
+                        .may_act_on(&store)?;
+                }
+                let (figure, source) = lookup_stock(&hub, &store, &sku).await?;
+                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
+                    "store_id": figure.store,
+                    "product_id": figure.sku,
+                    "quantity": figure.on_hand,
+                    "source": source.as_str(),
+                })))
+            },
+        )
 }
 
 /// Refuses the request with `429`, `Retry-After` and the JSON error once the client (see
@@ -238,7 +296,9 @@ struct RegisterRequest {
     name: Option<String>,
 }
 
-fn register_store(hub: Arc<Hub>) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+fn register_store(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("v1" / "stores")
         .and(warp::post())
         .and(auth(hub.clone()))

@@ -81,7 +81,9 @@ return 1
 pub enum Lookup {
     Hit(StockFigure),
     /// Not cached (or an old generation); fill it with this generation.
-    Miss { generation: String },
+    Miss {
+        generation: String,
+    },
     /// Redis is down or the cache is off.
     Unavailable,
 }
@@ -126,7 +128,10 @@ impl StockCache {
 
     /// (hits, misses) since start; a read while Redis is down counts as a miss.
     pub fn counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     fn entry_key(&self, store: &str, sku: &str) -> String {
@@ -134,7 +139,11 @@ impl StockCache {
     }
 
     pub async fn lookup(&self, store: &str, sku: &str) -> Lookup {
-        let found = if self.enabled() { self.read_entry(store, sku).await } else { Lookup::Unavailable };
+        let found = if self.enabled() {
+            self.read_entry(store, sku).await
+        } else {
+            Lookup::Unavailable
+        };
         match &found {
             Lookup::Hit(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             _ => self.misses.fetch_add(1, Ordering::Relaxed),
@@ -148,7 +157,9 @@ impl StockCache {
         let script = self.read.clone();
         let reply: Option<Vec<String>> = self
             .link
-            .run("cache read", |mut c| async move { script.key(key).key(gen_key).invoke_async(&mut c).await })
+            .run("cache read", |mut c| async move {
+                script.key(key).key(gen_key).invoke_async(&mut c).await
+            })
             .await;
         match reply.as_deref() {
             Some([hit, version, on_hand, updated_at]) if hit == "1" => {
@@ -158,12 +169,16 @@ impl StockCache {
                         sku: sku.to_owned(),
                         on_hand,
                         version,
-                        updated_at: DateTime::parse_from_rfc3339(updated_at).ok().map(|t| t.with_timezone(&Utc)),
+                        updated_at: DateTime::parse_from_rfc3339(updated_at)
+                            .ok()
+                            .map(|t| t.with_timezone(&Utc)),
                     }),
                     _ => Lookup::Unavailable,
                 }
             }
-            Some([_, generation]) => Lookup::Miss { generation: generation.clone() },
+            Some([_, generation]) => Lookup::Miss {
+                generation: generation.clone(),
+            },
             _ => Lookup::Unavailable,
         }
     }
@@ -184,7 +199,11 @@ impl StockCache {
 
     /// Writes one figure if it is newer than the cached one (compare-and-set).
     pub async fn store(&self, figure: &StockFigure, generation: &str) -> Written {
-        self.store_many(std::slice::from_ref(figure), generation).await.into_iter().next().unwrap_or(Written::Unavailable)
+        self.store_many(std::slice::from_ref(figure), generation)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or(Written::Unavailable)
     }
 
     /// Writes many figures in one pipeline; one outcome per figure.
@@ -193,7 +212,9 @@ impl StockCache {
             return vec![Written::Unavailable; figures.len()];
         }
         let mut pipe = redis::pipe();
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let gen_key = self.link.key(GENERATION_KEY);
         for f in figures {
             pipe.cmd("EVALSHA")
@@ -242,7 +263,9 @@ impl StockCache {
         if touched.is_empty() || !self.enabled() {
             return;
         }
-        let Some(generation) = self.generation().await else { return };
+        let Some(generation) = self.generation().await else {
+            return;
+        };
         let keys: Vec<&(String, String)> = touched.iter().collect();
         for chunk in keys.chunks(500) {
             let figures = match read_figures(pool, chunk).await {
@@ -263,15 +286,28 @@ impl StockCache {
     /// Invalidates every entry at once.
     pub async fn new_generation(&self) -> Option<u64> {
         let key = self.link.key(GENERATION_KEY);
-        self.link.run("cache generation", |mut c| async move { redis::cmd("INCR").arg(key).query_async(&mut c).await }).await
+        self.link
+            .run("cache generation", |mut c| async move {
+                redis::cmd("INCR").arg(key).query_async(&mut c).await
+            })
+            .await
     }
 }
 
-async fn read_figures(pool: &MySqlPool, keys: &[&(String, String)]) -> Result<Vec<StockFigure>, sqlx::Error> {
-    let mut q = QueryBuilder::<MySql>::new("SELECT store, sku, on_hand, version, updated_at FROM stock WHERE (store, sku) IN (");
+async fn read_figures(
+    pool: &MySqlPool,
+    keys: &[&(String, String)],
+) -> Result<Vec<StockFigure>, sqlx::Error> {
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT store, sku, on_hand, version, updated_at FROM stock WHERE (store, sku) IN (",
+    );
     let mut sep = q.separated(", ");
     for (store, sku) in keys {
-        sep.push("(").push_bind_unseparated(store).push_unseparated(", ").push_bind_unseparated(sku).push_unseparated(")");
+        sep.push("(")
+            .push_bind_unseparated(store)
+            .push_unseparated(", ")
+            .push_bind_unseparated(sku)
+            .push_unseparated(")");
     }
     q.push(")");
     q.build()

@@ -52,23 +52,32 @@ impl HubConfig {
     pub fn load(path: Option<&Path>) -> anyhow::Result<HubConfig> {
         let file = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the hub configuration {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("{} is not a valid hub configuration", p.display()))?
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read the hub configuration {}", p.display())
+                })?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid hub configuration", p.display()))?
             }
             None => FileConfig::default(),
         };
         Self::from_layers(file, |name| std::env::var(name).ok())
     }
 
-    pub fn from_layers(file: FileConfig, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<HubConfig> {
+    pub fn from_layers(
+        file: FileConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<HubConfig> {
         let var = |name: &str| env(&format!("BAZAAR_HUB_{name}")).filter(|v| !v.is_empty());
-        let listen_text = var("LISTEN").or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen_text = var("LISTEN")
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_text
             .parse()
             .with_context(|| format!("BAZAAR_HUB_LISTEN {listen_text:?} is not IP:PORT"))?;
         let rate = match var("RATE_LIMIT_GET_STOCK") {
-            Some(raw) => raw.parse().with_context(|| format!("BAZAAR_HUB_RATE_LIMIT_GET_STOCK={raw:?} is not a whole number"))?,
+            Some(raw) => raw.parse().with_context(|| {
+                format!("BAZAAR_HUB_RATE_LIMIT_GET_STOCK={raw:?} is not a whole number")
+            })?,
             None => file.rate_limit_get_stock.unwrap_or(5),
         };
         let open_get_stock = match var("OPEN_GET_STOCK") {
@@ -76,29 +85,57 @@ impl HubConfig {
             None => file.open_get_stock.unwrap_or(false),
         };
         let ttl = match var("STOCK_CACHE_TTL_SECS") {
-            Some(raw) => raw.parse().with_context(|| format!("BAZAAR_HUB_STOCK_CACHE_TTL_SECS={raw:?} is not a whole number of seconds"))?,
+            Some(raw) => raw.parse().with_context(|| {
+                format!("BAZAAR_HUB_STOCK_CACHE_TTL_SECS={raw:?} is not a whole number of seconds")
+            })?,
             None => file.stock_cache_ttl_secs.unwrap_or(3600),
         };
         let proxies: Vec<String> = match var("TRUSTED_PROXIES") {
-            Some(raw) => raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect(),
+            Some(raw) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
             None => file.trusted_proxies.unwrap_or_default(),
         };
         let trusted_proxies = proxies
             .iter()
-            .map(|p| p.parse::<IpAddr>().map(|ip| ip.to_canonical()).with_context(|| format!("BAZAAR_HUB_TRUSTED_PROXIES: {p:?} is not an IP address")))
+            .map(|p| {
+                p.parse::<IpAddr>()
+                    .map(|ip| ip.to_canonical())
+                    .with_context(|| {
+                        format!("BAZAAR_HUB_TRUSTED_PROXIES: {p:?} is not an IP address")
+                    })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(HubConfig {
-            mysql_url: var("MYSQL_URL").map(Secret::new).or(file.mysql_url).unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
-            mysql_replica_url: var("MYSQL_REPLICA_URL").map(Secret::new).or(file.mysql_replica_url),
-            redis_url: var("REDIS_URL").or(file.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            kafka_brokers: var("KAFKA_BROKERS").or(file.kafka_brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            mysql_url: var("MYSQL_URL")
+                .map(Secret::new)
+                .or(file.mysql_url)
+                .unwrap_or_else(|| Secret::new("mysql://root@127.0.0.1:3306/bazaar")),
+            mysql_replica_url: var("MYSQL_REPLICA_URL")
+                .map(Secret::new)
+                .or(file.mysql_replica_url),
+            redis_url: var("REDIS_URL")
+                .or(file.redis_url)
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            kafka_brokers: var("KAFKA_BROKERS")
+                .or(file.kafka_brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
             listen,
             admin_token: var("ADMIN_TOKEN").map(Secret::new).or(file.admin_token),
-            kafka_group: var("KAFKA_GROUP").or(file.kafka_group).unwrap_or_else(|| "bazaar-hub".into()),
-            topic_prefix: var("TOPIC_PREFIX").or(file.topic_prefix).unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            kafka_group: var("KAFKA_GROUP")
+                .or(file.kafka_group)
+                .unwrap_or_else(|| "bazaar-hub".into()),
+            topic_prefix: var("TOPIC_PREFIX")
+                .or(file.topic_prefix)
+                .unwrap_or_else(|| DEFAULT_PREFIX.into()),
             rate_limit_get_stock: rate,
             open_get_stock,
-            redis_prefix: var("REDIS_PREFIX").or(file.redis_prefix).unwrap_or_else(|| "bazaar:".into()),
+            redis_prefix: var("REDIS_PREFIX")
+                .or(file.redis_prefix)
+                .unwrap_or_else(|| "bazaar:".into()),
             stock_cache_ttl_secs: ttl,
             trusted_proxies,
         })
@@ -111,7 +148,10 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_and_secrets_stay_hidden() {
-        let file = FileConfig { kafka_group: Some("from-file".into()), ..FileConfig::default() };
+        let file = FileConfig {
+            kafka_group: Some("from-file".into()),
+            ..FileConfig::default()
+        };
         let cfg = HubConfig::from_layers(file, |name| match name {
             "BAZAAR_HUB_MYSQL_URL" => Some("mysql://root:hunter2@db/x".into()),
             "BAZAAR_HUB_TOPIC_PREFIX" => Some("t1.".into()),
@@ -126,9 +166,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = HubConfig::from_layers(FileConfig::default(), |n| (n == "BAZAAR_HUB_LISTEN").then(|| "nope".into())).unwrap_err();
+        let err = HubConfig::from_layers(FileConfig::default(), |n| {
+            (n == "BAZAAR_HUB_LISTEN").then(|| "nope".into())
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("BAZAAR_HUB_LISTEN"));
-        let err = HubConfig::from_layers(FileConfig::default(), |n| (n == "BAZAAR_HUB_TRUSTED_PROXIES").then(|| "10.0.0.1, proxy".into())).unwrap_err();
+        let err = HubConfig::from_layers(FileConfig::default(), |n| {
+            (n == "BAZAAR_HUB_TRUSTED_PROXIES").then(|| "10.0.0.1, proxy".into())
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("\"proxy\""), "{err:#}");
     }
 
@@ -140,7 +186,13 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(cfg.trusted_proxies, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(
+            cfg.trusted_proxies,
+            vec![
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
         assert_eq!(cfg.stock_cache_ttl_secs, 0);
         assert_eq!(cfg.redis_prefix, "bazaar:");
     }

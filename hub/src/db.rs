@@ -15,7 +15,12 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to MySQL at {}: is it running, and is BAZAAR_HUB_MYSQL_URL right?", redact(url)))
+        .with_context(|| {
+            format!(
+                "cannot connect to MySQL at {}: is it running, and is BAZAAR_HUB_MYSQL_URL right?",
+                redact(url)
+            )
+        })
 }
 
 /// Creates the database if it does not exist, then applies every pending migration.
@@ -26,7 +31,10 @@ pub async fn migrate(url: &str) -> anyhow::Result<MySqlPool> {
             .with_context(|| format!("cannot create the database at {}", redact(url)))?;
     }
     let pool = connect(url, 4).await?;
-    MIGRATOR.run(&pool).await.context("applying the hub's migrations")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying the hub's migrations")?;
     Ok(pool)
 }
 
@@ -46,7 +54,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(super::redact("mysql://root:pw@h:3306/db"), "mysql://root@h:3306/db");
+        assert_eq!(
+            super::redact("mysql://root:pw@h:3306/db"),
+            "mysql://root@h:3306/db"
+        );
         assert_eq!(super::redact("mysql://root@h/db"), "mysql://root@h/db");
     }
 }

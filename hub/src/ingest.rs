@@ -119,15 +119,24 @@ pub async fn run(
 
 fn raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
     RawMessage {
-        position: Position { topic: m.topic().to_owned(), partition: m.partition(), offset: m.offset() },
+        position: Position {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        },
         payload: m.payload().unwrap_or_default().to_vec(),
     }
 }
 
-fn store_offsets(consumer: &StreamConsumer, batch: &[RawMessage]) -> Result<(), rdkafka::error::KafkaError> {
+fn store_offsets(
+    consumer: &StreamConsumer,
+    batch: &[RawMessage],
+) -> Result<(), rdkafka::error::KafkaError> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for m in batch {
-        let slot = next.entry((&m.position.topic, m.position.partition)).or_insert(0);
+        let slot = next
+            .entry((&m.position.topic, m.position.partition))
+            .or_insert(0);
         *slot = (*slot).max(m.position.offset + 1);
     }
     let mut list = TopicPartitionList::new();
@@ -148,7 +157,10 @@ fn is_retryable_conflict(e: &sqlx::Error) -> bool {
 }
 
 /// Applies one batch in one transaction, retrying it whole on a deadlock.
-pub async fn apply_batch(pool: &MySqlPool, batch: &[RawMessage]) -> Result<BatchOutcome, sqlx::Error> {
+pub async fn apply_batch(
+    pool: &MySqlPool,
+    batch: &[RawMessage],
+) -> Result<BatchOutcome, sqlx::Error> {
     let mut attempt = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -174,7 +186,10 @@ struct Ledger {
     sales: BTreeMap<(String, String, NaiveDate), i64>,
 }
 
-async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Result<BatchOutcome, sqlx::Error> {
+async fn apply_in(
+    tx: &mut Transaction<'_, MySql>,
+    batch: &[RawMessage],
+) -> Result<BatchOutcome, sqlx::Error> {
     let now = Utc::now();
     let mut parked: Vec<Parked> = Vec::new();
     let mut by_store: BTreeMap<String, Vec<Decoded>> = BTreeMap::new();
@@ -184,7 +199,11 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
             Ok(received) => by_store
                 .entry(received.envelope.store.to_string())
                 .or_default()
-                .push(Decoded { position: m.position.clone(), payload: m.payload.clone(), received }),
+                .push(Decoded {
+                    position: m.position.clone(),
+                    payload: m.payload.clone(),
+                    received,
+                }),
             Err(e) => parked.push(Parked {
                 position: m.position.clone(),
                 payload: m.payload.clone(),
@@ -195,7 +214,12 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
         }
     }
     for messages in by_store.values() {
-        touched.extend(messages.iter().map(|m| (m.received.envelope.store.to_string(), m.received.envelope.sku.to_string())));
+        touched.extend(messages.iter().map(|m| {
+            (
+                m.received.envelope.store.to_string(),
+                m.received.envelope.sku.to_string(),
+            )
+        }));
     }
     let mut outcome = BatchOutcome::default();
     let stores: Vec<String> = by_store.keys().cloned().collect();
@@ -203,7 +227,8 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
     let mut keys: HashMap<String, String> = HashMap::new();
     if !stores.is_empty() {
         // Sorted store order: every hub instance locks in the same order.
-        let mut q = QueryBuilder::<MySql>::new("SELECT store, last_seq FROM store_sync WHERE store IN (");
+        let mut q =
+            QueryBuilder::<MySql>::new("SELECT store, last_seq FROM store_sync WHERE store IN (");
         let mut sep = q.separated(", ");
         for s in &stores {
             sep.push_bind(s);
@@ -223,10 +248,15 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
         }
     }
 
-    let mut ledger = Ledger { rows: Vec::new(), stock: BTreeMap::new(), sales: BTreeMap::new() };
+    let mut ledger = Ledger {
+        rows: Vec::new(),
+        stock: BTreeMap::new(),
+        sales: BTreeMap::new(),
+    };
     let mut new_watermarks: Vec<(String, u64, Option<DateTime<Utc>>)> = Vec::new();
     for (store, messages) in by_store {
-        let (Some(last_seq), Some(key)) = (watermarks.get(&store).copied(), keys.get(&store)) else {
+        let (Some(last_seq), Some(key)) = (watermarks.get(&store).copied(), keys.get(&store))
+        else {
             parked.extend(messages.into_iter().map(|m| Parked {
                 detail: format!("store {store} is not registered at this hub"),
                 position: m.position,
@@ -292,7 +322,9 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
             }
             let payload: Vec<u8> = row.try_get("payload")?;
             // Held messages were decoded and verified before they were held.
-            let Ok(received) = Envelope::decode(&payload) else { break };
+            let Ok(received) = Envelope::decode(&payload) else {
+                break;
+            };
             latest_event = latest_event.max(Some(received.envelope.occurred_at));
             add_to_ledger(tx, &mut ledger, received.envelope).await?;
             outcome.applied += 1;
@@ -363,13 +395,18 @@ async fn apply_in(tx: &mut Transaction<'_, MySql>, batch: &[RawMessage]) -> Resu
     Ok(outcome)
 }
 
-async fn applied_ids(tx: &mut Transaction<'_, MySql>, store: &str, seqs: &[u64]) -> Result<HashMap<u64, uuid::Uuid>, sqlx::Error> {
+async fn applied_ids(
+    tx: &mut Transaction<'_, MySql>,
+    store: &str,
+    seqs: &[u64],
+) -> Result<HashMap<u64, uuid::Uuid>, sqlx::Error> {
     let mut found = HashMap::new();
     if seqs.is_empty() {
         return Ok(found);
     }
     let mut q = QueryBuilder::<MySql>::new("SELECT seq, id FROM movements WHERE store = ");
-    q.push_bind(store).push(" AND origin = 'store' AND seq IN (");
+    q.push_bind(store)
+        .push(" AND origin = 'store' AND seq IN (");
     let mut sep = q.separated(", ");
     for s in seqs {
         sep.push_bind(*s);
@@ -386,15 +423,20 @@ async fn applied_ids(tx: &mut Transaction<'_, MySql>, store: &str, seqs: &[u64])
 
 /// Adds one movement to the batch's ledger. A count's delta is worked out here against
 /// the hub's view (DESIGN §4): on-hand less the hub-origin deltas the store had not seen.
-async fn add_to_ledger(tx: &mut Transaction<'_, MySql>, ledger: &mut Ledger, envelope: Envelope) -> Result<(), sqlx::Error> {
+async fn add_to_ledger(
+    tx: &mut Transaction<'_, MySql>,
+    ledger: &mut Ledger,
+    envelope: Envelope,
+) -> Result<(), sqlx::Error> {
     let key = (envelope.store.to_string(), envelope.sku.to_string());
     let mut delta = envelope.delta;
     if let (Kind::Count, Some(counted)) = (envelope.kind, envelope.counted) {
-        let on_hand: Option<i64> = sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
-            .bind(&key.0)
-            .bind(&key.1)
-            .fetch_optional(&mut **tx)
-            .await?;
+        let on_hand: Option<i64> =
+            sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
+                .bind(&key.0)
+                .bind(&key.1)
+                .fetch_optional(&mut **tx)
+                .await?;
         let unseen: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM movements
              WHERE store = ? AND sku = ? AND origin = 'hub' AND seq > ?",
@@ -414,7 +456,10 @@ async fn add_to_ledger(tx: &mut Transaction<'_, MySql>, ledger: &mut Ledger, env
     }
     *ledger.stock.entry(key.clone()).or_insert(0) += delta;
     if matches!(envelope.kind, Kind::Sale | Kind::Return) {
-        *ledger.sales.entry((key.0, key.1, envelope.occurred_at.date_naive())).or_insert(0) += -delta;
+        *ledger
+            .sales
+            .entry((key.0, key.1, envelope.occurred_at.date_naive()))
+            .or_insert(0) += -delta;
     }
     ledger.rows.push((envelope, delta));
     Ok(())
@@ -422,7 +467,11 @@ async fn add_to_ledger(tx: &mut Transaction<'_, MySql>, ledger: &mut Ledger, env
 
 const INSERT_CHUNK: usize = 2000;
 
-async fn write_ledger(tx: &mut Transaction<'_, MySql>, ledger: &Ledger, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+async fn write_ledger(
+    tx: &mut Transaction<'_, MySql>,
+    ledger: &Ledger,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     for chunk in ledger.rows.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<MySql>::new(
             "INSERT INTO movements (store, origin, seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store, from_store, occurred_at, received_at) ",
@@ -448,9 +497,15 @@ async fn write_ledger(tx: &mut Transaction<'_, MySql>, ledger: &Ledger, now: Dat
     }
     let stock: Vec<_> = ledger.stock.iter().collect();
     for chunk in stock.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<MySql>::new("INSERT INTO stock (store, sku, on_hand, version, updated_at) ");
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO stock (store, sku, on_hand, version, updated_at) ",
+        );
         q.push_values(chunk, |mut b, ((store, sku), delta)| {
-            b.push_bind(store).push_bind(sku).push_bind(**delta).push_bind(1i64).push_bind(now);
+            b.push_bind(store)
+                .push_bind(sku)
+                .push_bind(**delta)
+                .push_bind(1i64)
+                .push_bind(now);
         });
         q.push(" ON DUPLICATE KEY UPDATE on_hand = on_hand + VALUES(on_hand), version = version + 1, updated_at = VALUES(updated_at)");
         q.build().execute(&mut **tx).await?;
@@ -459,7 +514,10 @@ async fn write_ledger(tx: &mut Transaction<'_, MySql>, ledger: &Ledger, now: Dat
     for chunk in sales.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<MySql>::new("INSERT INTO daily_sales (store, sku, day, qty) ");
         q.push_values(chunk, |mut b, ((store, sku, day), qty)| {
-            b.push_bind(store).push_bind(sku).push_bind(*day).push_bind(**qty);
+            b.push_bind(store)
+                .push_bind(sku)
+                .push_bind(*day)
+                .push_bind(**qty);
         });
         q.push(" ON DUPLICATE KEY UPDATE qty = qty + VALUES(qty)");
         q.build().execute(&mut **tx).await?;

@@ -7,7 +7,11 @@ use bazaar_shared::StoreId;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bazaar-hub", version, about = "Bazaar hub: the chain's stock ledger, API and sync")]
+#[command(
+    name = "bazaar-hub",
+    version,
+    about = "Bazaar hub: the chain's stock ledger, API and sync"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,27 +73,58 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let cfg = HubConfig::load(config.as_deref())?;
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
-                .with_context(|| format!("cannot listen on {}: set BAZAAR_HUB_LISTEN to a free address", cfg.listen))?;
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {}: set BAZAAR_HUB_LISTEN to a free address",
+                        cfg.listen
+                    )
+                })?;
             startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
         }
         Command::Migrate { config } => {
             let cfg = HubConfig::load(config.as_deref())?;
             db::migrate(cfg.mysql_url.expose()).await?;
-            eprintln!("database at {} is up to date", db::redact(cfg.mysql_url.expose()));
+            eprintln!(
+                "database at {} is up to date",
+                db::redact(cfg.mysql_url.expose())
+            );
             Ok(())
         }
-        Command::Forecast { input, horizon, output } => forecast(&input, horizon.into(), &output),
-        Command::Store { command: StoreCommand::Add { id, name, json, config } } => {
+        Command::Forecast {
+            input,
+            horizon,
+            output,
+        } => forecast(&input, horizon.into(), &output),
+        Command::Store {
+            command:
+                StoreCommand::Add {
+                    id,
+                    name,
+                    json,
+                    config,
+                },
+        } => {
             let store = StoreId::parse(id).context("store id")?;
             let cfg = HubConfig::load(config.as_deref())?;
             let pool = db::migrate(cfg.mysql_url.expose()).await?;
             let credentials = stores::register(&pool, &store, name.as_deref()).await?;
-            bazaar_hub::audit::record(&pool, "cli", "store.register", store.as_str(), None,
-                Some(serde_json::json!({"store": store.as_str(), "name": name})), None).await;
+            bazaar_hub::audit::record(
+                &pool,
+                "cli",
+                "store.register",
+                store.as_str(),
+                None,
+                Some(serde_json::json!({"store": store.as_str(), "name": name})),
+                None,
+            )
+            .await;
             if json {
                 println!("{}", serde_json::to_string(&credentials)?);
             } else {
-                println!("store  {}\ntoken  {}\nkey    {}", credentials.store, credentials.token, credentials.key);
+                println!(
+                    "store  {}\ntoken  {}\nkey    {}",
+                    credentials.store, credentials.token, credentials.key
+                );
                 eprintln!(
                     "shown once: install the agent with\n  bazaar-agent init --store {} --hub <HUB URL> --token {} --key {}",
                     credentials.store, credentials.token, credentials.key
@@ -100,23 +135,38 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-
 /// Forecasts into a temporary file beside `output` and renames it into place, so a bad
 /// input never leaves a half-written forecast behind.
-fn forecast(input: &std::path::Path, horizon: usize, output: &std::path::Path) -> anyhow::Result<()> {
-    let reader = std::fs::File::open(input)
-        .with_context(|| format!("cannot open {}: give a CSV with columns series,date,qty", input.display()))?;
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+fn forecast(
+    input: &std::path::Path,
+    horizon: usize,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    let reader = std::fs::File::open(input).with_context(|| {
+        format!(
+            "cannot open {}: give a CSV with columns series,date,qty",
+            input.display()
+        )
+    })?;
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let staging = dir.join(format!(".bazaar-forecast-{}.tmp", std::process::id()));
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} forecasting {pos}/{len} series [{elapsed_precise}, {per_sec}, eta {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} forecasting {pos}/{len} series [{elapsed_precise}, {per_sec}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     let summary = bazaar_intelligence::csv_io::forecast_csv(
         std::io::BufReader::new(reader),
-        std::io::BufWriter::new(std::fs::File::create(&staging).with_context(|| format!("cannot write in {}", dir.display()))?),
+        std::io::BufWriter::new(
+            std::fs::File::create(&staging)
+                .with_context(|| format!("cannot write in {}", dir.display()))?,
+        ),
         horizon,
         |done, total| {
             bar.set_length(total as u64);
@@ -131,7 +181,8 @@ fn forecast(input: &std::path::Path, horizon: usize, output: &std::path::Path) -
             return Err(anyhow::anyhow!("{}: {e}", input.display()));
         }
     };
-    std::fs::rename(&staging, output).with_context(|| format!("cannot write {}", output.display()))?;
+    std::fs::rename(&staging, output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     let models = summary
         .models
         .iter()

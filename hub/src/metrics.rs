@@ -9,7 +9,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Default)]
 struct Series {
@@ -28,9 +30,14 @@ impl HttpMetrics {
     pub fn observe(&self, path: &str, method: &str, status: u16, elapsed: Duration) {
         let route = route_of(path);
         let seconds = elapsed.as_secs_f64();
-        let slot = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        let slot = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        let s = series.entry((route, method_of(method), status)).or_default();
+        let s = series
+            .entry((route, method_of(method), status))
+            .or_default();
         s.count += 1;
         s.sum += seconds;
         s.buckets[slot] += 1;
@@ -52,9 +59,21 @@ impl HttpMetrics {
                 cumulative += s.buckets[i];
                 let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
-            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
-            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "bazaar_hub_http_request_duration_seconds_count{{{labels}}} {}", s.count);
+            let _ = writeln!(
+                out,
+                "bazaar_hub_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "bazaar_hub_http_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum
+            );
+            let _ = writeln!(
+                out,
+                "bazaar_hub_http_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
         }
     }
 }
@@ -89,7 +108,10 @@ pub fn route_of(path: &str) -> &'static str {
 
 /// One counter or gauge line with its HELP and TYPE.
 pub fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// Everything `/metrics` shows, rendered from the hub's state.
@@ -97,11 +119,41 @@ pub fn render(hub: &crate::startup::Hub) -> String {
     let mut out = String::with_capacity(4096);
     hub.http_metrics.render(&mut out);
     let (hits, misses) = hub.cache.counts();
-    scalar(&mut out, "bazaar_hub_stock_cache_hits_total", "counter", "Stock reads answered from Redis.", hits);
-    scalar(&mut out, "bazaar_hub_stock_cache_misses_total", "counter", "Stock reads that went to MySQL (not cached, or Redis down).", misses);
-    scalar(&mut out, "bazaar_hub_redis_up", "gauge", "1 while this hub is connected to Redis.", u8::from(hub.redis.is_up()));
-    scalar(&mut out, "bazaar_hub_redis_failures_total", "counter", "Redis operations that found it unreachable.", hub.redis.failures());
-    scalar(&mut out, "bazaar_hub_stock_cache_generation", "gauge", "The cache generation this hub started at its last Redis connection.", hub.redis.generation());
+    scalar(
+        &mut out,
+        "bazaar_hub_stock_cache_hits_total",
+        "counter",
+        "Stock reads answered from Redis.",
+        hits,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_stock_cache_misses_total",
+        "counter",
+        "Stock reads that went to MySQL (not cached, or Redis down).",
+        misses,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_redis_up",
+        "gauge",
+        "1 while this hub is connected to Redis.",
+        u8::from(hub.redis.is_up()),
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_redis_failures_total",
+        "counter",
+        "Redis operations that found it unreachable.",
+        hub.redis.failures(),
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_stock_cache_generation",
+        "gauge",
+        "The cache generation this hub started at its last Redis connection.",
+        hub.redis.generation(),
+    );
     let _ = writeln!(
         out,
         "# HELP bazaar_hub_rate_limited_total Requests refused with 429, by route.\n# TYPE bazaar_hub_rate_limited_total counter\nbazaar_hub_rate_limited_total{{route=\"{}\"}} {}",
@@ -109,10 +161,34 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         hub.get_stock_limit.denied()
     );
     let [applied, duplicates, held, parked] = hub.ingest.totals();
-    scalar(&mut out, "bazaar_hub_movements_applied_total", "counter", "Movements applied to the ledger.", applied);
-    scalar(&mut out, "bazaar_hub_movements_duplicates_total", "counter", "Movements skipped as already applied.", duplicates);
-    scalar(&mut out, "bazaar_hub_movements_held_total", "counter", "Movements held until a gap in seq fills.", held);
-    scalar(&mut out, "bazaar_hub_movements_parked_total", "counter", "Movements parked (bad signature, unknown store, malformed).", parked);
+    scalar(
+        &mut out,
+        "bazaar_hub_movements_applied_total",
+        "counter",
+        "Movements applied to the ledger.",
+        applied,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_movements_duplicates_total",
+        "counter",
+        "Movements skipped as already applied.",
+        duplicates,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_movements_held_total",
+        "counter",
+        "Movements held until a gap in seq fills.",
+        held,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_movements_parked_total",
+        "counter",
+        "Movements parked (bad signature, unknown store, malformed).",
+        parked,
+    );
     out
 }
 
@@ -122,8 +198,14 @@ mod tests {
 
     #[test]
     fn routes_are_labelled_by_pattern() {
-        assert_eq!(route_of("/v1/stores/S1/stock/MILK"), "/v1/stores/{store}/stock/{sku}");
-        assert_eq!(route_of("/get-stock/S1/MILK"), "/get-stock/{store_id}/{product_id}");
+        assert_eq!(
+            route_of("/v1/stores/S1/stock/MILK"),
+            "/v1/stores/{store}/stock/{sku}"
+        );
+        assert_eq!(
+            route_of("/get-stock/S1/MILK"),
+            "/get-stock/{store_id}/{product_id}"
+        );
         assert_eq!(route_of("/v1/stores"), "/v1/stores");
         assert_eq!(route_of("/nope/x/y/z"), "other");
     }

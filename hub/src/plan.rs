@@ -78,7 +78,10 @@ pub fn plan_store(
     applied_ids: &HashMap<u64, Uuid>,
 ) -> StorePlan {
     messages.sort_by_key(|m| m.received.envelope.seq);
-    let mut plan = StorePlan { last_seq, ..StorePlan::default() };
+    let mut plan = StorePlan {
+        last_seq,
+        ..StorePlan::default()
+    };
     let mut applied_here: HashMap<u64, Uuid> = HashMap::new();
     let mut held_here: HashMap<u64, Uuid> = HashMap::new();
     for message in messages {
@@ -91,14 +94,20 @@ pub fn plan_store(
             envelope: Some(envelope.clone()),
         };
         if !message.received.verify(key) {
-            plan.park.push(park(ParkReason::BadSignature, format!(
-                "seq {} of store {} does not carry a valid signature for that store's key",
-                envelope.seq, envelope.store
-            )));
+            plan.park.push(park(
+                ParkReason::BadSignature,
+                format!(
+                    "seq {} of store {} does not carry a valid signature for that store's key",
+                    envelope.seq, envelope.store
+                ),
+            ));
             continue;
         }
         if envelope.origin != Origin::Store {
-            plan.park.push(park(ParkReason::UnexpectedOrigin, "hub-origin movement on the store movements topic".into()));
+            plan.park.push(park(
+                ParkReason::UnexpectedOrigin,
+                "hub-origin movement on the store movements topic".into(),
+            ));
             continue;
         }
         let seq = envelope.seq;
@@ -120,9 +129,13 @@ pub fn plan_store(
         } else {
             match held_here.get(&seq) {
                 Some(id) if *id == envelope.id => plan.duplicates += 1,
-                Some(id) => plan.park.push(park(ParkReason::Conflict, format!(
-                    "seq {seq} arrived twice ahead of a gap with ids {id} and {}", envelope.id
-                ))),
+                Some(id) => plan.park.push(park(
+                    ParkReason::Conflict,
+                    format!(
+                        "seq {seq} arrived twice ahead of a gap with ids {id} and {}",
+                        envelope.id
+                    ),
+                )),
                 None => {
                     held_here.insert(seq, envelope.id);
                     plan.hold.push((envelope.clone(), message.payload.clone()));
@@ -141,11 +154,22 @@ mod tests {
     fn message(key: &SigningKey, seq: u64, id: Uuid) -> Decoded {
         let envelope = Envelope {
             id,
-            ..Envelope::movement(StoreId::parse("S1").unwrap(), Origin::Store, seq, Kind::Sale, Sku::parse("A").unwrap(), -1)
+            ..Envelope::movement(
+                StoreId::parse("S1").unwrap(),
+                Origin::Store,
+                seq,
+                Kind::Sale,
+                Sku::parse("A").unwrap(),
+                -1,
+            )
         };
         let payload = envelope.to_signed_bytes(key).unwrap();
         Decoded {
-            position: Position { topic: "t".into(), partition: 0, offset: seq as i64 },
+            position: Position {
+                topic: "t".into(),
+                partition: 0,
+                offset: seq as i64,
+            },
             received: Envelope::decode(&payload).unwrap(),
             payload,
         }
@@ -158,7 +182,11 @@ mod tests {
     #[test]
     fn applies_in_order_whatever_the_arrival_order() {
         let key = SigningKey::generate();
-        let batch = vec![message(&key, 3, Uuid::now_v7()), message(&key, 1, Uuid::now_v7()), message(&key, 2, Uuid::now_v7())];
+        let batch = vec![
+            message(&key, 3, Uuid::now_v7()),
+            message(&key, 1, Uuid::now_v7()),
+            message(&key, 2, Uuid::now_v7()),
+        ];
         let plan = plan_store(0, &key, batch, &HashMap::new());
         assert_eq!(seqs(&plan), [1, 2, 3]);
         assert_eq!(plan.last_seq, 3);
@@ -170,10 +198,10 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let known = HashMap::from([(5, a)]);
         let batch = vec![
-            message(&key, 5, a),              // redelivery of an applied message
-            message(&key, 5, b),              // same seq, another id: conflict
+            message(&key, 5, a), // redelivery of an applied message
+            message(&key, 5, b), // same seq, another id: conflict
             message(&key, 6, b),
-            message(&key, 6, b),              // the same message twice in one batch
+            message(&key, 6, b), // the same message twice in one batch
         ];
         let plan = plan_store(5, &key, batch, &known);
         assert_eq!(seqs(&plan), [6]);
@@ -185,10 +213,17 @@ mod tests {
     #[test]
     fn a_gap_holds_what_is_ahead() {
         let key = SigningKey::generate();
-        let batch = vec![message(&key, 1, Uuid::now_v7()), message(&key, 3, Uuid::now_v7()), message(&key, 4, Uuid::now_v7())];
+        let batch = vec![
+            message(&key, 1, Uuid::now_v7()),
+            message(&key, 3, Uuid::now_v7()),
+            message(&key, 4, Uuid::now_v7()),
+        ];
         let plan = plan_store(0, &key, batch, &HashMap::new());
         assert_eq!(seqs(&plan), [1]);
-        assert_eq!(plan.hold.iter().map(|(e, _)| e.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            plan.hold.iter().map(|(e, _)| e.seq).collect::<Vec<_>>(),
+            [3, 4]
+        );
     }
 
     #[test]

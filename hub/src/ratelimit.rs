@@ -108,15 +108,27 @@ impl RateLimiter {
 
     async fn check_shared(&self, client: IpAddr) -> Option<Decision> {
         let key = self.link.key(&format!("ratelimit:{}:{client}", self.route));
-        let (interval, tolerance) = (self.interval().as_micros() as u64, self.tolerance().as_micros() as u64);
+        let (interval, tolerance) = (
+            self.interval().as_micros() as u64,
+            self.tolerance().as_micros() as u64,
+        );
         let script = self.script.clone();
         let reply: (i64, i64) = self
             .link
-            .run("rate limit", |mut c| async move { script.key(key).arg(interval).arg(tolerance).invoke_async(&mut c).await })
+            .run("rate limit", |mut c| async move {
+                script
+                    .key(key)
+                    .arg(interval)
+                    .arg(tolerance)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await?;
         Some(match reply {
             (1, _) => Decision::Allow,
-            (_, wait) => Decision::Deny { retry_after: Duration::from_micros(wait.max(1) as u64) },
+            (_, wait) => Decision::Deny {
+                retry_after: Duration::from_micros(wait.max(1) as u64),
+            },
         })
     }
 
@@ -126,11 +138,17 @@ impl RateLimiter {
         if buckets.len() > 100_000 {
             buckets.retain(|_, tat| *tat > now);
         }
-        let tat = buckets.get(&client).copied().filter(|t| *t > now).unwrap_or(now);
+        let tat = buckets
+            .get(&client)
+            .copied()
+            .filter(|t| *t > now)
+            .unwrap_or(now);
         let new_tat = tat + self.interval();
         let allow_at = now + self.tolerance();
         if new_tat > allow_at {
-            return Decision::Deny { retry_after: new_tat - allow_at };
+            return Decision::Deny {
+                retry_after: new_tat - allow_at,
+            };
         }
         buckets.insert(client, new_tat);
         Decision::Allow
@@ -141,14 +159,20 @@ impl RateLimiter {
 /// proxy; then the right-most `X-Forwarded-For` entry that is not itself a trusted proxy
 /// (entries to its left could be forged by the client). No peer at all (in-process tests)
 /// counts as 0.0.0.0.
-pub fn client_ip(peer: Option<SocketAddr>, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpAddr],
+) -> IpAddr {
     let Some(peer) = peer.map(|p| p.ip().to_canonical()) else {
         return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     };
     if !trusted.contains(&peer) {
         return peer;
     }
-    let Some(header) = forwarded_for else { return peer };
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
     let mut last_parsed = None;
     for entry in header.rsplit(',') {
         let Ok(ip) = entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
@@ -175,12 +199,31 @@ mod tests {
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
         let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
         let peer = |s: &str| Some(SocketAddr::new(ip(s), 40000));
-        assert_eq!(client_ip(peer("203.0.113.9"), Some("1.2.3.4"), &trusted), ip("203.0.113.9"));
-        assert_eq!(client_ip(peer("10.0.0.1"), Some("1.2.3.4"), &trusted), ip("1.2.3.4"));
-        assert_eq!(client_ip(peer("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.2"), &trusted), ip("1.2.3.4"));
-        assert_eq!(client_ip(peer("10.0.0.1"), Some("garbage"), &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(peer("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), Some("1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(
+                peer("10.0.0.1"),
+                Some("6.6.6.6, 1.2.3.4, 10.0.0.2"),
+                &trusted
+            ),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), Some("garbage"), &trusted),
+            ip("10.0.0.1")
+        );
         assert_eq!(client_ip(peer("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
-        assert_eq!(client_ip(peer("::ffff:203.0.113.9"), None, &trusted), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(peer("::ffff:203.0.113.9"), None, &trusted),
+            ip("203.0.113.9")
+        );
         assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), ip("0.0.0.0"));
     }
 
@@ -193,11 +236,23 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(limiter.check_local(client, start), Decision::Allow);
         }
-        let Decision::Deny { retry_after } = limiter.check_local(client, start) else { panic!("the 6th is refused") };
+        let Decision::Deny { retry_after } = limiter.check_local(client, start) else {
+            panic!("the 6th is refused")
+        };
         assert_eq!(retry_after, Duration::from_millis(200));
         assert_eq!(Decision::retry_after_secs(retry_after), 1);
-        assert_eq!(limiter.check_local(ip("192.0.2.2"), start), Decision::Allow, "buckets are per client");
-        assert_eq!(limiter.check_local(client, start + Duration::from_millis(200)), Decision::Allow);
-        assert!(matches!(limiter.check_local(client, start + Duration::from_millis(200)), Decision::Deny { .. }));
+        assert_eq!(
+            limiter.check_local(ip("192.0.2.2"), start),
+            Decision::Allow,
+            "buckets are per client"
+        );
+        assert_eq!(
+            limiter.check_local(client, start + Duration::from_millis(200)),
+            Decision::Allow
+        );
+        assert!(matches!(
+            limiter.check_local(client, start + Duration::from_millis(200)),
+            Decision::Deny { .. }
+        ));
     }
 }

@@ -63,7 +63,12 @@ impl RedisLink {
 
     /// Whether the link is connected right now (for `/metrics`).
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && self.manager.read().unwrap_or_else(PoisonError::into_inner).is_some()
+        self.up.load(Ordering::Relaxed)
+            && self
+                .manager
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
     }
 
     /// Operations that found Redis unreachable, since start.
@@ -117,7 +122,10 @@ impl RedisLink {
                 *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 self.generation.store(generation, Ordering::Relaxed);
                 if self.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(generation, "Redis connected; stock cache generation {generation}");
+                    tracing::info!(
+                        generation,
+                        "Redis connected; stock cache generation {generation}"
+                    );
                 } else {
                     tracing::info!(generation, "Redis is reachable again: cache and shared rate limits resume, on a new cache generation");
                 }
@@ -136,7 +144,12 @@ impl RedisLink {
 
     /// At most one attempt at a time, and none before `retry_at`.
     fn reconnect_in_background(self: &Arc<Self>) {
-        if self.retry_at.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|at| Instant::now() < at) {
+        if self
+            .retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| Instant::now() < at)
+        {
             return;
         }
         if self.connecting.swap(true, Ordering::AcqRel) {
@@ -150,7 +163,10 @@ impl RedisLink {
     }
 
     fn current(&self) -> Option<ConnectionManager> {
-        self.manager.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.manager
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn establish(&self) -> RedisResult<(ConnectionManager, u64)> {
@@ -161,14 +177,18 @@ impl RedisLink {
         let mut manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
         // A new generation before anyone reads or writes through this connection: entries
         // written before it may have missed refreshes while we could not reach Redis.
-        let generation: u64 = redis::cmd("INCR").arg(self.key(crate::cache::GENERATION_KEY)).query_async(&mut manager).await?;
+        let generation: u64 = redis::cmd("INCR")
+            .arg(self.key(crate::cache::GENERATION_KEY))
+            .query_async(&mut manager)
+            .await?;
         Ok((manager, generation))
     }
 
     fn failed(&self, error: &dyn std::fmt::Display) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         *self.manager.write().unwrap_or_else(PoisonError::into_inner) = None;
-        *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + RETRY_EVERY);
+        *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + RETRY_EVERY);
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(%error, "Redis is unreachable: stock reads go to MySQL and rate limits are kept per process until it is back (logged once per outage)");
         } else {
@@ -181,6 +201,10 @@ impl RedisLink {
 fn is_answer(e: &RedisError) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::ResponseError | ErrorKind::TypeError | ErrorKind::NoScriptError | ErrorKind::ExtensionError | ErrorKind::ExecAbortError
+        ErrorKind::ResponseError
+            | ErrorKind::TypeError
+            | ErrorKind::NoScriptError
+            | ErrorKind::ExtensionError
+            | ErrorKind::ExecAbortError
     )
 }

@@ -16,11 +16,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cache::StockCache;
 use crate::config::HubConfig;
+use crate::db;
+use crate::ingest::{self, BatchOutcome};
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::redis_link::RedisLink;
-use crate::db;
-use crate::ingest::{self, BatchOutcome};
 
 pub struct Hub {
     pub config: HubConfig,
@@ -62,29 +62,42 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         pool
     };
     let redis = Arc::new(RedisLink::new(&config.redis_url, &config.redis_prefix)?);
-    let cache = StockCache::new(redis.clone(), Duration::from_secs(config.stock_cache_ttl_secs));
+    let cache = StockCache::new(
+        redis.clone(),
+        Duration::from_secs(config.stock_cache_ttl_secs),
+    );
     let get_stock_limit = RateLimiter::new("get-stock", config.rate_limit_get_stock, redis.clone());
     // Connect now (and start this process's cache generation); Redis being down is not
     // an error: the link warns once and keeps retrying in the background.
     redis.connect().await;
-    Ok(Arc::new(Hub { config, pool, ingest: IngestCounters::default(), redis, cache, get_stock_limit, http_metrics: HttpMetrics::default() }))
+    Ok(Arc::new(Hub {
+        config,
+        pool,
+        ingest: IngestCounters::default(),
+        redis,
+        cache,
+        get_stock_limit,
+        http_metrics: HttpMetrics::default(),
+    }))
 }
 
 /// Serves the API on `listener` and consumes movements until `shutdown` resolves; then
 /// stops taking new batches, finishes the one in hand and drains HTTP requests.
-pub async fn run(config: HubConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let hub = build(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer_task = tokio::spawn(consume(hub.clone(), stop_rx.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, "hub listening");
     let mut server_stop = stop_rx.clone();
-    let server = warp::serve(crate::api::routes(hub.clone())).serve_incoming_with_graceful_shutdown(
-        TcpListenerStream::new(listener),
-        async move {
+    let server = warp::serve(crate::api::routes(hub.clone()))
+        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), async move {
             let _ = server_stop.wait_for(|s| *s).await;
-        },
-    );
+        });
     let server = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: finishing the batch in hand and requests in flight");
@@ -117,10 +130,18 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()]) {
+    if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()])
+    {
         tracing::error!(error = %e, topic = %topics.movements, "cannot subscribe");
         return;
     }
     tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group, "ingest started");
-    ingest::run(consumer, hub.pool.clone(), stop, hub.ingest.clone(), hub.cache.clone()).await;
+    ingest::run(
+        consumer,
+        hub.pool.clone(),
+        stop,
+        hub.ingest.clone(),
+        hub.cache.clone(),
+    )
+    .await;
 }

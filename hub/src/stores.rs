@@ -31,7 +31,11 @@ pub enum RegisterError {
     Database(#[from] sqlx::Error),
 }
 
-pub async fn register(pool: &MySqlPool, store: &StoreId, name: Option<&str>) -> Result<Credentials, RegisterError> {
+pub async fn register(
+    pool: &MySqlPool,
+    store: &StoreId,
+    name: Option<&str>,
+) -> Result<Credentials, RegisterError> {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = format!("bzs_{}", URL_SAFE_NO_PAD.encode(raw));
@@ -55,11 +59,18 @@ pub async fn register(pool: &MySqlPool, store: &StoreId, name: Option<&str>) -> 
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Credentials { store: store.to_string(), token, key })
+    Ok(Credentials {
+        store: store.to_string(),
+        token,
+        key,
+    })
 }
 
 /// The store a token belongs to.
-pub async fn store_for_token(pool: &MySqlPool, token: &str) -> Result<Option<StoreId>, sqlx::Error> {
+pub async fn store_for_token(
+    pool: &MySqlPool,
+    token: &str,
+) -> Result<Option<StoreId>, sqlx::Error> {
     let id: Option<String> = sqlx::query_scalar("SELECT id FROM stores WHERE token_hash = ?")
         .bind(token_hash(token))
         .fetch_optional(pool)
@@ -81,7 +92,10 @@ pub struct SyncHealth {
     pub parked: i64,
 }
 
-pub async fn sync_health(pool: &MySqlPool, store: &StoreId) -> Result<Option<SyncHealth>, sqlx::Error> {
+pub async fn sync_health(
+    pool: &MySqlPool,
+    store: &StoreId,
+) -> Result<Option<SyncHealth>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT s.id, y.last_seq, y.last_hub_seq, y.last_event_at, y.last_applied_at, s.last_seen_at,
                 (SELECT count(*) FROM held_events h WHERE h.store = s.id) AS held,
@@ -125,12 +139,17 @@ pub struct StockFigure {
 
 /// A sku exists at the hub once it has a product record or a movement anywhere; a known
 /// sku that never moved at this store stands at 0, version 0.
-pub async fn stock_figure(pool: &MySqlPool, store: &StoreId, sku: &bazaar_shared::Sku) -> Result<Option<StockFigure>, sqlx::Error> {
-    let row = sqlx::query("SELECT on_hand, version, updated_at FROM stock WHERE store = ? AND sku = ?")
-        .bind(store.as_str())
-        .bind(sku.as_str())
-        .fetch_optional(pool)
-        .await?;
+pub async fn stock_figure(
+    pool: &MySqlPool,
+    store: &StoreId,
+    sku: &bazaar_shared::Sku,
+) -> Result<Option<StockFigure>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT on_hand, version, updated_at FROM stock WHERE store = ? AND sku = ?")
+            .bind(store.as_str())
+            .bind(sku.as_str())
+            .fetch_optional(pool)
+            .await?;
     if let Some(r) = row {
         return Ok(Some(StockFigure {
             store: store.to_string(),
@@ -148,5 +167,11 @@ pub async fn stock_figure(pool: &MySqlPool, store: &StoreId, sku: &bazaar_shared
     .fetch_optional(pool)
     .await?
     .is_some();
-    Ok(known.then(|| StockFigure { store: store.to_string(), sku: sku.to_string(), on_hand: 0, version: 0, updated_at: None }))
+    Ok(known.then(|| StockFigure {
+        store: store.to_string(),
+        sku: sku.to_string(),
+        on_hand: 0,
+        version: 0,
+        updated_at: None,
+    }))
 }

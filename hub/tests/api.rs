@@ -15,9 +15,14 @@ struct App {
 }
 
 async fn spawn_app() -> App {
-    let database = format!("bz_hubapi_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let database = format!(
+        "bz_hubapi_{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
     let file = FileConfig {
-        mysql_url: Some(Secret::new(format!("mysql://root@127.0.0.1:3306/{database}"))),
+        mysql_url: Some(Secret::new(format!(
+            "mysql://root@127.0.0.1:3306/{database}"
+        ))),
         admin_token: Some(Secret::new(ADMIN)),
         // The machine's Redis, in a namespace of this test's own; no rate limit here
         // (tests/cache_and_limits.rs covers it with a private Redis).
@@ -26,11 +31,20 @@ async fn spawn_app() -> App {
         ..FileConfig::default()
     };
     let config = HubConfig::from_layers(file, |_| None).unwrap();
-    App { hub: build(config).await.expect("hub builds against MariaDB"), database }
+    App {
+        hub: build(config).await.expect("hub builds against MariaDB"),
+        database,
+    }
 }
 
 impl App {
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = warp::test::request().method(method).path(path);
         if let Some(t) = token {
             request = request.header("authorization", format!("Bearer {t}"));
@@ -38,34 +52,79 @@ impl App {
         if let Some(b) = body {
             request = request.body(b.to_string());
         }
-        let response = request.reply(&bazaar_hub::api::routes(self.hub.clone())).await;
-        (response.status().as_u16(), serde_json::from_slice(response.body()).unwrap_or(Value::Null))
+        let response = request
+            .reply(&bazaar_hub::api::routes(self.hub.clone()))
+            .await;
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
+        )
     }
 
     async fn register(&self, store: &str) -> String {
-        let (status, body) = self.call("POST", "/v1/stores", Some(ADMIN), Some(json!({"store": store}))).await;
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/stores",
+                Some(ADMIN),
+                Some(json!({"store": store})),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         body["token"].as_str().unwrap().to_string()
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database)).execute(&self.hub.pool).await;
+        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
+            .execute(&self.hub.pool)
+            .await;
     }
 }
 
 #[tokio::test]
 async fn registration_shows_credentials_once_and_is_audited() {
     let app = spawn_app().await;
-    let (status, body) = app.call("POST", "/v1/stores", Some(ADMIN), Some(json!({"store": "S1", "name": "High St"}))).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/stores",
+            Some(ADMIN),
+            Some(json!({"store": "S1", "name": "High St"})),
+        )
+        .await;
     assert_eq!(status, 201);
     assert!(body["token"].as_str().unwrap().len() > 40);
-    assert_eq!(bazaar_shared::SigningKey::from_base64(body["key"].as_str().unwrap()).is_ok(), true);
-    let stored: String = sqlx::query_scalar("SELECT token_hash FROM stores WHERE id = 'S1'").fetch_one(&app.hub.pool).await.unwrap();
-    assert_ne!(stored, body["token"].as_str().unwrap(), "tokens are stored hashed");
-    let (status, again) = app.call("POST", "/v1/stores", Some(ADMIN), Some(json!({"store": "S1"}))).await;
-    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("conflict")));
-    let audited: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'store.register' AND target = 'S1'")
-        .fetch_one(&app.hub.pool).await.unwrap();
+    assert_eq!(
+        bazaar_shared::SigningKey::from_base64(body["key"].as_str().unwrap()).is_ok(),
+        true
+    );
+    let stored: String = sqlx::query_scalar("SELECT token_hash FROM stores WHERE id = 'S1'")
+        .fetch_one(&app.hub.pool)
+        .await
+        .unwrap();
+    assert_ne!(
+        stored,
+        body["token"].as_str().unwrap(),
+        "tokens are stored hashed"
+    );
+    let (status, again) = app
+        .call(
+            "POST",
+            "/v1/stores",
+            Some(ADMIN),
+            Some(json!({"store": "S1"})),
+        )
+        .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'store.register' AND target = 'S1'",
+    )
+    .fetch_one(&app.hub.pool)
+    .await
+    .unwrap();
     assert_eq!(audited, 1);
     app.cleanup().await;
 }
@@ -77,21 +136,70 @@ async fn the_auth_matrix_holds_on_every_store_route() {
     let other = app.register("S2").await;
     sqlx::query("INSERT INTO stock (store, sku, on_hand, version, updated_at) VALUES ('S1', 'MILK', 7, 3, NOW(6))")
         .execute(&app.hub.pool).await.unwrap();
-    for path in ["/v1/stores/S1", "/v1/stores/S1/stock/MILK", "/get-stock/S1/MILK"] {
-        assert_eq!(app.call("GET", path, Some(ADMIN), None).await.0, 200, "admin on {path}");
-        assert_eq!(app.call("GET", path, Some(&own), None).await.0, 200, "own store on {path}");
+    for path in [
+        "/v1/stores/S1",
+        "/v1/stores/S1/stock/MILK",
+        "/get-stock/S1/MILK",
+    ] {
+        assert_eq!(
+            app.call("GET", path, Some(ADMIN), None).await.0,
+            200,
+            "admin on {path}"
+        );
+        assert_eq!(
+            app.call("GET", path, Some(&own), None).await.0,
+            200,
+            "own store on {path}"
+        );
         let (status, body) = app.call("GET", path, Some(&other), None).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "other store on {path}");
-        assert_eq!(app.call("GET", path, None, None).await.0, 401, "no token on {path}");
-        assert_eq!(app.call("GET", path, Some("forged"), None).await.0, 401, "unknown token on {path}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "other store on {path}"
+        );
+        assert_eq!(
+            app.call("GET", path, None, None).await.0,
+            401,
+            "no token on {path}"
+        );
+        assert_eq!(
+            app.call("GET", path, Some("forged"), None).await.0,
+            401,
+            "unknown token on {path}"
+        );
     }
-    assert_eq!(app.call("POST", "/v1/stores", Some(&own), Some(json!({"store": "S9"}))).await.0, 403, "stores cannot register stores");
-    let (_, figure) = app.call("GET", "/v1/stores/S1/stock/MILK", Some(&own), None).await;
-    assert_eq!((figure["on_hand"].as_i64(), figure["version"].as_i64()), (Some(7), Some(3)));
-    let (_, seed) = app.call("GET", "/get-stock/S1/MILK", Some(ADMIN), None).await;
-    assert_eq!((&seed["store_id"], &seed["product_id"], &seed["quantity"]), (&json!("S1"), &json!("MILK"), &json!(7)), "{seed}");
+    assert_eq!(
+        app.call(
+            "POST",
+            "/v1/stores",
+            Some(&own),
+            Some(json!({"store": "S9"}))
+        )
+        .await
+        .0,
+        403,
+        "stores cannot register stores"
+    );
+    let (_, figure) = app
+        .call("GET", "/v1/stores/S1/stock/MILK", Some(&own), None)
+        .await;
+    assert_eq!(
+        (figure["on_hand"].as_i64(), figure["version"].as_i64()),
+        (Some(7), Some(3))
+    );
+    let (_, seed) = app
+        .call("GET", "/get-stock/S1/MILK", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        (&seed["store_id"], &seed["product_id"], &seed["quantity"]),
+        (&json!("S1"), &json!("MILK"), &json!(7)),
+        "{seed}"
+    );
     // Read before, so Redis has it (tests/cache_and_limits.rs covers both sources).
-    assert!(seed["source"] == "cache" || seed["source"] == "database", "{seed}");
+    assert!(
+        seed["source"] == "cache" || seed["source"] == "database",
+        "{seed}"
+    );
     app.cleanup().await;
 }
 
@@ -116,11 +224,27 @@ async fn unknown_and_invalid_identifiers_get_the_right_status() {
         assert!(body["error"]["message"].is_string(), "{path}: {body}");
     }
     app.register("S2").await;
-    let (status, body) = app.call("GET", "/v1/stores/S2/stock/MILK", Some(ADMIN), None).await;
-    assert_eq!((status, body["on_hand"].as_i64(), body["version"].as_i64()), (200, Some(0), Some(0)), "a known sku that never moved here is 0");
-    let (status, _) = app.call("POST", "/v1/stores", Some(ADMIN), Some(json!({"store": "S3", "colour": "red"}))).await;
+    let (status, body) = app
+        .call("GET", "/v1/stores/S2/stock/MILK", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        (status, body["on_hand"].as_i64(), body["version"].as_i64()),
+        (200, Some(0), Some(0)),
+        "a known sku that never moved here is 0"
+    );
+    let (status, _) = app
+        .call(
+            "POST",
+            "/v1/stores",
+            Some(ADMIN),
+            Some(json!({"store": "S3", "colour": "red"})),
+        )
+        .await;
     assert_eq!(status, 400, "unknown fields are refused");
-    let stores: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stores").fetch_one(&app.hub.pool).await.unwrap();
+    let stores: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stores")
+        .fetch_one(&app.hub.pool)
+        .await
+        .unwrap();
     assert_eq!(stores, 2, "rejected requests changed nothing");
     app.cleanup().await;
 }

@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 const ADMIN: &str = "test-admin";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A private `redis-server` without persistence, killed with its handle.
@@ -30,7 +33,10 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let mut server = RedisServer { port: free_port(), child: None };
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
         server.restart();
         server
     }
@@ -43,16 +49,31 @@ impl RedisServer {
     fn restart(&mut self) {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary} (install redis-server or set REDIS_SERVER): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} (install redis-server or set REDIS_SERVER): {e}")
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not open port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not open port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -102,7 +123,9 @@ struct App {
 
 fn config(database: &str, redis_url: &str, prefix: &str) -> HubConfig {
     let file = FileConfig {
-        mysql_url: Some(Secret::new(format!("mysql://root@127.0.0.1:3306/{database}"))),
+        mysql_url: Some(Secret::new(format!(
+            "mysql://root@127.0.0.1:3306/{database}"
+        ))),
         admin_token: Some(Secret::new(ADMIN)),
         redis_url: Some(redis_url.into()),
         redis_prefix: Some(prefix.into()),
@@ -114,23 +137,37 @@ fn config(database: &str, redis_url: &str, prefix: &str) -> HubConfig {
 
 fn fresh_names() -> (String, String) {
     let id = uuid::Uuid::now_v7().simple().to_string();
-    (format!("bz_hubcache_{}", &id[20..]), format!("t{}:", &id[20..]))
+    (
+        format!("bz_hubcache_{}", &id[20..]),
+        format!("t{}:", &id[20..]),
+    )
 }
 
 async fn spawn_app(redis_url: &str) -> App {
     let (database, prefix) = fresh_names();
-    let hub = build(config(&database, redis_url, &prefix)).await.expect("hub builds");
+    let hub = build(config(&database, redis_url, &prefix))
+        .await
+        .expect("hub builds");
     App { hub, database }
 }
 
 impl App {
     /// A second hub on the same database and Redis namespace.
     async fn twin(&self) -> Arc<Hub> {
-        build(self.hub.config.clone()).await.expect("second hub builds")
+        build(self.hub.config.clone())
+            .await
+            .expect("second hub builds")
     }
 
     async fn seed(&self) {
-        let (status, body) = call(&self.hub, "POST", "/v1/stores", None, Some(json!({"store": "S1"}))).await;
+        let (status, body) = call(
+            &self.hub,
+            "POST",
+            "/v1/stores",
+            None,
+            Some(json!({"store": "S1"})),
+        )
+        .await;
         assert_eq!(status, 201, "{body:?}");
         sqlx::query("INSERT INTO stock (store, sku, on_hand, version, updated_at) VALUES ('S1', 'MILK', 7, 3, NOW(6))")
             .execute(&self.hub.pool)
@@ -139,7 +176,9 @@ impl App {
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database)).execute(&self.hub.pool).await;
+        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
+            .execute(&self.hub.pool)
+            .await;
     }
 }
 
@@ -150,12 +189,33 @@ struct Reply {
     text: String,
 }
 
-async fn call(hub: &Arc<Hub>, method: &str, path: &str, peer: Option<SocketAddr>, body: Option<Value>) -> (u16, Value) {
-    let r = request(hub, method, path, peer, &[("authorization", &format!("Bearer {ADMIN}"))], body).await;
+async fn call(
+    hub: &Arc<Hub>,
+    method: &str,
+    path: &str,
+    peer: Option<SocketAddr>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let r = request(
+        hub,
+        method,
+        path,
+        peer,
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        body,
+    )
+    .await;
     (r.status, r.body)
 }
 
-async fn request(hub: &Arc<Hub>, method: &str, path: &str, peer: Option<SocketAddr>, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+async fn request(
+    hub: &Arc<Hub>,
+    method: &str,
+    path: &str,
+    peer: Option<SocketAddr>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
     let mut request = warp::test::request().method(method).path(path);
     if let Some(p) = peer {
         request = request.remote_addr(p);
@@ -170,7 +230,11 @@ async fn request(hub: &Arc<Hub>, method: &str, path: &str, peer: Option<SocketAd
     let text = String::from_utf8_lossy(response.body()).into_owned();
     Reply {
         status: response.status().as_u16(),
-        retry_after: response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from),
+        retry_after: response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
         text,
     }
@@ -185,7 +249,13 @@ async fn get_stock(hub: &Arc<Hub>, from: &str) -> (u16, Value) {
 }
 
 fn figure(on_hand: i64, version: i64) -> StockFigure {
-    StockFigure { store: "S1".into(), sku: "MILK".into(), on_hand, version, updated_at: None }
+    StockFigure {
+        store: "S1".into(),
+        sku: "MILK".into(),
+        on_hand,
+        version,
+        updated_at: None,
+    }
 }
 
 #[tokio::test]
@@ -194,12 +264,31 @@ async fn a_second_read_is_served_from_the_cache() {
     let app = spawn_app(&redis.url()).await;
     app.seed().await;
     let (status, first) = get_stock(&app.hub, "192.0.2.1").await;
-    assert_eq!((status, &first), (200, &json!({"store_id": "S1", "product_id": "MILK", "quantity": 7, "source": "database"})));
+    assert_eq!(
+        (status, &first),
+        (
+            200,
+            &json!({"store_id": "S1", "product_id": "MILK", "quantity": 7, "source": "database"})
+        )
+    );
     let (status, second) = get_stock(&app.hub, "192.0.2.1").await;
-    assert_eq!((status, &second), (200, &json!({"store_id": "S1", "product_id": "MILK", "quantity": 7, "source": "cache"})));
+    assert_eq!(
+        (status, &second),
+        (
+            200,
+            &json!({"store_id": "S1", "product_id": "MILK", "quantity": 7, "source": "cache"})
+        )
+    );
     let (status, v1) = call(&app.hub, "GET", "/v1/stores/S1/stock/MILK", None, None).await;
-    assert_eq!((status, v1["on_hand"].as_i64(), v1["version"].as_i64()), (200, Some(7), Some(3)), "the v1 route reads the cache too");
-    assert!(v1["updated_at"].is_string(), "updated_at survives the cache: {v1}");
+    assert_eq!(
+        (status, v1["on_hand"].as_i64(), v1["version"].as_i64()),
+        (200, Some(7), Some(3)),
+        "the v1 route reads the cache too"
+    );
+    assert!(
+        v1["updated_at"].is_string(),
+        "updated_at survives the cache: {v1}"
+    );
     assert_eq!(app.hub.cache.counts(), (2, 1), "(hits, misses)");
     app.cleanup().await;
 }
@@ -211,31 +300,61 @@ async fn cache_writes_never_go_backwards_and_a_refresh_brings_the_committed_figu
     app.seed().await;
     let cache = &app.hub.cache;
     let generation = cache.generation().await.expect("Redis is up");
-    assert_eq!(cache.store(&figure(50, 5), &generation).await, Written::Stored);
-    assert_eq!(cache.store(&figure(30, 3), &generation).await, Written::NotNewer, "v3 after v5 is refused");
-    assert_eq!(cache.store(&figure(31, 5), &generation).await, Written::NotNewer, "the same version is not rewritten");
+    assert_eq!(
+        cache.store(&figure(50, 5), &generation).await,
+        Written::Stored
+    );
+    assert_eq!(
+        cache.store(&figure(30, 3), &generation).await,
+        Written::NotNewer,
+        "v3 after v5 is refused"
+    );
+    assert_eq!(
+        cache.store(&figure(31, 5), &generation).await,
+        Written::NotNewer,
+        "the same version is not rewritten"
+    );
     // A second hub refreshing the same key in the other order changes nothing either.
     let twin = app.twin().await;
     let twin_generation = twin.cache.generation().await.expect("Redis is up");
-    assert_ne!(twin_generation, generation, "a starting hub begins a new generation");
-    assert_eq!(twin.cache.store(&figure(50, 5), &twin_generation).await, Written::Stored);
-    assert_eq!(cache.store(&figure(30, 3), &twin_generation).await, Written::NotNewer);
+    assert_ne!(
+        twin_generation, generation,
+        "a starting hub begins a new generation"
+    );
+    assert_eq!(
+        twin.cache.store(&figure(50, 5), &twin_generation).await,
+        Written::Stored
+    );
+    assert_eq!(
+        cache.store(&figure(30, 3), &twin_generation).await,
+        Written::NotNewer
+    );
     match cache.lookup("S1", "MILK").await {
         Lookup::Hit(f) => assert_eq!((f.on_hand, f.version), (50, 5)),
         other => panic!("expected v5 cached, got {other:?}"),
     }
     // A writer that read MySQL before the generation moved is dropped.
-    assert_eq!(cache.store(&figure(60, 6), &generation).await, Written::StaleGeneration);
+    assert_eq!(
+        cache.store(&figure(60, 6), &generation).await,
+        Written::StaleGeneration
+    );
 
     // After a commit: the refresh re-reads MySQL and writes the newer version.
     sqlx::query("UPDATE stock SET on_hand = 70, version = 7 WHERE store = 'S1' AND sku = 'MILK'")
         .execute(&app.hub.pool)
         .await
         .expect("update stock");
-    let touched: BTreeSet<(String, String)> = [("S1".to_string(), "MILK".to_string()), ("S1".into(), "NEVER-MOVED".into())].into();
+    let touched: BTreeSet<(String, String)> = [
+        ("S1".to_string(), "MILK".to_string()),
+        ("S1".into(), "NEVER-MOVED".into()),
+    ]
+    .into();
     cache.refresh(&app.hub.pool, &touched).await;
     let (_, seed) = get_stock(&app.hub, "192.0.2.1").await;
-    assert_eq!((seed["quantity"].as_i64(), seed["source"].as_str()), (Some(70), Some("cache")));
+    assert_eq!(
+        (seed["quantity"].as_i64(), seed["source"].as_str()),
+        (Some(70), Some("cache"))
+    );
     app.cleanup().await;
 }
 
@@ -243,7 +362,10 @@ async fn cache_writes_never_go_backwards_and_a_refresh_brings_the_committed_figu
 async fn redis_killed_mid_test_reads_fall_back_to_mysql_and_the_cache_returns_without_a_restart() {
     let logs = Logs::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
     let _logging = tracing::subscriber::set_default(subscriber);
     let mut redis = RedisServer::start();
     let app = spawn_app(&redis.url()).await;
@@ -254,14 +376,26 @@ async fn redis_killed_mid_test_reads_fall_back_to_mysql_and_the_cache_returns_wi
     redis.kill();
     for round in 0..2 {
         for i in 0..10 {
-            let (status, body) = get_stock(&app.hub, &format!("192.0.2.{}", 100 + 10 * round + i)).await;
-            assert_eq!((status, body["source"].as_str(), body["quantity"].as_i64()), (200, Some("database"), Some(7)), "read {i} with Redis down: {body}");
+            let (status, body) =
+                get_stock(&app.hub, &format!("192.0.2.{}", 100 + 10 * round + i)).await;
+            assert_eq!(
+                (status, body["source"].as_str(), body["quantity"].as_i64()),
+                (200, Some("database"), Some(7)),
+                "read {i} with Redis down: {body}"
+            );
         }
         // Past the retry interval: the next read starts a reconnection, which fails too.
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    assert_eq!(logs.count("Redis is unreachable"), 1, "one warning per outage, not one per request:\n{}", logs.text());
-    let metrics = request(&app.hub, "GET", "/metrics", None, &[], None).await.text;
+    assert_eq!(
+        logs.count("Redis is unreachable"),
+        1,
+        "one warning per outage, not one per request:\n{}",
+        logs.text()
+    );
+    let metrics = request(&app.hub, "GET", "/metrics", None, &[], None)
+        .await
+        .text;
     assert!(metrics.contains("bazaar_hub_redis_up 0"), "{metrics}");
 
     redis.restart();
@@ -275,7 +409,10 @@ async fn redis_killed_mid_test_reads_fall_back_to_mysql_and_the_cache_returns_wi
             assert_eq!(body["quantity"], 7);
             break;
         }
-        assert!(Instant::now() < deadline, "the hub never used Redis again after it came back");
+        assert!(
+            Instant::now() < deadline,
+            "the hub never used Redis again after it came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(app.hub.redis.is_up());
@@ -300,25 +437,53 @@ async fn the_rate_limit_is_shared_by_two_hubs_and_ignores_forwarded_for_from_unt
     app.seed().await;
     let twin = app.twin().await;
     get_stock(&app.hub, "192.0.2.250").await; // warm the cache so every request below is quick
-    // GCRA with burst = rate = 5: a sixth request within 200 ms of the first is refused.
-    // A stalled machine can stretch a burst past that; then try again from a new client.
+                                              // GCRA with burst = rate = 5: a sixth request within 200 ms of the first is refused.
+                                              // A stalled machine can stretch a burst past that; then try again from a new client.
     let mut attempt = 0;
     loop {
         attempt += 1;
         let client = format!("198.51.100.{attempt}");
         let (statuses, took) = burst(&[&app.hub, &twin], &client, 5).await;
-        assert_eq!(statuses, [200; 5], "the first five pass, spread over two hubs");
-        let sixth = request(&twin, "GET", "/get-stock/S1/MILK", peer(&client), &[("authorization", &format!("Bearer {ADMIN}"))], None).await;
+        assert_eq!(
+            statuses, [200; 5],
+            "the first five pass, spread over two hubs"
+        );
+        let sixth = request(
+            &twin,
+            "GET",
+            "/get-stock/S1/MILK",
+            peer(&client),
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            None,
+        )
+        .await;
         if sixth.status == 200 && took > Duration::from_millis(150) && attempt < 5 {
             continue;
         }
-        assert_eq!(sixth.status, 429, "the sixth within a second is refused by the other hub: {}", sixth.text);
+        assert_eq!(
+            sixth.status, 429,
+            "the sixth within a second is refused by the other hub: {}",
+            sixth.text
+        );
         assert_eq!(sixth.body["error"]["code"], "rate_limited");
         assert_eq!(sixth.retry_after.as_deref(), Some("1"));
         // X-Forwarded-For from an untrusted peer is ignored: still the same bucket.
-        let forged = request(&app.hub, "GET", "/get-stock/S1/MILK", peer(&client),
-            &[("authorization", &format!("Bearer {ADMIN}")), ("x-forwarded-for", "203.0.113.77")], None).await;
-        assert_eq!(forged.status, 429, "X-Forwarded-For from an untrusted peer must not reset the bucket");
+        let forged = request(
+            &app.hub,
+            "GET",
+            "/get-stock/S1/MILK",
+            peer(&client),
+            &[
+                ("authorization", &format!("Bearer {ADMIN}")),
+                ("x-forwarded-for", "203.0.113.77"),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(
+            forged.status, 429,
+            "X-Forwarded-For from an untrusted peer must not reset the bucket"
+        );
         // Another client is not affected.
         assert_eq!(get_stock(&app.hub, "198.51.100.200").await.0, 200);
         break;
@@ -326,13 +491,28 @@ async fn the_rate_limit_is_shared_by_two_hubs_and_ignores_forwarded_for_from_unt
     // Behind the trusted proxy, each forwarded client has its own bucket.
     for client in ["203.0.113.1", "203.0.113.2"] {
         for _ in 0..5 {
-            let r = request(&app.hub, "GET", "/get-stock/S1/MILK", peer("127.0.0.2"),
-                &[("authorization", &format!("Bearer {ADMIN}")), ("x-forwarded-for", client)], None).await;
+            let r = request(
+                &app.hub,
+                "GET",
+                "/get-stock/S1/MILK",
+                peer("127.0.0.2"),
+                &[
+                    ("authorization", &format!("Bearer {ADMIN}")),
+                    ("x-forwarded-for", client),
+                ],
+                None,
+            )
+            .await;
             assert_eq!(r.status, 200, "{client} through the proxy");
         }
     }
-    let metrics = request(&app.hub, "GET", "/metrics", None, &[], None).await.text;
-    assert!(metrics.contains("bazaar_hub_rate_limited_total{route=\"get-stock\"} 1"), "this hub refused the forged one; its twin the sixth: {metrics}");
+    let metrics = request(&app.hub, "GET", "/metrics", None, &[], None)
+        .await
+        .text;
+    assert!(
+        metrics.contains("bazaar_hub_rate_limited_total{route=\"get-stock\"} 1"),
+        "this hub refused the forged one; its twin the sixth: {metrics}"
+    );
     app.cleanup().await;
 }
 
@@ -359,8 +539,17 @@ async fn metrics_are_open_and_count_requests_cache_and_ingest() {
     app.seed().await;
     get_stock(&app.hub, "192.0.2.1").await;
     get_stock(&app.hub, "192.0.2.1").await;
-    assert_eq!(call(&app.hub, "GET", "/v1/stores/NOPE", None, None).await.0, 404);
-    app.hub.ingest.record(&BatchOutcome { applied: 3, duplicates: 2, held: 1, parked: 4, ..BatchOutcome::default() });
+    assert_eq!(
+        call(&app.hub, "GET", "/v1/stores/NOPE", None, None).await.0,
+        404
+    );
+    app.hub.ingest.record(&BatchOutcome {
+        applied: 3,
+        duplicates: 2,
+        held: 1,
+        parked: 4,
+        ..BatchOutcome::default()
+    });
     let r = request(&app.hub, "GET", "/metrics", None, &[], None).await;
     assert_eq!(r.status, 200, "no token needed");
     for line in [
@@ -391,7 +580,11 @@ fn sale(key: &bazaar_shared::SigningKey, seq: u64, sku: &str) -> bazaar_hub::ing
         -1,
     );
     bazaar_hub::ingest::RawMessage {
-        position: bazaar_hub::plan::Position { topic: "t".into(), partition: 0, offset: seq as i64 },
+        position: bazaar_hub::plan::Position {
+            topic: "t".into(),
+            partition: 0,
+            offset: seq as i64,
+        },
         payload: envelope.to_signed_bytes(key).expect("signed"),
     }
 }
@@ -407,12 +600,23 @@ async fn cached(app: &App, sku: &str) -> Option<(i64, i64)> {
 async fn an_ingest_batch_refreshes_every_key_it_touched_duplicates_included() {
     let redis = RedisServer::start();
     let app = spawn_app(&redis.url()).await;
-    let (status, credentials) = call(&app.hub, "POST", "/v1/stores", None, Some(json!({"store": "S1"}))).await;
+    let (status, credentials) = call(
+        &app.hub,
+        "POST",
+        "/v1/stores",
+        None,
+        Some(json!({"store": "S1"})),
+    )
+    .await;
     assert_eq!(status, 201);
-    let key = bazaar_shared::SigningKey::from_base64(credentials["key"].as_str().expect("key")).expect("a signing key");
+    let key = bazaar_shared::SigningKey::from_base64(credentials["key"].as_str().expect("key"))
+        .expect("a signing key");
     let pool = &app.hub.pool;
 
-    let outcome = bazaar_hub::ingest::apply_batch(pool, &[sale(&key, 1, "MILK"), sale(&key, 2, "BREAD")]).await.expect("applied");
+    let outcome =
+        bazaar_hub::ingest::apply_batch(pool, &[sale(&key, 1, "MILK"), sale(&key, 2, "BREAD")])
+            .await
+            .expect("applied");
     assert_eq!(outcome.applied, 2);
     app.hub.cache.refresh(pool, &outcome.touched).await;
     assert_eq!(cached(&app, "MILK").await, Some((-1, 1)));
@@ -420,10 +624,14 @@ async fn an_ingest_batch_refreshes_every_key_it_touched_duplicates_included() {
 
     // A hub commits seq 3 and dies before its refresh: the cache trails MySQL...
     let third = sale(&key, 3, "MILK");
-    bazaar_hub::ingest::apply_batch(pool, std::slice::from_ref(&third)).await.expect("applied");
+    bazaar_hub::ingest::apply_batch(pool, std::slice::from_ref(&third))
+        .await
+        .expect("applied");
     assert_eq!(cached(&app, "MILK").await, Some((-1, 1)));
     // ...until the re-delivery, all duplicates, refreshes it all the same.
-    let again = bazaar_hub::ingest::apply_batch(pool, &[third]).await.expect("skipped");
+    let again = bazaar_hub::ingest::apply_batch(pool, &[third])
+        .await
+        .expect("skipped");
     assert_eq!((again.applied, again.duplicates), (0, 1));
     app.hub.cache.refresh(pool, &again.touched).await;
     assert_eq!(cached(&app, "MILK").await, Some((-2, 2)));

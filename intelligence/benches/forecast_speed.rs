@@ -54,11 +54,19 @@ fn synthetic_series(index: u64, days: usize, out: &mut Vec<f64>) {
         0 => out.extend((0..days).map(|_| rng.poisson(level))),
         1 => {
             let trend = (rng.uniform() - 0.5) * level / days as f64;
-            out.extend((0..days).map(|t| rng.poisson((level + trend * t as f64).max(0.1) * weekly[t % 7])));
+            out.extend(
+                (0..days).map(|t| rng.poisson((level + trend * t as f64).max(0.1) * weekly[t % 7])),
+            );
         }
         _ => {
             let probability = 0.02 + 0.3 * rng.uniform();
-            out.extend((0..days).map(|_| if rng.uniform() < probability { 1.0 + rng.poisson(level / 5.0) } else { 0.0 }));
+            out.extend((0..days).map(|_| {
+                if rng.uniform() < probability {
+                    1.0 + rng.poisson(level / 5.0)
+                } else {
+                    0.0
+                }
+            }));
         }
     }
 }
@@ -75,7 +83,10 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "?".to_owned(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 /// Forecasts `series` synthetic series of `days` days; returns the wall time and the CPU
@@ -97,7 +108,10 @@ fn run(series: usize, days: usize, cfg: &SelectConfig) -> (Duration, f64) {
             .collect();
         let timer = Instant::now();
         let cpu_before = cpu_seconds().unwrap_or(0.0);
-        checksum += histories.par_iter().map(|h| forecast_series(h, HORIZON, cfg).mean[0]).sum::<f64>();
+        checksum += histories
+            .par_iter()
+            .map(|h| forecast_series(h, HORIZON, cfg).mean[0])
+            .sum::<f64>();
         elapsed += timer.elapsed();
         cpu += cpu_seconds().unwrap_or(0.0) - cpu_before;
         start_index += count;
@@ -115,7 +129,10 @@ fn main() {
     run(1_000, 730, &cfg);
 
     let sizes: &[usize] = if quick { &[2_000] } else { &[10_000, 100_000] };
-    println!("load average before: {} (other processes share the {threads} cores)", load_average());
+    println!(
+        "load average before: {} (other processes share the {threads} cores)",
+        load_average()
+    );
     println!(
         "\n{:>10} {:>6} {:>10} {:>12} {:>12} {:>10} {:>14}",
         "series", "days", "wall (s)", "series/s", "µs/series", "CPU (s)", "CPU µs/series"
@@ -141,7 +158,10 @@ fn main() {
 
     let growth_series = if quick { 2_000 } else { 10_000 };
     println!("\nhistory length ({growth_series} series):");
-    println!("{:>6} {:>10} {:>12} {:>16} {:>14}", "days", "wall (s)", "µs/series", "µs/series/day", "CPU µs/series");
+    println!(
+        "{:>6} {:>10} {:>12} {:>16} {:>14}",
+        "days", "wall (s)", "µs/series", "µs/series/day", "CPU µs/series"
+    );
     for days in [365, 730, 1460] {
         let (wall, cpu) = run(growth_series, days, &cfg);
         let per = 1e6 * wall.as_secs_f64() / growth_series as f64;

@@ -82,7 +82,11 @@ pub struct AlertThresholds {
 
 impl Default for AlertThresholds {
     fn default() -> Self {
-        AlertThresholds { anomaly_width_fraction: 0.5, anomaly_min_units: 2.0, stale_after: Duration::minutes(30) }
+        AlertThresholds {
+            anomaly_width_fraction: 0.5,
+            anomaly_min_units: 2.0,
+            stale_after: Duration::minutes(30),
+        }
     }
 }
 
@@ -113,7 +117,8 @@ pub fn evaluate(facts: &AlertFacts, thresholds: &AlertThresholds) -> BTreeSet<Al
     }
     if let Some(day) = facts.day_sales {
         if day.actual.is_finite() && day.lo.is_finite() && day.hi.is_finite() && day.hi >= day.lo {
-            let slack = (thresholds.anomaly_width_fraction * (day.hi - day.lo)).max(thresholds.anomaly_min_units);
+            let slack = (thresholds.anomaly_width_fraction * (day.hi - day.lo))
+                .max(thresholds.anomaly_min_units);
             if day.actual < day.lo - slack || day.actual > day.hi + slack {
                 kinds.insert(AlertKind::DemandAnomaly);
             }
@@ -141,7 +146,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().expect("valid date")
+        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
+            .single()
+            .expect("valid date")
     }
 
     fn facts(on_hand: f64) -> AlertFacts {
@@ -163,11 +170,22 @@ mod tests {
     #[test]
     fn stock_level_rules_are_exclusive_and_most_severe_first() {
         let t = AlertThresholds::default();
-        assert_eq!(evaluate(&facts(-1.0), &t), kinds(&[AlertKind::NegativeStock]));
+        assert_eq!(
+            evaluate(&facts(-1.0), &t),
+            kinds(&[AlertKind::NegativeStock])
+        );
         assert_eq!(evaluate(&facts(0.0), &t), kinds(&[AlertKind::OutOfStock]));
-        assert_eq!(evaluate(&facts(10.0), &t), kinds(&[AlertKind::LowStock]), "≤ reorder point is low");
+        assert_eq!(
+            evaluate(&facts(10.0), &t),
+            kinds(&[AlertKind::LowStock]),
+            "≤ reorder point is low"
+        );
         assert_eq!(evaluate(&facts(10.5), &t), kinds(&[]));
-        assert_eq!(evaluate(&facts(100.0), &t), kinds(&[]), "at the maximum is fine");
+        assert_eq!(
+            evaluate(&facts(100.0), &t),
+            kinds(&[]),
+            "at the maximum is fine"
+        );
         assert_eq!(evaluate(&facts(100.5), &t), kinds(&[AlertKind::Overstock]));
     }
 
@@ -187,16 +205,36 @@ mod tests {
         let t = AlertThresholds::default();
         let mut f = facts(50.0);
         for (actual, fires) in [(16.0, false), (16.5, true), (0.0, false), (8.0, false)] {
-            f.day_sales = Some(DaySales { actual, lo: 4.0, hi: 12.0 });
-            assert_eq!(evaluate(&f, &t).contains(&AlertKind::DemandAnomaly), fires, "actual {actual}");
+            f.day_sales = Some(DaySales {
+                actual,
+                lo: 4.0,
+                hi: 12.0,
+            });
+            assert_eq!(
+                evaluate(&f, &t).contains(&AlertKind::DemandAnomaly),
+                fires,
+                "actual {actual}"
+            );
         }
         // Interval [0, 0.5]: slack is the 2-unit minimum, so 2 sales are fine but 3 are not.
-        f.day_sales = Some(DaySales { actual: 2.0, lo: 0.0, hi: 0.5 });
+        f.day_sales = Some(DaySales {
+            actual: 2.0,
+            lo: 0.0,
+            hi: 0.5,
+        });
         assert!(!evaluate(&f, &t).contains(&AlertKind::DemandAnomaly));
-        f.day_sales = Some(DaySales { actual: 3.0, lo: 0.0, hi: 0.5 });
+        f.day_sales = Some(DaySales {
+            actual: 3.0,
+            lo: 0.0,
+            hi: 0.5,
+        });
         assert!(evaluate(&f, &t).contains(&AlertKind::DemandAnomaly));
         // A shrink-like drop: interval [30, 50], slack 10, actual 19 < 20.
-        f.day_sales = Some(DaySales { actual: 19.0, lo: 30.0, hi: 50.0 });
+        f.day_sales = Some(DaySales {
+            actual: 19.0,
+            lo: 30.0,
+            hi: 50.0,
+        });
         assert!(evaluate(&f, &t).contains(&AlertKind::DemandAnomaly));
     }
 
@@ -205,7 +243,10 @@ mod tests {
         let t = AlertThresholds::default();
         let mut f = facts(50.0);
         f.last_sync = Some(now() - Duration::minutes(30));
-        assert!(evaluate(&f, &t).is_empty(), "exactly at the bound is not stale");
+        assert!(
+            evaluate(&f, &t).is_empty(),
+            "exactly at the bound is not stale"
+        );
         f.last_sync = Some(now() - Duration::minutes(31));
         assert_eq!(evaluate(&f, &t), kinds(&[AlertKind::StaleStore]));
         f.store_open = false;
@@ -219,10 +260,18 @@ mod tests {
     fn several_kinds_can_hold_together() {
         let mut f = facts(0.0);
         f.last_sync = None;
-        f.day_sales = Some(DaySales { actual: 40.0, lo: 1.0, hi: 5.0 });
+        f.day_sales = Some(DaySales {
+            actual: 40.0,
+            lo: 1.0,
+            hi: 5.0,
+        });
         assert_eq!(
             evaluate(&f, &AlertThresholds::default()),
-            kinds(&[AlertKind::OutOfStock, AlertKind::DemandAnomaly, AlertKind::StaleStore])
+            kinds(&[
+                AlertKind::OutOfStock,
+                AlertKind::DemandAnomaly,
+                AlertKind::StaleStore
+            ])
         );
     }
 }

@@ -47,9 +47,19 @@ pub enum CsvError {
     #[error("line {line}: qty {value} is negative or not finite; demand must be ≥ 0")]
     InvalidQuantity { line: u64, value: f64 },
     #[error("line {line}: duplicate row for series {series:?} on {date} (first given on line {first_line})")]
-    Duplicate { line: u64, series: String, date: NaiveDate, first_line: u64 },
+    Duplicate {
+        line: u64,
+        series: String,
+        date: NaiveDate,
+        first_line: u64,
+    },
     #[error("series {series:?} spans {days} days (lines {first_line} and {last_line}); at most {MAX_SERIES_DAYS} allowed")]
-    SpanTooLong { series: String, days: i64, first_line: u64, last_line: u64 },
+    SpanTooLong {
+        series: String,
+        days: i64,
+        first_line: u64,
+        last_line: u64,
+    },
     #[error("series {series:?}: the forecast would run past the last representable date")]
     DateOverflow { series: String },
     #[error("writing output: {0}")]
@@ -90,19 +100,29 @@ pub fn forecast_csv_with(
     let (series, input_rows) = read_series(input)?;
     let total = series.len();
     let mut writer = csv::Writer::from_writer(output);
-    writer.write_record(["series", "date", "forecast", "lo", "hi", "model"]).map_err(CsvError::Write)?;
-    let mut summary = Summary { series: total, input_rows, ..Summary::default() };
+    writer
+        .write_record(["series", "date", "forecast", "lo", "hi", "model"])
+        .map_err(CsvError::Write)?;
+    let mut summary = Summary {
+        series: total,
+        input_rows,
+        ..Summary::default()
+    };
     progress(0, total);
     for (chunk_index, chunk) in series.chunks(CHUNK).enumerate() {
-        let forecasts: Vec<Forecast> =
-            chunk.par_iter().map(|s| forecast_series(&s.history, horizon, cfg)).collect();
+        let forecasts: Vec<Forecast> = chunk
+            .par_iter()
+            .map(|s| forecast_series(&s.history, horizon, cfg))
+            .collect();
         for (s, forecast) in chunk.iter().zip(&forecasts) {
             *summary.models.entry(forecast.model).or_default() += 1;
             let mut date = s.last_date;
             for h in 0..horizon {
-                date = date
-                    .checked_add_days(Days::new(1))
-                    .ok_or_else(|| CsvError::DateOverflow { series: s.id.clone() })?;
+                date =
+                    date.checked_add_days(Days::new(1))
+                        .ok_or_else(|| CsvError::DateOverflow {
+                            series: s.id.clone(),
+                        })?;
                 writer
                     .write_record([
                         s.id.as_str(),
@@ -146,7 +166,11 @@ struct Row {
 
 /// Parses and validates the whole input, returning dense daily series sorted by id.
 fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).trim(csv::Trim::All).flexible(true).from_reader(input);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(input);
     let mut records = reader.records();
     let header = match records.next() {
         None => return Err(CsvError::EmptyInput),
@@ -172,16 +196,26 @@ fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> 
         if record.iter().all(str::is_empty) {
             continue; // blank line
         }
-        let field = |col: usize, column: &'static str| record.get(col).ok_or(CsvError::MissingField { line, column });
+        let field = |col: usize, column: &'static str| {
+            record
+                .get(col)
+                .ok_or(CsvError::MissingField { line, column })
+        };
         let id = field(series_col, "series")?;
         if id.is_empty() {
             return Err(CsvError::EmptySeries { line });
         }
         let date_text = field(date_col, "date")?;
-        let date = NaiveDate::parse_from_str(date_text, "%Y-%m-%d")
-            .map_err(|_| CsvError::BadDate { line, value: date_text.to_owned() })?;
+        let date =
+            NaiveDate::parse_from_str(date_text, "%Y-%m-%d").map_err(|_| CsvError::BadDate {
+                line,
+                value: date_text.to_owned(),
+            })?;
         let qty_text = field(qty_col, "qty")?;
-        let qty: f64 = qty_text.parse().map_err(|_| CsvError::BadQuantity { line, value: qty_text.to_owned() })?;
+        let qty: f64 = qty_text.parse().map_err(|_| CsvError::BadQuantity {
+            line,
+            value: qty_text.to_owned(),
+        })?;
         if !qty.is_finite() || qty < 0.0 {
             return Err(CsvError::InvalidQuantity { line, value: qty });
         }
@@ -198,17 +232,34 @@ fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> 
     ids.sort_unstable();
     let mut series = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(mut rows) = by_series.remove(&id) else { continue };
+        let Some(mut rows) = by_series.remove(&id) else {
+            continue;
+        };
         rows.sort_by_key(|r| (r.date, r.line));
         // `rows` is non-empty: every entry was created with one row.
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else { continue };
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            continue;
+        };
         let days = (last.date - first.date).num_days();
         if days >= MAX_SERIES_DAYS {
-            return Err(CsvError::SpanTooLong { series: id, days: days + 1, first_line: first.line, last_line: last.line });
+            return Err(CsvError::SpanTooLong {
+                series: id,
+                days: days + 1,
+                first_line: first.line,
+                last_line: last.line,
+            });
         }
         if let Some(pair) = rows.windows(2).find(|w| w[0].date == w[1].date) {
-            let (first_line, line) = (pair[0].line.min(pair[1].line), pair[0].line.max(pair[1].line));
-            return Err(CsvError::Duplicate { line, series: id, date: pair[0].date, first_line });
+            let (first_line, line) = (
+                pair[0].line.min(pair[1].line),
+                pair[0].line.max(pair[1].line),
+            );
+            return Err(CsvError::Duplicate {
+                line,
+                series: id,
+                date: pair[0].date,
+                first_line,
+            });
         }
         let start = first.date;
         let last_date = last.date;
@@ -216,7 +267,12 @@ fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> 
         for row in &rows {
             history[(row.date - start).num_days() as usize] = row.qty;
         }
-        series.push(DailySeries { id, first_date: start, last_date, history });
+        series.push(DailySeries {
+            id,
+            first_date: start,
+            last_date,
+            history,
+        });
     }
     Ok((series, input_rows))
 }
@@ -240,26 +296,41 @@ mod tests {
 
     #[test]
     fn writes_the_documented_columns_and_dates() {
-        let input = "series,date,qty\nb,2024-01-01,1\na,2024-02-27,2\na,2024-02-28,4\nb,2024-01-03,3\n";
+        let input =
+            "series,date,qty\nb,2024-01-01,1\na,2024-02-27,2\na,2024-02-28,4\nb,2024-01-03,3\n";
         let (out, summary) = run(input, 3).expect("valid input");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "series,date,forecast,lo,hi,model");
         assert_eq!(lines.len(), 1 + 6);
         // Series sorted; dates continue after each series' last day (2024 is a leap year).
-        let dates: Vec<(&str, &str)> = lines[1..].iter().map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[0], f[1])
-        }).collect();
+        let dates: Vec<(&str, &str)> = lines[1..]
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0], f[1])
+            })
+            .collect();
         assert_eq!(
             dates,
-            vec![("a", "2024-02-29"), ("a", "2024-03-01"), ("a", "2024-03-02"), ("b", "2024-01-04"), ("b", "2024-01-05"), ("b", "2024-01-06")]
+            vec![
+                ("a", "2024-02-29"),
+                ("a", "2024-03-01"),
+                ("a", "2024-03-02"),
+                ("b", "2024-01-04"),
+                ("b", "2024-01-05"),
+                ("b", "2024-01-06")
+            ]
         );
         assert_eq!(summary.series, 2);
         assert_eq!(summary.input_rows, 4);
         assert_eq!(summary.output_rows, 6);
         for line in &lines[1..] {
             let f: Vec<&str> = line.split(',').collect();
-            let (mean, lo, hi): (f64, f64, f64) = (f[2].parse().expect("n"), f[3].parse().expect("n"), f[4].parse().expect("n"));
+            let (mean, lo, hi): (f64, f64, f64) = (
+                f[2].parse().expect("n"),
+                f[3].parse().expect("n"),
+                f[4].parse().expect("n"),
+            );
             assert!(lo <= mean && mean <= hi);
             assert!(f[5].parse::<ModelKind>().is_ok());
         }
@@ -278,17 +349,33 @@ mod tests {
 
     #[test]
     fn bad_rows_name_their_line() {
-        assert_eq!(error_text(""), "input is empty: expected a header line `series,date,qty`");
+        assert_eq!(
+            error_text(""),
+            "input is empty: expected a header line `series,date,qty`"
+        );
         assert!(error_text("series,day,qty\n").contains("missing column `date`"));
-        assert_eq!(error_text("series,date,qty\na,2024-01-01,1\na,2024-13-01,1\n"), "line 3: bad date \"2024-13-01\", expected YYYY-MM-DD");
-        assert_eq!(error_text("series,date,qty\na,2024-01-01,many\n"), "line 2: qty \"many\" is not a number");
-        assert!(error_text("series,date,qty\na,2024-01-01,-2\n").starts_with("line 2: qty -2 is negative"));
-        assert_eq!(error_text("series,date,qty\n,2024-01-01,1\n"), "line 2: empty series id");
+        assert_eq!(
+            error_text("series,date,qty\na,2024-01-01,1\na,2024-13-01,1\n"),
+            "line 3: bad date \"2024-13-01\", expected YYYY-MM-DD"
+        );
+        assert_eq!(
+            error_text("series,date,qty\na,2024-01-01,many\n"),
+            "line 2: qty \"many\" is not a number"
+        );
+        assert!(error_text("series,date,qty\na,2024-01-01,-2\n")
+            .starts_with("line 2: qty -2 is negative"));
+        assert_eq!(
+            error_text("series,date,qty\n,2024-01-01,1\n"),
+            "line 2: empty series id"
+        );
         assert_eq!(
             error_text("series,date,qty\na,2024-01-01,1\nb,2024-01-01,1\na,2024-01-01,2\n"),
             "line 4: duplicate row for series \"a\" on 2024-01-01 (first given on line 2)"
         );
-        assert_eq!(error_text("series,date,qty\na,2024-01-01\n"), "line 2: missing field `qty`");
+        assert_eq!(
+            error_text("series,date,qty\na,2024-01-01\n"),
+            "line 2: missing field `qty`"
+        );
         assert!(error_text("series,date,qty\na,1024-01-01,1\na,2024-01-01,1\n").contains("spans"));
     }
 
@@ -296,16 +383,25 @@ mod tests {
     fn header_only_gives_no_rows_and_progress_reaches_total() {
         let mut calls = Vec::new();
         let mut out = Vec::new();
-        let summary = forecast_csv("series,date,qty\n".as_bytes(), &mut out, 5, |d, t| calls.push((d, t))).expect("ok");
+        let summary = forecast_csv("series,date,qty\n".as_bytes(), &mut out, 5, |d, t| {
+            calls.push((d, t))
+        })
+        .expect("ok");
         assert_eq!(summary.series, 0);
-        assert_eq!(String::from_utf8(out).expect("utf8"), "series,date,forecast,lo,hi,model\n");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "series,date,forecast,lo,hi,model\n"
+        );
         assert_eq!(calls, vec![(0, 0)]);
 
         let input: String = std::iter::once("series,date,qty\n".to_owned())
             .chain((0..3000).map(|i| format!("s{i},2024-01-01,1\n")))
             .collect();
         let mut calls = Vec::new();
-        let summary = forecast_csv(input.as_bytes(), std::io::sink(), 1, |d, t| calls.push((d, t))).expect("ok");
+        let summary = forecast_csv(input.as_bytes(), std::io::sink(), 1, |d, t| {
+            calls.push((d, t))
+        })
+        .expect("ok");
         assert_eq!(summary.output_rows, 3000);
         assert_eq!(calls, vec![(0, 3000), (2048, 3000), (3000, 3000)]);
     }

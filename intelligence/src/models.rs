@@ -111,7 +111,11 @@ impl FromStr for ModelKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     #[error("{model} needs at least {needed} days of history, got {got}")]
-    TooShort { model: ModelKind, needed: usize, got: usize },
+    TooShort {
+        model: ModelKind,
+        needed: usize,
+        got: usize,
+    },
 }
 
 /// A recursive forecasting model. Implementors are zero-sized markers; all data lives in
@@ -192,7 +196,12 @@ impl<M: Model> Fitted<M> {
             sse += e * e;
             M::update(&mut state, &params, y);
         }
-        Ok(Fitted { params, state, sse, residual_count: rest.len() })
+        Ok(Fitted {
+            params,
+            state,
+            sse,
+            residual_count: rest.len(),
+        })
     }
 
     /// Daily mean forecasts for the next `horizon` days.
@@ -274,7 +283,11 @@ impl Model for SeasonalNaive {
     }
     fn update(state: &mut LastWeek, _: &(), y: f64) {
         state.last_week[state.pos] = y;
-        state.pos = if state.pos + 1 == WEEK { 0 } else { state.pos + 1 };
+        state.pos = if state.pos + 1 == WEEK {
+            0
+        } else {
+            state.pos + 1
+        };
     }
     fn forecast_into(state: &LastWeek, _: &(), out: &mut [f64]) {
         for (i, f) in out.iter_mut().enumerate() {
@@ -317,7 +330,12 @@ impl Model for Ses {
     const MIN_HISTORY: usize = 1;
 
     fn init(history: &[f64]) -> (Level, usize) {
-        (Level { level: mean(&history[..history.len().min(WEEK)]) }, 0)
+        (
+            Level {
+                level: mean(&history[..history.len().min(WEEK)]),
+            },
+            0,
+        )
     }
     fn predict(state: &Level, _: &SesParams) -> f64 {
         state.level
@@ -404,7 +422,15 @@ fn hw_init(history: &[f64], with_trend: bool) -> (HwState, usize) {
     } else {
         0.0
     };
-    (HwState { level, trend, season, pos: 0 }, 0)
+    (
+        HwState {
+            level,
+            trend,
+            season,
+            pos: 0,
+        },
+        0,
+    )
 }
 
 #[inline]
@@ -446,7 +472,11 @@ fn hw_growth(p: &HwParams, h: usize) -> f64 {
 /// (all grid points share the season position), so that the inner loop over K vectorises.
 /// Same arithmetic, in the same order, as [`hw_predict`] / [`hw_update`]: it returns exactly
 /// what `grid_search` would.
-fn hw_grid_search<const K: usize>(history: &[f64], grid: &[HwParams; K], with_trend: bool) -> HwParams {
+fn hw_grid_search<const K: usize>(
+    history: &[f64],
+    grid: &[HwParams; K],
+    with_trend: bool,
+) -> HwParams {
     let (init, start) = hw_init(history, with_trend);
     let alpha = grid.map(|p| p.alpha);
     let beta = grid.map(|p| p.beta);
@@ -458,7 +488,11 @@ fn hw_grid_search<const K: usize>(history: &[f64], grid: &[HwParams; K], with_tr
     let mut sse = [0.0_f64; K];
     let mut pos = init.pos;
     let rest = history.get(start..).unwrap_or(&[]);
-    if !with_trend && init.trend == 0.0 && phi.iter().all(|&p| p == 1.0) && beta.iter().all(|&b| b == 0.0) {
+    if !with_trend
+        && init.trend == 0.0
+        && phi.iter().all(|&p| p == 1.0)
+        && beta.iter().all(|&b| b == 0.0)
+    {
         // No trend: b stays exactly 0 and ℓ + φ·b = ℓ, so the trend terms can be dropped
         // without changing a single bit of the result (for finite data).
         for &y in rest {
@@ -604,11 +638,19 @@ pub const CROSTON_ALPHAS: [f64; 6] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3];
 fn croston_init(history: &[f64]) -> (CrostonState, usize) {
     match history.iter().position(|&y| y > 0.0) {
         Some(first) => (
-            CrostonState { size: history[first], interval: (first + 1) as f64, since_last: 1.0 },
+            CrostonState {
+                size: history[first],
+                interval: (first + 1) as f64,
+                since_last: 1.0,
+            },
             first + 1,
         ),
         None => (
-            CrostonState { size: 0.0, interval: 1.0, since_last: history.len() as f64 + 1.0 },
+            CrostonState {
+                size: 0.0,
+                interval: 1.0,
+                since_last: history.len() as f64 + 1.0,
+            },
             history.len(),
         ),
     }
@@ -662,7 +704,9 @@ fn croston_grid_search(history: &[f64], sba: bool) -> CrostonParams {
         let prediction = size[g] / interval[g].max(1.0) * factor[g];
         sse[g] += zeros * prediction * prediction;
     }
-    CrostonParams { alpha: CROSTON_ALPHAS[argmin(&sse)] }
+    CrostonParams {
+        alpha: CROSTON_ALPHAS[argmin(&sse)],
+    }
 }
 
 impl Model for Croston {
@@ -794,7 +838,10 @@ impl Model for Tsb {
             .filter(|&&y| y > 0.0)
             .fold((0usize, 0.0), |(c, s), &y| (c + 1, s + y));
         let state = if count == 0 {
-            TsbState { probability: 0.0, size: 0.0 }
+            TsbState {
+                probability: 0.0,
+                size: 0.0,
+            }
         } else {
             TsbState {
                 probability: count as f64 / window.len() as f64,
@@ -874,7 +921,11 @@ pub struct BucketState {
 
 impl BucketState {
     fn new(rate: f64) -> Self {
-        BucketState { rate, bucket_sum: 0.0, bucket_days: 0 }
+        BucketState {
+            rate,
+            bucket_sum: 0.0,
+            bucket_days: 0,
+        }
     }
 
     #[inline]
@@ -965,7 +1016,10 @@ impl Model for Adida {
     }
     fn choose_params(history: &[f64]) -> AdidaParams {
         let aggregation = aggregation_level(history);
-        AdidaParams { aggregation, alpha: aggregate_alpha(history, aggregation) }
+        AdidaParams {
+            aggregation,
+            alpha: aggregate_alpha(history, aggregation),
+        }
     }
     fn growth(p: &AdidaParams, h: usize) -> f64 {
         aggregate_growth(p.aggregation, p.alpha, h)
@@ -1000,7 +1054,12 @@ impl Model for Imapa {
     const MIN_HISTORY: usize = 1;
 
     fn init(history: &[f64]) -> (ImapaState, usize) {
-        (ImapaState { buckets: [BucketState::new(aggregate_init(history)); MAX_AGGREGATION] }, 0)
+        (
+            ImapaState {
+                buckets: [BucketState::new(aggregate_init(history)); MAX_AGGREGATION],
+            },
+            0,
+        )
     }
     fn predict(state: &ImapaState, p: &ImapaParams) -> f64 {
         let levels = p.levels.clamp(1, MAX_AGGREGATION);
@@ -1027,7 +1086,9 @@ impl Model for Imapa {
         // Mean of the levels' variance growth (the levels' errors are strongly correlated).
         let levels = p.levels.clamp(1, MAX_AGGREGATION);
         let steps = h.max(1) - 1;
-        let sum: f64 = (0..levels).map(|i| 1.0 + (steps / (i + 1)) as f64 * p.alphas[i] * p.alphas[i]).sum();
+        let sum: f64 = (0..levels)
+            .map(|i| 1.0 + (steps / (i + 1)) as f64 * p.alphas[i] * p.alphas[i])
+            .sum();
         (sum / levels as f64).sqrt()
     }
 }
@@ -1037,7 +1098,10 @@ mod tests {
     use super::*;
 
     fn assert_close(actual: f64, expected: f64) {
-        assert!((actual - expected).abs() < 1e-9, "expected {expected}, got {actual}");
+        assert!(
+            (actual - expected).abs() < 1e-9,
+            "expected {expected}, got {actual}"
+        );
     }
 
     fn assert_all_close(actual: &[f64], expected: &[f64]) {
@@ -1049,7 +1113,10 @@ mod tests {
 
     #[test]
     fn model_kind_round_trips_through_its_name() {
-        for kind in ModelKind::SINGLE_MODELS.into_iter().chain([ModelKind::Zero, ModelKind::Combination]) {
+        for kind in ModelKind::SINGLE_MODELS
+            .into_iter()
+            .chain([ModelKind::Zero, ModelKind::Combination])
+        {
             assert_eq!(kind.as_str().parse::<ModelKind>(), Ok(kind));
         }
         assert!("arima".parse::<ModelKind>().is_err());
@@ -1063,7 +1130,10 @@ mod tests {
         // the next 8 days are 4,5,6,7,8,9,10,4.
         let history: Vec<f64> = (1..=10).map(f64::from).collect();
         let fitted = Fitted::<SeasonalNaive>::fit(&history).expect("long enough");
-        assert_all_close(&fitted.forecast(8), &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 4.0]);
+        assert_all_close(
+            &fitted.forecast(8),
+            &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 4.0],
+        );
         assert_close(fitted.residual_sd(), 7.0);
         // h = 8 spans two weeks: sd × sqrt(2).
         assert_close(fitted.interval_sd(8), 7.0 * 2f64.sqrt());
@@ -1073,7 +1143,14 @@ mod tests {
     #[test]
     fn seasonal_naive_rejects_short_history() {
         let err = Fitted::<SeasonalNaive>::fit(&[1.0; 6]).expect_err("too short");
-        assert_eq!(err, ModelError::TooShort { model: ModelKind::SeasonalNaive, needed: 7, got: 6 });
+        assert_eq!(
+            err,
+            ModelError::TooShort {
+                model: ModelKind::SeasonalNaive,
+                needed: 7,
+                got: 6
+            }
+        );
     }
 
     #[test]
@@ -1084,7 +1161,8 @@ mod tests {
         // t2: ŷ 3.5, e 2.5, ℓ = 4.75
         // SSE = 4 + 1 + 6.25 = 11.25 → sd = sqrt(11.25/3) = sqrt(3.75)
         // growth(3) = sqrt(1 + 2·0.25) = sqrt(1.5)
-        let fitted = Fitted::<Ses>::with_params(&[2.0, 4.0, 6.0], SesParams { alpha: 0.5 }).expect("ok");
+        let fitted =
+            Fitted::<Ses>::with_params(&[2.0, 4.0, 6.0], SesParams { alpha: 0.5 }).expect("ok");
         assert_all_close(&fitted.forecast(2), &[4.75, 4.75]);
         assert_close(fitted.sse, 11.25);
         assert_close(fitted.residual_sd(), 3.75f64.sqrt());
@@ -1124,8 +1202,18 @@ mod tests {
         //        s(Mon) = 0.2·(14 − 10) + 0.8·2 = 2.4; pos → 1.
         // y=11: ŷ = 11 + 0 = 11 (no error): ℓ = 0.5·11 + 0.5·11 = 11, s = 0.2·0 + 0 = 0.
         // Forecast 6 days from pos 2: 11,11,11,11,11−2=9, then Monday 11+2.4=13.4.
-        let p = HwParams { alpha: 0.5, beta: 0.0, gamma: 0.2, phi: 1.0 };
-        let mut s = HwState { level: 10.0, trend: 0.0, season: [2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0], pos: 0 };
+        let p = HwParams {
+            alpha: 0.5,
+            beta: 0.0,
+            gamma: 0.2,
+            phi: 1.0,
+        };
+        let mut s = HwState {
+            level: 10.0,
+            trend: 0.0,
+            season: [2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0],
+            pos: 0,
+        };
         assert_close(HoltWinters::predict(&s, &p), 12.0);
         HoltWinters::update(&mut s, &p, 14.0);
         assert_close(s.level, 11.0);
@@ -1143,8 +1231,18 @@ mod tests {
         // anchor = 10 + 0.9·1 = 10.9 = ŷ. ℓ = 0.5·12 + 0.5·10.9 = 11.45.
         // b = 0.1·(11.45 − 10) + 0.9·0.9·1 = 0.145 + 0.81 = 0.955.
         // Forecast h=1: 11.45 + 0.9·0.955 = 12.3095; h=2: 11.45 + (0.9 + 0.81)·0.955 = 13.08305.
-        let p = HwParams { alpha: 0.5, beta: 0.1, gamma: 0.0, phi: 0.9 };
-        let mut s = HwState { level: 10.0, trend: 1.0, season: [0.0; WEEK], pos: 3 };
+        let p = HwParams {
+            alpha: 0.5,
+            beta: 0.1,
+            gamma: 0.0,
+            phi: 0.9,
+        };
+        let mut s = HwState {
+            level: 10.0,
+            trend: 1.0,
+            season: [0.0; WEEK],
+            pos: 3,
+        };
         assert_close(DampedHoltWinters::predict(&s, &p), 10.9);
         DampedHoltWinters::update(&mut s, &p, 12.0);
         assert_close(s.level, 11.45);
@@ -1157,7 +1255,12 @@ mod tests {
     #[test]
     fn holt_winters_growth_formula() {
         // α=0.2, γ=0.1, h=8 → k=1: 1 + 7·0.04 + 1·0.1·(0.4+0.1) = 1.33.
-        let p = HwParams { alpha: 0.2, beta: 0.0, gamma: 0.1, phi: 1.0 };
+        let p = HwParams {
+            alpha: 0.2,
+            beta: 0.0,
+            gamma: 0.1,
+            phi: 1.0,
+        };
         assert_close(HoltWinters::growth(&p, 8), 1.33f64.sqrt());
         assert_close(HoltWinters::growth(&p, 1), 1.0);
     }
@@ -1175,7 +1278,8 @@ mod tests {
         // d7 y=0: ŷ 2.5/3.5 = 5/7, e −5/7, q=2
         // d8 y=4: ŷ 5/7, e 23/7; z = 2.5 + 0.5·1.5 = 3.25; p = 3.5 + 0.5(2−3.5) = 2.75
         // forecast = 3.25/2.75 = 13/11; SSE = 4 + 25/49 + 529/49 = 4 + 554/49
-        let fitted = Fitted::<Croston>::with_params(&INTERMITTENT, CrostonParams { alpha: 0.5 }).expect("ok");
+        let fitted = Fitted::<Croston>::with_params(&INTERMITTENT, CrostonParams { alpha: 0.5 })
+            .expect("ok");
         assert_all_close(&fitted.forecast(3), &[13.0 / 11.0; 3]);
         assert_close(fitted.sse, 4.0 + 554.0 / 49.0);
         assert_eq!(fitted.residual_count, 6);
@@ -1184,10 +1288,21 @@ mod tests {
     #[test]
     fn sba_is_croston_times_one_minus_half_alpha() {
         // Same filter as Croston; forecast 13/11 · (1 − 0.25) = 39/44.
-        let fitted = Fitted::<Sba>::with_params(&INTERMITTENT, CrostonParams { alpha: 0.5 }).expect("ok");
+        let fitted =
+            Fitted::<Sba>::with_params(&INTERMITTENT, CrostonParams { alpha: 0.5 }).expect("ok");
         assert_all_close(&fitted.forecast(2), &[39.0 / 44.0; 2]);
         // In-sample, every prediction is also scaled by 0.75: days 3–5 predict 0.75.
-        assert_close(Sba::predict(&CrostonState { size: 3.0, interval: 3.0, since_last: 1.0 }, &CrostonParams { alpha: 0.5 }), 0.75);
+        assert_close(
+            Sba::predict(
+                &CrostonState {
+                    size: 3.0,
+                    interval: 3.0,
+                    since_last: 1.0,
+                },
+                &CrostonParams { alpha: 0.5 },
+            ),
+            0.75,
+        );
     }
 
     #[test]
@@ -1209,7 +1324,14 @@ mod tests {
         // d4 y=5: ŷ 0.525, e 4.475; d = 0.15 + 0.5·0.85 = 0.575, z = 3.5 + 0.5·1.5 = 4.25
         // forecast = 0.575 · 4.25 = 2.44375
         // SSE = 2.56 + 4.84 + 4.41 + 1.1025 + 20.025625 = 32.938125
-        let fitted = Fitted::<Tsb>::with_params(&[0.0, 3.0, 0.0, 0.0, 5.0], TsbParams { alpha: 0.5, beta: 0.5 }).expect("ok");
+        let fitted = Fitted::<Tsb>::with_params(
+            &[0.0, 3.0, 0.0, 0.0, 5.0],
+            TsbParams {
+                alpha: 0.5,
+                beta: 0.5,
+            },
+        )
+        .expect("ok");
         assert_all_close(&fitted.forecast(2), &[2.44375, 2.44375]);
         assert_close(fitted.sse, 32.938125);
     }
@@ -1219,20 +1341,39 @@ mod tests {
         let mut history = vec![2.0; 28];
         history.extend([0.0; 60]);
         let fitted = Fitted::<Tsb>::fit(&history).expect("ok");
-        assert!(fitted.forecast(1)[0] < 0.5, "forecast {:?}", fitted.forecast(1));
+        assert!(
+            fitted.forecast(1)[0] < 0.5,
+            "forecast {:?}",
+            fitted.forecast(1)
+        );
     }
-
 
     /// Deterministic awkward test series: intermittent, seasonal, trending.
     fn test_series() -> Vec<Vec<f64>> {
         let mut seed = 99u64;
         let mut next = move || {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as f64 / (1u64 << 31) as f64
         };
         vec![
-            (0..300).map(|_| if next() < 0.2 { (1.0 + 5.0 * next()).floor() } else { 0.0 }).collect(),
-            (0..200).map(|t| 10.0 + [0.0, 1.0, 2.0, 3.0, 5.0, 9.0, 4.0][t % 7] + 3.0 * next() + t as f64 * 0.05).collect(),
+            (0..300)
+                .map(|_| {
+                    if next() < 0.2 {
+                        (1.0 + 5.0 * next()).floor()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+            (0..200)
+                .map(|t| {
+                    10.0 + [0.0, 1.0, 2.0, 3.0, 5.0, 9.0, 4.0][t % 7]
+                        + 3.0 * next()
+                        + t as f64 * 0.05
+                })
+                .collect(),
             (0..60).map(|_| (3.0 * next()).floor()).collect(),
         ]
     }
@@ -1246,7 +1387,10 @@ mod tests {
                 gamma: HW_GAMMAS[i % HW_GAMMAS.len()],
                 phi: 1.0,
             });
-            assert_eq!(HoltWinters::choose_params(&history), grid_search::<HoltWinters, 15>(&history, &grid));
+            assert_eq!(
+                HoltWinters::choose_params(&history),
+                grid_search::<HoltWinters, 15>(&history, &grid)
+            );
             let (nb, ng) = (DAMPED_BETAS.len(), DAMPED_GAMMAS.len());
             let grid: [HwParams; 12] = std::array::from_fn(|i| HwParams {
                 alpha: DAMPED_ALPHAS[i / (nb * ng)],
@@ -1254,14 +1398,28 @@ mod tests {
                 gamma: DAMPED_GAMMAS[i % ng],
                 phi: DAMPING,
             });
-            assert_eq!(DampedHoltWinters::choose_params(&history), grid_search::<DampedHoltWinters, 12>(&history, &grid));
+            assert_eq!(
+                DampedHoltWinters::choose_params(&history),
+                grid_search::<DampedHoltWinters, 12>(&history, &grid)
+            );
             let nb = TSB_BETAS.len();
-            let grid: [TsbParams; 20] =
-                std::array::from_fn(|i| TsbParams { alpha: TSB_ALPHAS[i / nb], beta: TSB_BETAS[i % nb] });
-            assert_eq!(Tsb::choose_params(&history), grid_search::<Tsb, 20>(&history, &grid));
+            let grid: [TsbParams; 20] = std::array::from_fn(|i| TsbParams {
+                alpha: TSB_ALPHAS[i / nb],
+                beta: TSB_BETAS[i % nb],
+            });
+            assert_eq!(
+                Tsb::choose_params(&history),
+                grid_search::<Tsb, 20>(&history, &grid)
+            );
             let grid = CROSTON_ALPHAS.map(|alpha| CrostonParams { alpha });
-            assert_eq!(Croston::choose_params(&history), grid_search::<Croston, 6>(&history, &grid));
-            assert_eq!(Sba::choose_params(&history), grid_search::<Sba, 6>(&history, &grid));
+            assert_eq!(
+                Croston::choose_params(&history),
+                grid_search::<Croston, 6>(&history, &grid)
+            );
+            assert_eq!(
+                Sba::choose_params(&history),
+                grid_search::<Sba, 6>(&history, &grid)
+            );
         }
     }
 
@@ -1275,7 +1433,14 @@ mod tests {
         // SSE = 1.5625 + 0.5625 + 1.265625 + 8.265625 + 2·2.44140625 + 4.9228515625
         //       + 0.0478515625 = 21.509765625
         let history = [0.0, 2.0, 0.0, 4.0, 0.0, 0.0, 3.0, 1.0];
-        let fitted = Fitted::<Adida>::with_params(&history, AdidaParams { aggregation: 2, alpha: 0.5 }).expect("ok");
+        let fitted = Fitted::<Adida>::with_params(
+            &history,
+            AdidaParams {
+                aggregation: 2,
+                alpha: 0.5,
+            },
+        )
+        .expect("ok");
         assert_all_close(&fitted.forecast(3), &[1.390625; 3]);
         assert_close(fitted.sse, 21.509765625);
         // A bucket in progress does not move the forecast until it is complete.
@@ -1308,8 +1473,15 @@ mod tests {
         // The bucket-level shortcut must pick the same α as searching the daily filter.
         let history: Vec<f64> = (0..200).map(|t| if t % 3 == 0 { ((t * 7) % 5) as f64 } else { 0.0 } + (t / 50) as f64).collect();
         for k in 1..=5 {
-            let grid = AGGREGATE_ALPHAS.map(|alpha| AdidaParams { aggregation: k, alpha });
-            assert_eq!(aggregate_alpha(&history, k), grid_search::<Adida, 5>(&history, &grid).alpha, "k = {k}");
+            let grid = AGGREGATE_ALPHAS.map(|alpha| AdidaParams {
+                aggregation: k,
+                alpha,
+            });
+            assert_eq!(
+                aggregate_alpha(&history, k),
+                grid_search::<Adida, 5>(&history, &grid).alpha,
+                "k = {k}"
+            );
         }
     }
 
@@ -1346,13 +1518,21 @@ mod tests {
 
     #[test]
     fn every_model_is_finite_on_awkward_inputs() {
-        let inputs: [&[f64]; 4] = [&[0.0; 14], &[1e9; 20], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0], &[5.0; 14]];
+        let inputs: [&[f64]; 4] = [
+            &[0.0; 14],
+            &[1e9; 20],
+            &[
+                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0,
+            ],
+            &[5.0; 14],
+        ];
         for history in inputs {
             for f in [
                 Fitted::<SeasonalNaive>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Ses>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<HoltWinters>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
-                Fitted::<DampedHoltWinters>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
+                Fitted::<DampedHoltWinters>::fit(history)
+                    .map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Croston>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Sba>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),
                 Fitted::<Tsb>::fit(history).map(|m| (m.forecast(30), m.interval_sd(30))),

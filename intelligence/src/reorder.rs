@@ -43,7 +43,12 @@ pub struct ReorderPolicy {
 
 impl Default for ReorderPolicy {
     fn default() -> Self {
-        ReorderPolicy { lead_time_days: 7, review_period_days: 7, service_level: 0.95, pack_size: 1 }
+        ReorderPolicy {
+            lead_time_days: 7,
+            review_period_days: 7,
+            service_level: 0.95,
+            pack_size: 1,
+        }
     }
 }
 
@@ -66,7 +71,11 @@ pub struct ReorderPlan {
 /// One-sided z of a cycle service level: Φ⁻¹(service_level), e.g. 0.95 → 1.6449.
 /// Levels are clamped to [0.5, 0.9999] (no negative safety stock, no infinite one).
 pub fn z_for_service_level(service_level: f64) -> f64 {
-    let level = if service_level.is_finite() { service_level.clamp(0.5, 0.9999) } else { 0.95 };
+    let level = if service_level.is_finite() {
+        service_level.clamp(0.5, 0.9999)
+    } else {
+        0.95
+    };
     inverse_normal_cdf(level)
 }
 
@@ -88,7 +97,13 @@ pub fn demand_over(days: usize, mean: &[f64], sd: &[f64]) -> (f64, f64) {
 
 /// Reorder point, order-up-to level and purchase suggestion from a daily forecast
 /// (`mean`, `sd` per day, as in [`crate::select::Forecast`]).
-pub fn reorder_plan(mean: &[f64], sd: &[f64], on_hand: f64, on_order: f64, policy: &ReorderPolicy) -> ReorderPlan {
+pub fn reorder_plan(
+    mean: &[f64],
+    sd: &[f64],
+    on_hand: f64,
+    on_order: f64,
+    policy: &ReorderPolicy,
+) -> ReorderPlan {
     let z = z_for_service_level(policy.service_level);
     let lead = policy.lead_time_days as usize;
     let (demand_lt, sd_lt) = demand_over(lead, mean, sd);
@@ -116,7 +131,11 @@ pub fn round_up_to_pack(shortfall: f64, pack_size: u32) -> u64 {
     }
     // Guard against f64 noise such as 12.000000000001 → 13 units.
     let units = (shortfall - 1e-9).ceil();
-    let units = if units >= u64::MAX as f64 { u64::MAX / 2 } else { units as u64 };
+    let units = if units >= u64::MAX as f64 {
+        u64::MAX / 2
+    } else {
+        units as u64
+    };
     units.div_ceil(pack).saturating_mul(pack)
 }
 
@@ -149,7 +168,10 @@ pub struct Transfer<S> {
 /// * Receivers are served in order of fewest days of cover (position ÷ daily demand), each
 ///   from the donors with the largest remaining surplus first; transfers below
 ///   `min_quantity` units are not suggested. Ties are broken by store id.
-pub fn transfer_suggestions<S: Clone + Ord>(stores: &[StoreStock<S>], min_quantity: u64) -> Vec<Transfer<S>> {
+pub fn transfer_suggestions<S: Clone + Ord>(
+    stores: &[StoreStock<S>],
+    min_quantity: u64,
+) -> Vec<Transfer<S>> {
     let mut donors: Vec<(S, u64)> = stores
         .iter()
         .filter_map(|s| {
@@ -185,7 +207,11 @@ pub fn transfer_suggestions<S: Clone + Ord>(stores: &[StoreStock<S>], min_quanti
             }
             donor.1 -= quantity;
             need -= quantity;
-            transfers.push(Transfer { from: donor.0.clone(), to: receiver.store.clone(), quantity });
+            transfers.push(Transfer {
+                from: donor.0.clone(),
+                to: receiver.store.clone(),
+                quantity,
+            });
         }
     }
     transfers
@@ -201,16 +227,31 @@ pub fn purchases_after_transfers<S: Clone + Ord>(
     stores
         .iter()
         .map(|s| {
-            let incoming: u64 = transfers.iter().filter(|t| t.to == s.store).map(|t| t.quantity).sum();
-            let outgoing: u64 = transfers.iter().filter(|t| t.from == s.store).map(|t| t.quantity).sum();
+            let incoming: u64 = transfers
+                .iter()
+                .filter(|t| t.to == s.store)
+                .map(|t| t.quantity)
+                .sum();
+            let outgoing: u64 = transfers
+                .iter()
+                .filter(|t| t.from == s.store)
+                .map(|t| t.quantity)
+                .sum();
             let position = clean(s.on_hand) + clean(s.on_order) + incoming as f64 - outgoing as f64;
-            (s.store.clone(), round_up_to_pack(clean(s.order_up_to) - position, pack_size))
+            (
+                s.store.clone(),
+                round_up_to_pack(clean(s.order_up_to) - position, pack_size),
+            )
         })
         .collect()
 }
 
 fn clean(x: f64) -> f64 {
-    if x.is_finite() { x } else { 0.0 }
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +267,11 @@ mod tests {
         assert!(close(z_for_service_level(0.95), 1.6449));
         assert!(close(z_for_service_level(0.99), 2.3263));
         assert!(close(z_for_service_level(0.90), 1.2816));
-        assert_eq!(z_for_service_level(0.3), 0.0, "below 50% is clamped: no negative safety stock");
+        assert_eq!(
+            z_for_service_level(0.3),
+            0.0,
+            "below 50% is clamped: no negative safety stock"
+        );
     }
 
     #[test]
@@ -235,7 +280,12 @@ mod tests {
         // D_L = 40, σ_L = sqrt(4·4) = 4, ROP = 40 + 1.64485·4 = 46.5794.
         // D_{L+R} = 90, σ = sqrt(9·4) = 6, S = 90 + 1.64485·6 = 99.8691.
         // Position = 30 + 12 = 42 ≤ ROP. Shortfall 57.869 → 58 units → 10 packs = 60.
-        let policy = ReorderPolicy { lead_time_days: 4, review_period_days: 5, service_level: 0.95, pack_size: 6 };
+        let policy = ReorderPolicy {
+            lead_time_days: 4,
+            review_period_days: 5,
+            service_level: 0.95,
+            pack_size: 6,
+        };
         let plan = reorder_plan(&[10.0; 14], &[2.0; 14], 30.0, 12.0, &policy);
         assert!(close(plan.demand_over_lead_time, 40.0));
         assert!(close(plan.sd_over_lead_time, 4.0));
@@ -269,12 +319,28 @@ mod tests {
         assert_eq!(round_up_to_pack(12.0, 6), 12);
         assert_eq!(round_up_to_pack(12.000_000_000_1, 6), 12);
         assert_eq!(round_up_to_pack(12.5, 6), 18);
-        assert_eq!(round_up_to_pack(3.2, 0), 4, "pack size 0 means single units");
+        assert_eq!(
+            round_up_to_pack(3.2, 0),
+            4,
+            "pack size 0 means single units"
+        );
         assert_eq!(round_up_to_pack(f64::NAN, 6), 0);
     }
 
-    fn stock(store: &str, on_hand: f64, on_order: f64, demand_lt: f64, order_up_to: f64) -> StoreStock<String> {
-        StoreStock { store: store.to_owned(), on_hand, on_order, demand_over_lead_time: demand_lt, order_up_to }
+    fn stock(
+        store: &str,
+        on_hand: f64,
+        on_order: f64,
+        demand_lt: f64,
+        order_up_to: f64,
+    ) -> StoreStock<String> {
+        StoreStock {
+            store: store.to_owned(),
+            on_hand,
+            on_order,
+            demand_over_lead_time: demand_lt,
+            order_up_to,
+        }
     }
 
     #[test]
@@ -292,33 +358,62 @@ mod tests {
         assert_eq!(
             transfers,
             vec![
-                Transfer { from: "A".to_owned(), to: "B".to_owned(), quantity: 16 },
-                Transfer { from: "A".to_owned(), to: "C".to_owned(), quantity: 7 },
+                Transfer {
+                    from: "A".to_owned(),
+                    to: "B".to_owned(),
+                    quantity: 16
+                },
+                Transfer {
+                    from: "A".to_owned(),
+                    to: "C".to_owned(),
+                    quantity: 7
+                },
             ]
         );
         // After transfers: A 27 ≥ 20 → 0; B 18 → 0; C 12 → 0; D 15 → 5 → pack 6.
         let purchases = purchases_after_transfers(&stores, &transfers, 6);
         assert_eq!(
             purchases,
-            vec![("A".to_owned(), 0), ("B".to_owned(), 0), ("C".to_owned(), 0), ("D".to_owned(), 6)]
+            vec![
+                ("A".to_owned(), 0),
+                ("B".to_owned(), 0),
+                ("C".to_owned(), 0),
+                ("D".to_owned(), 6)
+            ]
         );
     }
 
     #[test]
     fn transfers_never_exceed_surplus_and_respect_minimum() {
         // Surplus 3 only; receiver needs 10 → moves 3. With a minimum of 5, moves nothing.
-        let stores = vec![stock("A", 23.0, 0.0, 5.0, 20.0), stock("B", 0.0, 0.0, 5.0, 10.0)];
-        assert_eq!(transfer_suggestions(&stores, 1), vec![Transfer { from: "A".to_owned(), to: "B".to_owned(), quantity: 3 }]);
+        let stores = vec![
+            stock("A", 23.0, 0.0, 5.0, 20.0),
+            stock("B", 0.0, 0.0, 5.0, 10.0),
+        ];
+        assert_eq!(
+            transfer_suggestions(&stores, 1),
+            vec![Transfer {
+                from: "A".to_owned(),
+                to: "B".to_owned(),
+                quantity: 3
+            }]
+        );
         assert!(transfer_suggestions(&stores, 5).is_empty());
     }
 
     #[test]
     fn stock_on_order_counts_for_receivers_but_does_not_move() {
         // B's 6 on order cover its lead-time demand of 5: no transfer.
-        let stores = vec![stock("A", 40.0, 0.0, 5.0, 20.0), stock("B", 0.0, 6.0, 5.0, 10.0)];
+        let stores = vec![
+            stock("A", 40.0, 0.0, 5.0, 20.0),
+            stock("B", 0.0, 6.0, 5.0, 10.0),
+        ];
         assert!(transfer_suggestions(&stores, 1).is_empty());
         // A's goods on order are not surplus: only on-hand moves.
-        let stores = vec![stock("A", 10.0, 100.0, 5.0, 20.0), stock("B", 0.0, 0.0, 5.0, 10.0)];
+        let stores = vec![
+            stock("A", 10.0, 100.0, 5.0, 20.0),
+            stock("B", 0.0, 0.0, 5.0, 10.0),
+        ];
         assert!(transfer_suggestions(&stores, 1).is_empty());
     }
 
@@ -333,7 +428,21 @@ mod tests {
         stores.reverse();
         assert_eq!(first, transfer_suggestions(&stores, 1));
         // Equal surplus: the lower id gives first (A → C 10, then B → C 2).
-        assert_eq!(first[0], Transfer { from: "A".to_owned(), to: "C".to_owned(), quantity: 10 });
-        assert_eq!(first[1], Transfer { from: "B".to_owned(), to: "C".to_owned(), quantity: 2 });
+        assert_eq!(
+            first[0],
+            Transfer {
+                from: "A".to_owned(),
+                to: "C".to_owned(),
+                quantity: 10
+            }
+        );
+        assert_eq!(
+            first[1],
+            Transfer {
+                from: "B".to_owned(),
+                to: "C".to_owned(),
+                quantity: 2
+            }
+        );
     }
 }

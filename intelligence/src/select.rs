@@ -35,8 +35,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::models::{
-    Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, SeasonalNaive, Ses, Sba, Tsb,
-    WEEK,
+    Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, Sba,
+    SeasonalNaive, Ses, Tsb, WEEK,
 };
 use crate::stats::{naive_mse_scale, two_sided_z};
 
@@ -158,15 +158,25 @@ impl Forecast {
 /// Forecasts `horizon` days of `history` (daily demand, oldest first) with the model that
 /// backtests best on this series. See the module docs for the method.
 pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Forecast {
-    let level = if cfg.interval_level.is_finite() { cfg.interval_level.clamp(0.0, 0.999_999) } else { 0.8 };
-    let cleaned: Vec<f64> = history.iter().map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 }).collect();
+    let level = if cfg.interval_level.is_finite() {
+        cfg.interval_level.clamp(0.0, 0.999_999)
+    } else {
+        0.8
+    };
+    let cleaned: Vec<f64> = history
+        .iter()
+        .map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 })
+        .collect();
     let Some(first_sale) = cleaned.iter().position(|&y| y > 0.0) else {
         return Forecast::zero(horizon, level);
     };
     let y = &cleaned[first_sale..];
     let n = y.len();
 
-    let b = horizon.max(1).min(cfg.max_backtest_horizon.max(1)).min(n / 2);
+    let b = horizon
+        .max(1)
+        .min(cfg.max_backtest_horizon.max(1))
+        .min(n / 2);
     let step = cfg.origin_step.max(1);
     let mut origins: Vec<usize> = (0..cfg.backtest_origins)
         .filter_map(|k| n.checked_sub(b + k * step))
@@ -188,14 +198,19 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         .iter()
         .filter(|kind| min_history(**kind).is_some_and(|m| m <= earliest))
         .filter(|kind| demand_class.is_none_or(|intermittent| suits(**kind, intermittent)))
-        .filter_map(|&kind| backtest_kind(kind, y, &origins, b, horizon.max(b), cfg.param_search_days))
+        .filter_map(|&kind| {
+            backtest_kind(kind, y, &origins, b, horizon.max(b), cfg.param_search_days)
+        })
         .collect();
     if scored.is_empty() {
         return short_history_forecast(y, horizon, level);
     }
     // Stable sort: ties keep the configured candidate order.
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
-    let actuals: Vec<f64> = origins.iter().flat_map(|&o| y[o..o + b].iter().copied()).collect();
+    let actuals: Vec<f64> = origins
+        .iter()
+        .flat_map(|&o| y[o..o + b].iter().copied())
+        .collect();
 
     // Candidate forecasts: the best single model, and (k ≥ 2) the combination of the k best.
     let span = horizon.max(b);
@@ -237,7 +252,9 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
                 combine(cfg.combination, &weights, &mut point)
             })
             .collect();
-        let base_sd = (0..span).map(|h| members.iter().map(|&(i, w)| w * scored[i].base_sd[h]).sum()).collect();
+        let base_sd = (0..span)
+            .map(|h| members.iter().map(|&(i, w)| w * scored[i].base_sd[h]).sum())
+            .collect();
         (mean, base_sd)
     };
 
@@ -250,7 +267,11 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         vec![(best_sse / scored_points).sqrt(); span]
     };
 
-    let model = if members.len() > 1 { ModelKind::Combination } else { scored[members[0].0].kind };
+    let model = if members.len() > 1 {
+        ModelKind::Combination
+    } else {
+        scored[members[0].0].kind
+    };
     let rmsse = finite_or_zero((best_sse / scored_points / scale).sqrt());
     assemble(model, mean, sd, horizon, level, rmsse, b)
 }
@@ -261,7 +282,11 @@ fn combination_weights(method: Combination, top: &[Backtest]) -> Vec<f64> {
     let raw: Vec<f64> = match method {
         Combination::Mean | Combination::Median => vec![1.0; top.len()],
         Combination::InverseMse => {
-            let floor = top.iter().map(|s| s.sse).fold(f64::INFINITY, f64::min).max(1e-12);
+            let floor = top
+                .iter()
+                .map(|s| s.sse)
+                .fold(f64::INFINITY, f64::min)
+                .max(1e-12);
             top.iter().map(|s| 1.0 / s.sse.max(floor)).collect()
         }
     };
@@ -272,11 +297,17 @@ fn combination_weights(method: Combination, top: &[Backtest]) -> Vec<f64> {
 /// One combined point forecast from the members' `point` forecasts (reordered in place).
 fn combine(method: Combination, weights: &[f64], point: &mut [f64]) -> f64 {
     match method {
-        Combination::Mean | Combination::InverseMse => point.iter().zip(weights).map(|(p, w)| p * w).sum(),
+        Combination::Mean | Combination::InverseMse => {
+            point.iter().zip(weights).map(|(p, w)| p * w).sum()
+        }
         Combination::Median => {
             point.sort_unstable_by(f64::total_cmp);
             let n = point.len();
-            if n % 2 == 1 { point[n / 2] } else { (point[n / 2 - 1] + point[n / 2]) / 2.0 }
+            if n % 2 == 1 {
+                point[n / 2]
+            } else {
+                (point[n / 2 - 1] + point[n / 2]) / 2.0
+            }
         }
     }
 }
@@ -285,8 +316,14 @@ fn combine(method: Combination, weights: &[f64], point: &mut [f64]) -> f64 {
 fn suits(kind: ModelKind, intermittent: bool) -> bool {
     match kind {
         ModelKind::Ses => true,
-        ModelKind::Croston | ModelKind::Sba | ModelKind::Tsb | ModelKind::Adida | ModelKind::Imapa => intermittent,
-        ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => !intermittent,
+        ModelKind::Croston
+        | ModelKind::Sba
+        | ModelKind::Tsb
+        | ModelKind::Adida
+        | ModelKind::Imapa => intermittent,
+        ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => {
+            !intermittent
+        }
         ModelKind::Zero | ModelKind::Combination => false,
     }
 }
@@ -311,8 +348,13 @@ fn min_history(kind: ModelKind) -> Option<usize> {
 /// naive differences vanish, so the figure stays finite.
 fn rmsse_scale(in_sample: &[f64]) -> f64 {
     naive_mse_scale(in_sample).unwrap_or_else(|| {
-        let mean_square = in_sample.iter().map(|y| y * y).sum::<f64>() / in_sample.len().max(1) as f64;
-        if mean_square > 0.0 && mean_square.is_finite() { mean_square } else { 1.0 }
+        let mean_square =
+            in_sample.iter().map(|y| y * y).sum::<f64>() / in_sample.len().max(1) as f64;
+        if mean_square > 0.0 && mean_square.is_finite() {
+            mean_square
+        } else {
+            1.0
+        }
     })
 }
 
@@ -339,7 +381,9 @@ fn backtest_kind(
         ModelKind::SeasonalNaive => backtest::<SeasonalNaive>(y, origins, b, span, search_days),
         ModelKind::Ses => backtest::<Ses>(y, origins, b, span, search_days),
         ModelKind::HoltWinters => backtest::<HoltWinters>(y, origins, b, span, search_days),
-        ModelKind::DampedHoltWinters => backtest::<DampedHoltWinters>(y, origins, b, span, search_days),
+        ModelKind::DampedHoltWinters => {
+            backtest::<DampedHoltWinters>(y, origins, b, span, search_days)
+        }
         ModelKind::Croston => backtest::<Croston>(y, origins, b, span, search_days),
         ModelKind::Sba => backtest::<Sba>(y, origins, b, span, search_days),
         ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
@@ -354,7 +398,13 @@ fn backtest_kind(
         .flat_map(|(r, &o)| forecasts[r * b..(r + 1) * b].iter().zip(&y[o..o + b]))
         .map(|(f, actual)| (actual - f) * (actual - f))
         .sum::<f64>();
-    sse.is_finite().then_some(Backtest { kind, sse, forecasts, mean, base_sd })
+    sse.is_finite().then_some(Backtest {
+        kind,
+        sse,
+        forecasts,
+        mean,
+        base_sd,
+    })
 }
 
 /// One pass per model: parameters are chosen (grid search) on the data before the earliest
@@ -374,7 +424,13 @@ fn backtest<M: Model>(
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut forecasts = vec![0.0; origins.len() * b];
     let training = &y[..origins[0]];
-    let recent = if search_days == 0 { 0 } else { training.len().saturating_sub(search_days.max(M::MIN_HISTORY)) };
+    let recent = if search_days == 0 {
+        0
+    } else {
+        training
+            .len()
+            .saturating_sub(search_days.max(M::MIN_HISTORY))
+    };
     let params = M::choose_params(&training[recent..]);
     // The filter starts where the parameter search starts: older days would barely move
     // the state (exponential forgetting) and would make the cost grow with the history.
@@ -395,13 +451,19 @@ fn backtest<M: Model>(
         *f = f.max(0.0);
     }
     let residual_count = y.len().saturating_sub(start);
-    let residual_sd = if residual_count == 0 { 0.0 } else { (sse / residual_count as f64).sqrt() };
+    let residual_sd = if residual_count == 0 {
+        0.0
+    } else {
+        (sse / residual_count as f64).sqrt()
+    };
     let mut mean = vec![0.0; span];
     M::forecast_into(&state, &params, &mut mean);
     for m in &mut mean {
         *m = finite_or_zero(*m).max(0.0);
     }
-    let base_sd = (1..=span).map(|h| finite_or_zero(residual_sd * M::growth(&params, h))).collect();
+    let base_sd = (1..=span)
+        .map(|h| finite_or_zero(residual_sd * M::growth(&params, h)))
+        .collect();
     (forecasts, mean, base_sd)
 }
 
@@ -415,9 +477,13 @@ fn short_history_forecast(y: &[f64], horizon: usize, level: f64) -> Forecast {
     let sigma = fitted.residual_sd().max(mean_demand.max(0.0).sqrt());
     let level_forecast = finite_or_zero(fitted.state.level).max(0.0);
     let mean = vec![level_forecast; horizon];
-    let sd = (1..=horizon).map(|h| finite_or_zero(sigma * Ses::growth(&fitted.params, h))).collect();
+    let sd = (1..=horizon)
+        .map(|h| finite_or_zero(sigma * Ses::growth(&fitted.params, h)))
+        .collect();
     let rmsse = match (naive_mse_scale(y), fitted.residual_count) {
-        (Some(scale), count) if count > 0 => finite_or_zero((fitted.sse / count as f64 / scale).sqrt()),
+        (Some(scale), count) if count > 0 => {
+            finite_or_zero((fitted.sse / count as f64 / scale).sqrt())
+        }
         _ => 0.0,
     };
     assemble(ModelKind::Ses, mean, sd, horizon, level, rmsse, 0)
@@ -435,13 +501,30 @@ fn assemble(
     mean.truncate(horizon);
     sd.truncate(horizon);
     let z = two_sided_z(level);
-    let lo = mean.iter().zip(&sd).map(|(m, s)| (m - z * s).max(0.0)).collect();
+    let lo = mean
+        .iter()
+        .zip(&sd)
+        .map(|(m, s)| (m - z * s).max(0.0))
+        .collect();
     let hi = mean.iter().zip(&sd).map(|(m, s)| m + z * s).collect();
-    Forecast { model, mean, lo, hi, sd, level, rmsse, backtest_days }
+    Forecast {
+        model,
+        mean,
+        lo,
+        hi,
+        sd,
+        level,
+        rmsse,
+        backtest_days,
+    }
 }
 
 fn finite_or_zero(x: f64) -> f64 {
-    if x.is_finite() { x } else { 0.0 }
+    if x.is_finite() {
+        x
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -456,7 +539,10 @@ mod tests {
         assert!(f.rmsse.is_finite() && f.rmsse >= 0.0);
         for h in 0..horizon {
             assert!(f.lo[h].is_finite() && f.mean[h].is_finite() && f.hi[h].is_finite());
-            assert!(0.0 <= f.lo[h] && f.lo[h] <= f.mean[h] + 1e-12 && f.mean[h] <= f.hi[h] + 1e-12, "{f:?}");
+            assert!(
+                0.0 <= f.lo[h] && f.lo[h] <= f.mean[h] + 1e-12 && f.mean[h] <= f.hi[h] + 1e-12,
+                "{f:?}"
+            );
         }
     }
 
@@ -466,7 +552,9 @@ mod tests {
         let mut seed = 12_345u64;
         (0..days)
             .map(|t| {
-                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let noise = ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 4.0;
                 pattern[t % 7] + noise
             })
@@ -487,12 +575,20 @@ mod tests {
     #[test]
     fn short_histories_use_ses_without_nan() {
         let cfg = SelectConfig::default();
-        for history in [&[3.0][..], &[1.0, 2.0][..], &[0.0, 0.0, 5.0, 0.0, 1.0][..], &[4.0; 10][..]] {
+        for history in [
+            &[3.0][..],
+            &[1.0, 2.0][..],
+            &[0.0, 0.0, 5.0, 0.0, 1.0][..],
+            &[4.0; 10][..],
+        ] {
             let f = forecast_series(history, 7, &cfg);
             check_invariants(&f, 7);
             assert_eq!(f.model, ModelKind::Ses);
             assert_eq!(f.backtest_days, 0);
-            assert!(f.hi[0] > 0.0, "a series with sales gets a non-degenerate interval");
+            assert!(
+                f.hi[0] > 0.0,
+                "a series with sales gets a non-degenerate interval"
+            );
         }
     }
 
@@ -512,7 +608,13 @@ mod tests {
         let f = forecast_series(&history, 28, &SelectConfig::default());
         check_invariants(&f, 28);
         assert!(
-            matches!(f.model, ModelKind::HoltWinters | ModelKind::DampedHoltWinters | ModelKind::SeasonalNaive | ModelKind::Combination),
+            matches!(
+                f.model,
+                ModelKind::HoltWinters
+                    | ModelKind::DampedHoltWinters
+                    | ModelKind::SeasonalNaive
+                    | ModelKind::Combination
+            ),
             "{:?}",
             f.model
         );
@@ -527,7 +629,11 @@ mod tests {
         let history = weekly(400);
         let (train, test) = history.split_at(372);
         let f = forecast_series(train, 28, &SelectConfig::default());
-        let covered = test.iter().zip(f.lo.iter().zip(&f.hi)).filter(|(y, (lo, hi))| *lo <= *y && *y <= *hi).count();
+        let covered = test
+            .iter()
+            .zip(f.lo.iter().zip(&f.hi))
+            .filter(|(y, (lo, hi))| *lo <= *y && *y <= *hi)
+            .count();
         assert!(covered >= 18, "80% interval covered only {covered}/28");
     }
 
@@ -554,7 +660,15 @@ mod tests {
     #[test]
     fn intermittent_series_compete_among_intermittent_models() {
         // One sale every ~5 days: ADI ≈ 5 > 1.32.
-        let history: Vec<f64> = (0..300).map(|t| if t % 5 == 0 { 2.0 + (t % 3) as f64 } else { 0.0 }).collect();
+        let history: Vec<f64> = (0..300)
+            .map(|t| {
+                if t % 5 == 0 {
+                    2.0 + (t % 3) as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let f = forecast_series(&history, 28, &SelectConfig::default());
         check_invariants(&f, 28);
         assert!(
@@ -573,7 +687,10 @@ mod tests {
         );
         // Mean demand is 3/5 per day; the forecast should be close to it.
         assert!((f.mean[0] - 0.6).abs() < 0.2, "{}", f.mean[0]);
-        assert!(f.lo.iter().all(|&lo| lo == 0.0), "the lower bound of sparse demand is 0");
+        assert!(
+            f.lo.iter().all(|&lo| lo == 0.0),
+            "the lower bound of sparse demand is 0"
+        );
     }
 
     #[test]

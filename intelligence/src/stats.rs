@@ -39,7 +39,11 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
         3.754_408_661_907_416,
     ];
     const P_LOW: f64 = 0.024_25;
-    let p = if p.is_nan() { 0.5 } else { p.clamp(1e-12, 1.0 - 1e-12) };
+    let p = if p.is_nan() {
+        0.5
+    } else {
+        p.clamp(1e-12, 1.0 - 1e-12)
+    };
     if p < P_LOW {
         let q = (-2.0 * p.ln()).sqrt();
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
@@ -59,7 +63,11 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
 /// The `z` of a two-sided central prediction interval with coverage `level` (e.g. 0.8 →
 /// 1.2816): `inverse_normal_cdf((1 + level) / 2)`. `level` is clamped to `[0, 1)`.
 pub fn two_sided_z(level: f64) -> f64 {
-    let level = if level.is_nan() { 0.0 } else { level.clamp(0.0, 1.0 - 1e-12) };
+    let level = if level.is_nan() {
+        0.0
+    } else {
+        level.clamp(0.0, 1.0 - 1e-12)
+    };
     inverse_normal_cdf(0.5 + level / 2.0)
 }
 
@@ -75,7 +83,10 @@ pub fn naive_mse_scale(in_sample: &[f64]) -> Option<f64> {
     if active.len() < 2 {
         return None;
     }
-    let sum: f64 = active.windows(2).map(|w| (w[1] - w[0]) * (w[1] - w[0])).sum();
+    let sum: f64 = active
+        .windows(2)
+        .map(|w| (w[1] - w[0]) * (w[1] - w[0]))
+        .sum();
     let scale = sum / (active.len() - 1) as f64;
     (scale > 0.0 && scale.is_finite()).then_some(scale)
 }
@@ -104,7 +115,11 @@ mod tests {
             (1e-6, -4.753_424),
         ];
         for (p, z) in table {
-            assert!(close(inverse_normal_cdf(p), z, 1e-6), "z({p}) = {}", inverse_normal_cdf(p));
+            assert!(
+                close(inverse_normal_cdf(p), z, 1e-6),
+                "z({p}) = {}",
+                inverse_normal_cdf(p)
+            );
         }
     }
 
@@ -114,7 +129,11 @@ mod tests {
             assert!(inverse_normal_cdf(p).is_finite());
         }
         for p in [0.001, 0.02, 0.3, 0.49] {
-            assert!(close(inverse_normal_cdf(p), -inverse_normal_cdf(1.0 - p), 1e-9));
+            assert!(close(
+                inverse_normal_cdf(p),
+                -inverse_normal_cdf(1.0 - p),
+                1e-9
+            ));
         }
     }
 

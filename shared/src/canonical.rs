@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn keys_are_sorted_and_whitespace_dropped() {
         let v = json!({"sku": "A", "delta": -2, "counted": null, "b": [1, true, "x"]});
-        assert_eq!(canon(v), r#"{"b":[1,true,"x"],"counted":null,"delta":-2,"sku":"A"}"#);
+        assert_eq!(
+            canon(v),
+            r#"{"b":[1,true,"x"],"counted":null,"delta":-2,"sku":"A"}"#
+        );
     }
 
     #[test]
@@ -113,7 +116,10 @@ mod tests {
         // RFC 8785 §3.2.3 example: U+20AC (0x20AC) sorts before U+1F600 (0xD83D 0xDE00)
         // by UTF-16 although its UTF-8 bytes sort after... and "\r" (0x0D) before "1".
         let v = json!({"\u{1F600}": 1, "\u{20AC}": 2, "1": 3, "\r": 4});
-        assert_eq!(canon(v), "{\"\\r\":4,\"1\":3,\"\u{20AC}\":2,\"\u{1F600}\":1}");
+        assert_eq!(
+            canon(v),
+            "{\"\\r\":4,\"1\":3,\"\u{20AC}\":2,\"\u{1F600}\":1}"
+        );
     }
 
     #[test]

@@ -109,9 +109,14 @@ impl Reason {
     }
 
     pub fn parse(raw: &str) -> Option<Reason> {
-        [Reason::Damage, Reason::Theft, Reason::Expiry, Reason::Correction]
-            .into_iter()
-            .find(|r| r.as_str() == raw)
+        [
+            Reason::Damage,
+            Reason::Theft,
+            Reason::Expiry,
+            Reason::Correction,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == raw)
     }
 }
 
@@ -194,7 +199,14 @@ impl Envelope {
     /// A plain movement of `delta` for `sku`, now, with a fresh UUIDv7 and nothing
     /// optional set: the start from which counts, adjustments and transfers add their
     /// fields. Not validated until signed.
-    pub fn movement(store: StoreId, origin: Origin, seq: u64, kind: Kind, sku: Sku, delta: i64) -> Envelope {
+    pub fn movement(
+        store: StoreId,
+        origin: Origin,
+        seq: u64,
+        kind: Kind,
+        sku: Sku,
+        delta: i64,
+    ) -> Envelope {
         Envelope {
             v: WIRE_VERSION,
             store,
@@ -261,7 +273,9 @@ impl Envelope {
         }
         match (self.kind, self.reason) {
             (Kind::Adjustment, None) => {
-                return bad("an adjustment needs a reason: damage, theft, expiry or correction".into())
+                return bad(
+                    "an adjustment needs a reason: damage, theft, expiry or correction".into(),
+                )
             }
             (Kind::Adjustment, Some(_)) | (_, None) => {}
             (_, Some(_)) => return bad(format!("a {kind} does not carry a reason")),
@@ -269,11 +283,15 @@ impl Envelope {
         match (self.kind, &self.to_store, &self.from_store) {
             (Kind::TransferOut, Some(to), None) if *to != self.store => {}
             (Kind::TransferOut, _, _) => {
-                return bad("a transfer_out names another store in `to_store` (and no `from_store`)".into())
+                return bad(
+                    "a transfer_out names another store in `to_store` (and no `from_store`)".into(),
+                )
             }
             (Kind::TransferIn, None, Some(from)) if *from != self.store => {}
             (Kind::TransferIn, _, _) => {
-                return bad("a transfer_in names another store in `from_store` (and no `to_store`)".into())
+                return bad(
+                    "a transfer_in names another store in `from_store` (and no `to_store`)".into(),
+                )
             }
             (_, None, None) => {}
             _ => return bad(format!("a {kind} names no other store")),
@@ -319,7 +337,11 @@ impl Envelope {
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|e| EnvelopeError::Field(e.to_string()))?;
         envelope.validate()?;
-        Ok(Received { envelope, canonical, sig })
+        Ok(Received {
+            envelope,
+            canonical,
+            sig,
+        })
     }
 }
 
@@ -354,8 +376,16 @@ mod tests {
         let original = sale();
         let bytes = original.to_signed_bytes(&key).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"counted":null,"delta":-2,"hub_watermark":17,"id":""#), "{text}");
-        assert!(text.contains(r#""occurred_at":"2026-11-26T10:00:00Z","origin":"store","ref":"till3/r991","#), "{text}");
+        assert!(
+            text.starts_with(r#"{"counted":null,"delta":-2,"hub_watermark":17,"id":""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#""occurred_at":"2026-11-26T10:00:00Z","origin":"store","ref":"till3/r991","#
+            ),
+            "{text}"
+        );
         let received = Envelope::decode(&bytes).unwrap();
         assert!(received.verify(&key));
         assert_eq!(received.envelope, original);
@@ -367,7 +397,9 @@ mod tests {
         let bytes = sale().to_signed_bytes(&key).unwrap();
         // Another producer may lay keys out in any order and add whitespace.
         let value: Value = serde_json::from_slice(&bytes).unwrap();
-        let Value::Object(map) = value else { unreachable!() };
+        let Value::Object(map) = value else {
+            unreachable!()
+        };
         let mut pairs: Vec<_> = map.into_iter().collect();
         pairs.reverse();
         let body = pairs
@@ -386,41 +418,168 @@ mod tests {
         let forged = text.replace(r#""delta":-2"#, r#""delta":-1"#);
         assert!(!Envelope::decode(forged.as_bytes()).unwrap().verify(&key));
         let other_key = SigningKey::generate();
-        assert!(!Envelope::decode(text.as_bytes()).unwrap().verify(&other_key));
+        assert!(!Envelope::decode(text.as_bytes())
+            .unwrap()
+            .verify(&other_key));
     }
 
     #[test]
     fn kind_and_sign_must_agree() {
         let cases: Vec<(Envelope, &str)> = vec![
             (Envelope { delta: 2, ..sale() }, "negative delta"),
-            (Envelope { kind: Kind::Receipt, delta: -1, ..sale() }, "positive delta"),
-            (Envelope { kind: Kind::Return, delta: 0, ..sale() }, "positive delta"),
-            (Envelope { kind: Kind::Adjustment, reason: Some(Reason::Damage), delta: 0, ..sale() }, "cannot be 0"),
-            (Envelope { kind: Kind::Adjustment, delta: -3, ..sale() }, "needs a reason"),
-            (Envelope { reason: Some(Reason::Theft), ..sale() }, "does not carry a reason"),
-            (Envelope { kind: Kind::Count, ..sale() }, "carries `counted`"),
-            (Envelope { counted: Some(3), ..sale() }, "does not carry `counted`"),
-            (Envelope { kind: Kind::Count, counted: Some(-1), ..sale() }, "between 0"),
-            (Envelope { kind: Kind::TransferOut, ..sale() }, "to_store"),
-            (Envelope { kind: Kind::TransferOut, to_store: Some(StoreId::parse("S042").unwrap()), ..sale() }, "to_store"),
-            (Envelope { kind: Kind::TransferIn, delta: 4, ..sale() }, "from_store"),
-            (Envelope { to_store: Some(StoreId::parse("S1").unwrap()), ..sale() }, "names no other store"),
+            (
+                Envelope {
+                    kind: Kind::Receipt,
+                    delta: -1,
+                    ..sale()
+                },
+                "positive delta",
+            ),
+            (
+                Envelope {
+                    kind: Kind::Return,
+                    delta: 0,
+                    ..sale()
+                },
+                "positive delta",
+            ),
+            (
+                Envelope {
+                    kind: Kind::Adjustment,
+                    reason: Some(Reason::Damage),
+                    delta: 0,
+                    ..sale()
+                },
+                "cannot be 0",
+            ),
+            (
+                Envelope {
+                    kind: Kind::Adjustment,
+                    delta: -3,
+                    ..sale()
+                },
+                "needs a reason",
+            ),
+            (
+                Envelope {
+                    reason: Some(Reason::Theft),
+                    ..sale()
+                },
+                "does not carry a reason",
+            ),
+            (
+                Envelope {
+                    kind: Kind::Count,
+                    ..sale()
+                },
+                "carries `counted`",
+            ),
+            (
+                Envelope {
+                    counted: Some(3),
+                    ..sale()
+                },
+                "does not carry `counted`",
+            ),
+            (
+                Envelope {
+                    kind: Kind::Count,
+                    counted: Some(-1),
+                    ..sale()
+                },
+                "between 0",
+            ),
+            (
+                Envelope {
+                    kind: Kind::TransferOut,
+                    ..sale()
+                },
+                "to_store",
+            ),
+            (
+                Envelope {
+                    kind: Kind::TransferOut,
+                    to_store: Some(StoreId::parse("S042").unwrap()),
+                    ..sale()
+                },
+                "to_store",
+            ),
+            (
+                Envelope {
+                    kind: Kind::TransferIn,
+                    delta: 4,
+                    ..sale()
+                },
+                "from_store",
+            ),
+            (
+                Envelope {
+                    to_store: Some(StoreId::parse("S1").unwrap()),
+                    ..sale()
+                },
+                "names no other store",
+            ),
             (Envelope { seq: 0, ..sale() }, "seq 0"),
-            (Envelope { delta: -MAX_QUANTITY - 1, ..sale() }, "exceeds"),
-            (Envelope { reference: Some("x".repeat(129)), ..sale() }, "longer than"),
-            (Envelope { reference: Some("a\nb".into()), ..sale() }, "control"),
+            (
+                Envelope {
+                    delta: -MAX_QUANTITY - 1,
+                    ..sale()
+                },
+                "exceeds",
+            ),
+            (
+                Envelope {
+                    reference: Some("x".repeat(129)),
+                    ..sale()
+                },
+                "longer than",
+            ),
+            (
+                Envelope {
+                    reference: Some("a\nb".into()),
+                    ..sale()
+                },
+                "control",
+            ),
             (Envelope { v: 2, ..sale() }, "version 2"),
         ];
         for (envelope, expected) in cases {
             let err = envelope.validate().unwrap_err().to_string();
-            assert!(err.contains(expected), "{err:?} should mention {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
         }
         let ok = [
-            Envelope { kind: Kind::Count, counted: Some(0), delta: -5, ..sale() },
-            Envelope { kind: Kind::Count, counted: Some(7), delta: 0, ..sale() },
-            Envelope { kind: Kind::Adjustment, reason: Some(Reason::Correction), delta: 9, ..sale() },
-            Envelope { kind: Kind::TransferOut, to_store: Some(StoreId::parse("S7").unwrap()), ..sale() },
-            Envelope { kind: Kind::TransferIn, delta: 3, from_store: Some(StoreId::parse("S7").unwrap()), ..sale() },
+            Envelope {
+                kind: Kind::Count,
+                counted: Some(0),
+                delta: -5,
+                ..sale()
+            },
+            Envelope {
+                kind: Kind::Count,
+                counted: Some(7),
+                delta: 0,
+                ..sale()
+            },
+            Envelope {
+                kind: Kind::Adjustment,
+                reason: Some(Reason::Correction),
+                delta: 9,
+                ..sale()
+            },
+            Envelope {
+                kind: Kind::TransferOut,
+                to_store: Some(StoreId::parse("S7").unwrap()),
+                ..sale()
+            },
+            Envelope {
+                kind: Kind::TransferIn,
+                delta: 3,
+                from_store: Some(StoreId::parse("S7").unwrap()),
+                ..sale()
+            },
         ];
         for envelope in ok {
             envelope.validate().unwrap();
@@ -429,17 +588,34 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_rejected_with_a_reason() {
-        assert!(matches!(Envelope::decode(b"nope"), Err(EnvelopeError::NotJson(_))));
-        assert!(matches!(Envelope::decode(b"[1]"), Err(EnvelopeError::NotAnObject)));
-        assert!(matches!(Envelope::decode(b"{}"), Err(EnvelopeError::MissingSignature)));
+        assert!(matches!(
+            Envelope::decode(b"nope"),
+            Err(EnvelopeError::NotJson(_))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"[1]"),
+            Err(EnvelopeError::NotAnObject)
+        ));
+        assert!(matches!(
+            Envelope::decode(b"{}"),
+            Err(EnvelopeError::MissingSignature)
+        ));
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(Envelope::decode(&huge), Err(EnvelopeError::TooLarge(_))));
+        assert!(matches!(
+            Envelope::decode(&huge),
+            Err(EnvelopeError::TooLarge(_))
+        ));
         let key = SigningKey::generate();
         let text = String::from_utf8(sale().to_signed_bytes(&key).unwrap()).unwrap();
         let bad_sku = text.replace("MILK-1L", "MILK 1L");
-        assert!(matches!(Envelope::decode(bad_sku.as_bytes()), Err(EnvelopeError::Field(_))));
+        assert!(matches!(
+            Envelope::decode(bad_sku.as_bytes()),
+            Err(EnvelopeError::Field(_))
+        ));
         let bad_time = text.replace("2026-11-26T10:00:00Z", "yesterday");
-        let err = Envelope::decode(bad_time.as_bytes()).unwrap_err().to_string();
+        let err = Envelope::decode(bad_time.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("occurred_at"), "{err}");
         let float = text.replace(r#""delta":-2"#, r#""delta":-2.5"#);
         assert!(Envelope::decode(float.as_bytes()).is_err());

@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after_secs: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -39,7 +44,11 @@ impl ApiError {
     }
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "{context}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{context}; see the server log"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{context}; see the server log"),
+        )
     }
 }
 
@@ -48,7 +57,8 @@ impl warp::reject::Reject for ApiError {}
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(secs) = self.retry_after_secs {
             if let Ok(value) = warp::http::HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert("retry-after", value);
@@ -67,11 +77,23 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::MethodNotAllowed>() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", e.to_string())
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            e.to_string(),
+        )
     } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string())
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
     } else if let Some(e) = rejection.find::<warp::reject::LengthRequired>() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", e.to_string())
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            e.to_string(),
+        )
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::unprocessable(format!("invalid query string: {e}"))
     } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
@@ -82,7 +104,11 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::bad_request(format!("request body: {e}"))
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unhandled rejection")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unhandled rejection",
+        )
     };
     Ok(error.into_response())
 }
@@ -95,5 +121,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// `Authorization: Bearer <token>` → `<token>`.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
-    header?.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
+    header?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }

@@ -108,11 +108,17 @@ mod tests {
         assert_eq!(StoreId::parse(""), Err(IdError::Empty { what: "store id" }));
         assert_eq!(
             Sku::parse("a".repeat(65)),
-            Err(IdError::TooLong { what: "sku", len: 65 })
+            Err(IdError::TooLong {
+                what: "sku",
+                len: 65
+            })
         );
         assert_eq!(
             Sku::parse("MILK 1L"),
-            Err(IdError::BadCharacter { what: "sku", found: ' ' })
+            Err(IdError::BadCharacter {
+                what: "sku",
+                found: ' '
+            })
         );
         assert!(Sku::parse("é").is_err());
         assert!(Sku::parse("../etc").is_err());

@@ -8,9 +8,9 @@ pub mod canonical;
 pub mod envelope;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod ids;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub mod ids;
 pub mod partition;
 pub mod secret;
 #[cfg(feature = "service")]

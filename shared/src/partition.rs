@@ -66,7 +66,12 @@ mod tests {
             (b"abc", 479470107_i32 as u32),
         ];
         for (key, expected) in cases {
-            assert_eq!(murmur2(key), *expected, "{:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                murmur2(key),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 

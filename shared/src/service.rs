@@ -16,7 +16,9 @@ pub fn init_logging(default_filter: &str) {
 }
 
 /// Runs `main` on a multi-threaded runtime; on error prints it with every cause and exits 1.
-pub fn run_main<F: Future<Output = Result<(), E>>, E: std::fmt::Debug + std::fmt::Display>(main: F) {
+pub fn run_main<F: Future<Output = Result<(), E>>, E: std::fmt::Debug + std::fmt::Display>(
+    main: F,
+) {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -36,13 +38,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

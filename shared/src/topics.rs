@@ -37,7 +37,10 @@ mod tests {
     #[test]
     fn default_names_match_the_design() {
         let t = Topics::default();
-        assert_eq!(t.all(), ["bazaar.movements", "bazaar.store-commands", "bazaar.alerts"]);
+        assert_eq!(
+            t.all(),
+            ["bazaar.movements", "bazaar.store-commands", "bazaar.alerts"]
+        );
         assert_eq!(Topics::with_prefix("t1.").movements, "t1.movements");
     }
 }

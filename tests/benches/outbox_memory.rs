@@ -28,7 +28,10 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let pending: u64 = std::env::var("BAZAAR_BENCH_PENDING").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let pending: u64 = std::env::var("BAZAAR_BENCH_PENDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let dir = tempfile::tempdir()?;

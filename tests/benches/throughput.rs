@@ -71,7 +71,13 @@ impl Rate {
             let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
             Some(latencies[i])
         };
-        Rate { count, elapsed, p50: pick(0.50), p99: pick(0.99), max: latencies.last().copied() }
+        Rate {
+            count,
+            elapsed,
+            p50: pick(0.50),
+            p99: pick(0.99),
+            max: latencies.last().copied(),
+        }
     }
 
     /// Several runs of the same measure as one.
@@ -82,12 +88,19 @@ impl Rate {
     }
 
     fn plain(count: usize, elapsed: Duration) -> Rate {
-        Rate { count, elapsed, p50: None, p99: None, max: None }
+        Rate {
+            count,
+            elapsed,
+            p50: None,
+            p99: None,
+            max: None,
+        }
     }
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.2}", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into())
+    d.map(|d| format!("{:.2}", d.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 #[derive(Default)]
@@ -121,7 +134,13 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir().context("a temp dir")?;
         let names = Names::fresh();
         let raw_db = format!("{}_raw", names.database);
-        progress(format!("database {}, topic prefix {}, group {}, dir {}", names.database, names.prefix, names.group, dir.path().display()));
+        progress(format!(
+            "database {}, topic prefix {}, group {}, dir {}",
+            names.database,
+            names.prefix,
+            names.group,
+            dir.path().display()
+        ));
         let mut results = Results::default();
         let outcome = run(dir.path(), &names, &raw_db, &mut results).await;
         // Clean up whatever happened: processes died with their handles inside `run`.
@@ -133,7 +152,12 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn run(dir: &std::path::Path, names: &Names, raw_db: &str, results: &mut Results) -> anyhow::Result<()> {
+async fn run(
+    dir: &std::path::Path,
+    names: &Names,
+    raw_db: &str,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     // 1 and 2. The agent's accept path, with no broker and no hub (movements stay
     // pending), alternating with raw durable SQLite commits on the same filesystem.
     bench_agent(dir, names, results).await?;
@@ -148,7 +172,9 @@ async fn run(dir: &std::path::Path, names: &Names, raw_db: &str, results: &mut R
     let (rate, cpu, statements) = raw_mysql(raw_db).await?;
     results.raw_mysql = Some(rate);
     results.cpu.push(cpu);
-    results.statements.push(("raw MariaDB upserts".into(), statements));
+    results
+        .statements
+        .push(("raw MariaDB upserts".into(), statements));
     Ok(())
 }
 
@@ -177,7 +203,10 @@ async fn post_timed(client: &reqwest::Client, url: &str, i: usize) -> anyhow::Re
     let status = response.status().as_u16();
     let _ = response.bytes().await?;
     let took = started.elapsed();
-    ensure!(status == 201, "movement {i}: the agent answered {status}, not 201");
+    ensure!(
+        status == 201,
+        "movement {i}: the agent answered {status}, not 201"
+    );
     Ok(took)
 }
 
@@ -199,7 +228,13 @@ impl Run {
 }
 
 /// Posts movements `from..from+n` with `clients` concurrent clients; latencies of each.
-async fn post_many(client: &reqwest::Client, url: &str, from: usize, n: usize, clients: usize) -> anyhow::Result<Run> {
+async fn post_many(
+    client: &reqwest::Client,
+    url: &str,
+    from: usize,
+    n: usize,
+    clients: usize,
+) -> anyhow::Result<Run> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -220,18 +255,37 @@ async fn post_many(client: &reqwest::Client, url: &str, from: usize, n: usize, c
     for t in tasks {
         latencies.extend(t.await??);
     }
-    Ok(Run { count: n, elapsed: started.elapsed(), latencies })
+    Ok(Run {
+        count: n,
+        elapsed: started.elapsed(),
+        latencies,
+    })
 }
 
-async fn bench_agent(dir: &std::path::Path, names: &Names, results: &mut Results) -> anyhow::Result<()> {
+async fn bench_agent(
+    dir: &std::path::Path,
+    names: &Names,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     // Neither the broker nor the hub is started: the agent waits for first contact with
     // the hub (sending nothing) and keeps accepting movements.
     let broker = Broker::new(&dir.join("agent-bench"));
     let hub = Hub::new(&dir.join("agent-bench"), names, &broker.address());
     let key = SigningKey::generate().to_base64();
-    let mut agent = Agent::init(dir, "BENCH-AGENT", &hub, &broker.address(), &names.prefix, "bench-token", &key)?;
+    let mut agent = Agent::init(
+        dir,
+        "BENCH-AGENT",
+        &hub,
+        &broker.address(),
+        &names.prefix,
+        "bench-token",
+        &key,
+    )?;
     agent.start()?;
-    progress(format!("agent up on {} (broker and hub down: accept path only)", agent.url()));
+    progress(format!(
+        "agent up on {} (broker and hub down: accept path only)",
+        agent.url()
+    ));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(AGENT_CLIENTS * 2)
@@ -243,9 +297,13 @@ async fn bench_agent(dir: &std::path::Path, names: &Names, results: &mut Results
     let mut raw = RawSqlite::open(&raw_dir.join("raw.db"))?;
     progress(format!("raw SQLite baseline in {}", raw_dir.display()));
 
-    post_many(&client, &url, 0, AGENT_WARMUP, 1).await.with_context(|| agent.log_tail())?;
+    post_many(&client, &url, 0, AGENT_WARMUP, 1)
+        .await
+        .with_context(|| agent.log_tail())?;
     tokio::task::block_in_place(|| raw.commits(RAW_SQLITE_WARMUP))?;
-    progress(format!("warm-up: {AGENT_WARMUP} movements, {RAW_SQLITE_WARMUP} raw commits"));
+    progress(format!(
+        "warm-up: {AGENT_WARMUP} movements, {RAW_SQLITE_WARMUP} raw commits"
+    ));
 
     let mut from = AGENT_WARMUP;
     let mut serial_runs = Vec::new();
@@ -256,7 +314,9 @@ async fn bench_agent(dir: &std::path::Path, names: &Names, results: &mut Results
         let raw_rate = r.0 as f64 / r.1.as_secs_f64();
         raw_runs.push(r);
         let before = cpu_seconds_of(agent.pid());
-        let a = post_many(&client, &url, from, AGENT_SERIAL_PER_ROUND, 1).await.with_context(|| agent.log_tail())?;
+        let a = post_many(&client, &url, from, AGENT_SERIAL_PER_ROUND, 1)
+            .await
+            .with_context(|| agent.log_tail())?;
         serial_agent_cpu += cpu_seconds_of(agent.pid()) - before;
         from += AGENT_SERIAL_PER_ROUND;
         progress(format!(
@@ -266,18 +326,30 @@ async fn bench_agent(dir: &std::path::Path, names: &Names, results: &mut Results
         serial_runs.push((a.count, a.elapsed, a.latencies));
     }
 
-    let serial_wall: Duration = serial_runs.iter().map(|r: &(usize, Duration, Vec<Duration>)| r.1).sum();
+    let serial_wall: Duration = serial_runs
+        .iter()
+        .map(|r: &(usize, Duration, Vec<Duration>)| r.1)
+        .sum();
     results.cpu.push(CpuUse {
         phase: "agent, 1 client".into(),
         wall: serial_wall,
         items: ROUNDS * AGENT_SERIAL_PER_ROUND,
         used: vec![("agent".into(), serial_agent_cpu)],
     });
-    progress(format!("agent, {AGENT_CLIENTS} clients: {AGENT_CONCURRENT} movements…"));
+    progress(format!(
+        "agent, {AGENT_CLIENTS} clients: {AGENT_CONCURRENT} movements…"
+    ));
     let cpu_before = cpu_snapshot(&[("agent", agent.pid())]);
-    let concurrent =
-        post_many(&client, &url, from, AGENT_CONCURRENT, AGENT_CLIENTS).await.with_context(|| agent.log_tail())?.into_rate();
-    results.cpu.push(cpu_delta(format!("agent, {AGENT_CLIENTS} clients"), &cpu_before, concurrent.elapsed, AGENT_CONCURRENT));
+    let concurrent = post_many(&client, &url, from, AGENT_CONCURRENT, AGENT_CLIENTS)
+        .await
+        .with_context(|| agent.log_tail())?
+        .into_rate();
+    results.cpu.push(cpu_delta(
+        format!("agent, {AGENT_CLIENTS} clients"),
+        &cpu_before,
+        concurrent.elapsed,
+        AGENT_CONCURRENT,
+    ));
     from += AGENT_CONCURRENT;
     progress(format!(
         "  {:.0} movements/s, p50 {} ms, p99 {} ms",
@@ -286,12 +358,23 @@ async fn bench_agent(dir: &std::path::Path, names: &Names, results: &mut Results
         ms(concurrent.p99)
     ));
     let r = tokio::task::block_in_place(|| raw.commits(RAW_SQLITE_PER_ROUND))?;
-    progress(format!("raw SQLite after the concurrent run: {:.0} commits/s", r.0 as f64 / r.1.as_secs_f64()));
+    progress(format!(
+        "raw SQLite after the concurrent run: {:.0} commits/s",
+        r.0 as f64 / r.1.as_secs_f64()
+    ));
     raw_runs.push(r);
 
     // Everything accepted is in the outbox, durably.
-    let status: Value = client.get(format!("{url}/v1/status")).send().await?.json().await?;
-    ensure!(status["pending"] == json!(from), "the agent should hold {from} pending movements: {status}");
+    let status: Value = client
+        .get(format!("{url}/v1/status"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        status["pending"] == json!(from),
+        "the agent should hold {from} pending movements: {status}"
+    );
     agent.kill();
     results.agent_serial = Some(Rate::merge(serial_runs));
     results.agent_concurrent = Some(concurrent);
@@ -313,7 +396,10 @@ impl RawSqlite {
         conn.pragma_update(None, "synchronous", "FULL")?;
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
         let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
-        ensure!(mode == "wal" && sync == 2, "raw SQLite runs in {mode} with synchronous={sync}, not wal/FULL(2)");
+        ensure!(
+            mode == "wal" && sync == 2,
+            "raw SQLite runs in {mode} with synchronous={sync}, not wal/FULL(2)"
+        );
         conn.execute_batch(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, v INTEGER NOT NULL, at TEXT NOT NULL) STRICT",
         )?;
@@ -331,7 +417,11 @@ impl RawSqlite {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.conn
                 .prepare_cached("INSERT INTO t (k, v, at) VALUES (?1, ?2, ?3)")?
-                .execute(rusqlite::params![format!("key-{i}"), i as i64, chrono::Utc::now().to_rfc3339()])?;
+                .execute(rusqlite::params![
+                    format!("key-{i}"),
+                    i as i64,
+                    chrono::Utc::now().to_rfc3339()
+                ])?;
             self.conn.execute_batch("COMMIT")?;
             latencies.push(t.elapsed());
         }
@@ -379,21 +469,35 @@ struct CpuUse {
 }
 
 fn cpu_snapshot(processes: &[(&str, Option<u32>)]) -> CpuSnapshot {
-    let mut all: Vec<(String, String)> =
-        processes.iter().filter_map(|(name, pid)| pid.map(|p| (name.to_string(), p.to_string()))).collect();
+    let mut all: Vec<(String, String)> = processes
+        .iter()
+        .filter_map(|(name, pid)| pid.map(|p| (name.to_string(), p.to_string())))
+        .collect();
     all.push(("this bench (client)".into(), "self".into()));
     if let Some(pid) = mariadb_pid() {
         all.push(("mariadbd".into(), pid));
     }
-    all.into_iter().filter_map(|(name, pid)| cpu_seconds(&pid).map(|s| (name, pid, s))).collect()
+    all.into_iter()
+        .filter_map(|(name, pid)| cpu_seconds(&pid).map(|s| (name, pid, s)))
+        .collect()
 }
 
-fn cpu_delta(phase: impl Into<String>, before: &CpuSnapshot, wall: Duration, items: usize) -> CpuUse {
+fn cpu_delta(
+    phase: impl Into<String>,
+    before: &CpuSnapshot,
+    wall: Duration,
+    items: usize,
+) -> CpuUse {
     let used = before
         .iter()
         .filter_map(|(name, pid, was)| cpu_seconds(pid).map(|now| (name.clone(), now - was)))
         .collect();
-    CpuUse { phase: phase.into(), wall, items, used }
+    CpuUse {
+        phase: phase.into(),
+        wall,
+        items,
+        used,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -403,7 +507,11 @@ fn store_name(i: usize) -> String {
     format!("ST{i:03}")
 }
 
-fn backlog_envelope(store: &StoreId, seq: u64, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Envelope> {
+fn backlog_envelope(
+    store: &StoreId,
+    seq: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Envelope> {
     let sku = Sku::parse(format!("SKU-{:03}", seq % SKUS_PER_STORE))?;
     let (kind, delta, reference, reason) = match seq % 5 {
         0 | 1 => (Kind::Receipt, 7, None, None),
@@ -464,7 +572,13 @@ fn register_stores(hub: &Hub) -> anyhow::Result<Vec<(StoreId, SigningKey)>> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a registration thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a registration thread panicked")))
+            })
+            .collect()
     });
     for r in registered {
         keys.extend(r?);
@@ -487,7 +601,11 @@ fn backlog_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 
 /// Signs and produces the whole backlog, interleaved by store as agents would send it;
 /// returns once every message is acknowledged by the broker.
-async fn produce_backlog(brokers: &str, topic: &str, stores: &[(StoreId, SigningKey)]) -> anyhow::Result<Rate> {
+async fn produce_backlog(
+    brokers: &str,
+    topic: &str,
+    stores: &[(StoreId, SigningKey)],
+) -> anyhow::Result<Rate> {
     let now = chrono::Utc::now();
     let signing = Instant::now();
     let mut messages: Vec<(String, Vec<u8>)> = Vec::with_capacity(BACKLOG as usize);
@@ -497,13 +615,19 @@ async fn produce_backlog(brokers: &str, topic: &str, stores: &[(StoreId, Signing
             messages.push((store.to_string(), bytes));
         }
     }
-    progress(format!("signed {} envelopes in {:.1} s", messages.len(), signing.elapsed().as_secs_f64()));
+    progress(format!(
+        "signed {} envelopes in {:.1} s",
+        messages.len(),
+        signing.elapsed().as_secs_f64()
+    ));
 
     let producer = backlog_producer(brokers)?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
     for (key, payload) in &messages {
-        let mut record = FutureRecord::to(topic).key(key.as_str()).payload(payload.as_slice());
+        let mut record = FutureRecord::to(topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
         let mut attempts = 0;
         loop {
             match producer.send_result(record) {
@@ -542,14 +666,20 @@ async fn produce_backlog(brokers: &str, topic: &str, stores: &[(StoreId, Signing
 }
 
 async fn applied_total(pool: &sqlx::MySqlPool) -> u64 {
-    sqlx::query_scalar::<_, i64>("SELECT CAST(COALESCE(SUM(last_seq), 0) AS SIGNED) FROM store_sync")
-        .fetch_one(pool)
-        .await
-        .map(|v| v.max(0) as u64)
-        .unwrap_or(0)
+    sqlx::query_scalar::<_, i64>(
+        "SELECT CAST(COALESCE(SUM(last_seq), 0) AS SIGNED) FROM store_sync",
+    )
+    .fetch_one(pool)
+    .await
+    .map(|v| v.max(0) as u64)
+    .unwrap_or(0)
 }
 
-async fn bench_hub(dir: &std::path::Path, names: &Names, results: &mut Results) -> anyhow::Result<()> {
+async fn bench_hub(
+    dir: &std::path::Path,
+    names: &Names,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let mut broker = Broker::new(dir);
     broker.start()?;
     let brokers = broker.address();
@@ -562,15 +692,29 @@ async fn bench_hub(dir: &std::path::Path, names: &Names, results: &mut Results) 
     let mut hub = Hub::new(dir, names, &brokers);
     let started = Instant::now();
     let stores = register_stores(&hub)?;
-    progress(format!("registered {} stores with `bazaar-hub store add` in {:.1} s", stores.len(), started.elapsed().as_secs_f64()));
+    progress(format!(
+        "registered {} stores with `bazaar-hub store add` in {:.1} s",
+        stores.len(),
+        started.elapsed().as_secs_f64()
+    ));
 
-    progress(format!("producing {BACKLOG} signed movements to {} before the hub consumes…", topics.movements));
+    progress(format!(
+        "producing {BACKLOG} signed movements to {} before the hub consumes…",
+        topics.movements
+    ));
     let produced = produce_backlog(&brokers, &topics.movements, &stores).await?;
-    progress(format!("  produced in {:.1} s ({:.0} msg/s)", produced.elapsed.as_secs_f64(), produced.per_second()));
+    progress(format!(
+        "  produced in {:.1} s ({:.0} msg/s)",
+        produced.elapsed.as_secs_f64(),
+        produced.per_second()
+    ));
     results.produce = Some(produced);
 
     let pool = mysql(names).await;
-    ensure!(applied_total(&pool).await == 0, "nothing is applied before the hub starts");
+    ensure!(
+        applied_total(&pool).await == 0,
+        "nothing is applied before the hub starts"
+    );
     progress("starting the hub…");
     let t0 = Instant::now();
     hub.start()?;
@@ -591,20 +735,34 @@ async fn bench_hub(dir: &std::path::Path, names: &Names, results: &mut Results) 
             break t0.elapsed();
         }
         if now > deadline {
-            bail!("the hub applied {applied} of {BACKLOG} in {HUB_APPLY_TIMEOUT:?}\n{}", hub.log_tail());
+            bail!(
+                "the hub applied {applied} of {BACKLOG} in {HUB_APPLY_TIMEOUT:?}\n{}",
+                hub.log_tail()
+            );
         }
         if !hub.is_running() {
             bail!("the hub exited\n{}", hub.log_tail());
         }
         if last_report.elapsed() >= Duration::from_secs(3) {
-            progress(format!("  {:.1} s: {applied} applied", t0.elapsed().as_secs_f64()));
+            progress(format!(
+                "  {:.1} s: {applied} applied",
+                t0.elapsed().as_secs_f64()
+            ));
             last_report = now;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    results.cpu.push(cpu_delta("hub apply", &cpu_before, done, BACKLOG as usize));
-    results.statements.push((format!("hub apply (incl. {polls} progress polls by this bench)"), status_delta(&status_before, &mariadb_status(&pool).await)));
-    progress(format!("  all {BACKLOG} applied {:.1} s after the hub started", done.as_secs_f64()));
+    results
+        .cpu
+        .push(cpu_delta("hub apply", &cpu_before, done, BACKLOG as usize));
+    results.statements.push((
+        format!("hub apply (incl. {polls} progress polls by this bench)"),
+        status_delta(&status_before, &mariadb_status(&pool).await),
+    ));
+    progress(format!(
+        "  all {BACKLOG} applied {:.1} s after the hub started",
+        done.as_secs_f64()
+    ));
 
     // Sanity: exactly once, nothing parked, totals exact.
     let (rows, parked, on_hand): (i64, i64, i64) = sqlx::query_as(
@@ -614,10 +772,19 @@ async fn bench_hub(dir: &std::path::Path, names: &Names, results: &mut Results) 
     )
     .fetch_one(&pool)
     .await?;
-    ensure!(rows == BACKLOG as i64, "the ledger holds {rows} rows, not {BACKLOG}");
+    ensure!(
+        rows == BACKLOG as i64,
+        "the ledger holds {rows} rows, not {BACKLOG}"
+    );
     ensure!(parked == 0, "{parked} messages were parked");
-    ensure!(on_hand == expected_on_hand_total(), "on-hand totals {on_hand}, expected {}", expected_on_hand_total());
-    progress(format!("  verified: {rows} ledger rows, 0 parked, on-hand total {on_hand}"));
+    ensure!(
+        on_hand == expected_on_hand_total(),
+        "on-hand totals {on_hand}, expected {}",
+        expected_on_hand_total()
+    );
+    progress(format!(
+        "  verified: {rows} ledger rows, 0 parked, on-hand total {on_hand}"
+    ));
 
     results.hub_total = Some(Rate::plain(BACKLOG as usize, done));
     if let Some((at, applied_then)) = first {
@@ -632,8 +799,18 @@ async fn bench_hub(dir: &std::path::Path, names: &Names, results: &mut Results) 
 
     // For comparison: how fast a plain consumer reads the same backlog from the broker.
     let cpu_before = cpu_snapshot(&[("tansu", broker.pid())]);
-    let read = read_backlog(&brokers, &topics.movements, &format!("{}-read", names.group)).await?;
-    results.cpu.push(cpu_delta("plain consumer read", &cpu_before, read.elapsed, BACKLOG as usize));
+    let read = read_backlog(
+        &brokers,
+        &topics.movements,
+        &format!("{}-read", names.group),
+    )
+    .await?;
+    results.cpu.push(cpu_delta(
+        "plain consumer read",
+        &cpu_before,
+        read.elapsed,
+        BACKLOG as usize,
+    ));
     results.broker_read = Some(read);
     broker.kill();
     Ok(())
@@ -661,7 +838,11 @@ async fn read_backlog(brokers: &str, topic: &str, group: &str) -> anyhow::Result
         }
     }
     let rate = Rate::plain(read as usize, started.elapsed());
-    progress(format!("  {:.0} messages/s ({:.1} s, including the group join)", rate.per_second(), rate.elapsed.as_secs_f64()));
+    progress(format!(
+        "  {:.0} messages/s ({:.1} s, including the group join)",
+        rate.per_second(),
+        rate.elapsed.as_secs_f64()
+    ));
     Ok(rate)
 }
 
@@ -678,11 +859,12 @@ const STATUS_COUNTERS: &[&str] = &[
 async fn mariadb_status(pool: &sqlx::MySqlPool) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for name in STATUS_COUNTERS {
-        let row: Option<(String, String)> = sqlx::query_as(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten();
+        let row: Option<(String, String)> =
+            sqlx::query_as(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+                .fetch_optional(pool)
+                .await
+                .ok()
+                .flatten();
         if let Some((n, v)) = row {
             out.push((n, v.parse().unwrap_or(0)));
         }
@@ -693,7 +875,12 @@ async fn mariadb_status(pool: &sqlx::MySqlPool) -> Vec<(String, i64)> {
 fn status_delta(before: &[(String, i64)], after: &[(String, i64)]) -> Vec<(String, i64)> {
     after
         .iter()
-        .filter_map(|(name, now)| before.iter().find(|(n, _)| n == name).map(|(_, was)| (name.clone(), now - was)))
+        .filter_map(|(name, now)| {
+            before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, was)| (name.clone(), now - was))
+        })
         .collect()
 }
 
@@ -702,8 +889,12 @@ fn status_delta(before: &[(String, i64)], after: &[(String, i64)]) -> Vec<(Strin
 
 async fn raw_mysql(database: &str) -> anyhow::Result<(Rate, CpuUse, Vec<(String, i64)>)> {
     let admin = sqlx::MySqlPool::connect(MYSQL_ROOT).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&admin).await?;
-    sqlx::query(&format!("CREATE DATABASE `{database}`")).execute(&admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+        .execute(&admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE `{database}`"))
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
@@ -725,7 +916,13 @@ async fn raw_mysql(database: &str) -> anyhow::Result<(Rate, CpuUse, Vec<(String,
     .await?;
     progress(format!("raw MariaDB: {RAW_MYSQL_ROWS} rows upserted in batches of {RAW_MYSQL_BATCH}, one transaction each…"));
     let rows: Vec<(String, String, i64)> = (0..RAW_MYSQL_ROWS)
-        .map(|i| (store_name(i % STORES), format!("SKU-{:04}", i / STORES), (i % 7) as i64))
+        .map(|i| {
+            (
+                store_name(i % STORES),
+                format!("SKU-{:04}", i / STORES),
+                (i % 7) as i64,
+            )
+        })
         .collect();
     let cpu_before = cpu_snapshot(&[]);
     let status_before = mariadb_status(&pool).await;
@@ -735,9 +932,15 @@ async fn raw_mysql(database: &str) -> anyhow::Result<(Rate, CpuUse, Vec<(String,
         let t = Instant::now();
         let now = chrono::Utc::now();
         let mut tx = pool.begin().await?;
-        let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new("INSERT INTO stock (store, sku, on_hand, version, updated_at) ");
+        let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "INSERT INTO stock (store, sku, on_hand, version, updated_at) ",
+        );
         q.push_values(chunk, |mut b, (store, sku, delta)| {
-            b.push_bind(store).push_bind(sku).push_bind(*delta).push_bind(1i64).push_bind(now);
+            b.push_bind(store)
+                .push_bind(sku)
+                .push_bind(*delta)
+                .push_bind(1i64)
+                .push_bind(now);
         });
         q.push(" ON DUPLICATE KEY UPDATE on_hand = on_hand + VALUES(on_hand), version = version + 1, updated_at = VALUES(updated_at)");
         q.build().execute(&mut *tx).await?;
@@ -745,18 +948,35 @@ async fn raw_mysql(database: &str) -> anyhow::Result<(Rate, CpuUse, Vec<(String,
         latencies.push(t.elapsed());
     }
     let rate = Rate::with_latencies(RAW_MYSQL_ROWS, started.elapsed(), latencies);
-    let cpu = cpu_delta("raw MariaDB upserts", &cpu_before, rate.elapsed, RAW_MYSQL_ROWS);
+    let cpu = cpu_delta(
+        "raw MariaDB upserts",
+        &cpu_before,
+        rate.elapsed,
+        RAW_MYSQL_ROWS,
+    );
     let statements = status_delta(&status_before, &mariadb_status(&pool).await);
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stock").fetch_one(&pool).await?;
-    ensure!(count == RAW_MYSQL_ROWS as i64, "the scratch table holds {count} rows");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stock")
+        .fetch_one(&pool)
+        .await?;
+    ensure!(
+        count == RAW_MYSQL_ROWS as i64,
+        "the scratch table holds {count} rows"
+    );
     pool.close().await;
-    progress(format!("  {:.0} rows/s (batch p50 {} ms, p99 {} ms)", rate.per_second(), ms(rate.p50), ms(rate.p99)));
+    progress(format!(
+        "  {:.0} rows/s (batch p50 {} ms, p99 {} ms)",
+        rate.per_second(),
+        ms(rate.p50),
+        ms(rate.p99)
+    ));
     Ok((rate, cpu, statements))
 }
 
 async fn drop_scratch(database: &str) {
     if let Ok(pool) = sqlx::MySqlPool::connect(MYSQL_ROOT).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&pool).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+            .execute(&pool)
+            .await;
         pool.close().await;
     }
 }
@@ -777,29 +997,45 @@ async fn bench_hub_apply_only(names: &Names, results: &mut Results) -> anyhow::R
         stores.push((id, SigningKey::from_base64(&credentials.key)?));
     }
     let now = chrono::Utc::now();
-    let mut partitions: std::collections::BTreeMap<i32, Vec<RawMessage>> = std::collections::BTreeMap::new();
+    let mut partitions: std::collections::BTreeMap<i32, Vec<RawMessage>> =
+        std::collections::BTreeMap::new();
     for seq in 1..=SEQ_PER_STORE {
         for (store, key) in &stores {
-            let partition = bazaar_shared::partition::partition_for_key(store.as_str().as_bytes(), 12);
+            let partition =
+                bazaar_shared::partition::partition_for_key(store.as_str().as_bytes(), 12);
             let queue = partitions.entry(partition).or_default();
             let payload = backlog_envelope(store, seq, now)?.to_signed_bytes(key)?;
-            let position = Position { topic: "bench".into(), partition, offset: queue.len() as i64 };
+            let position = Position {
+                topic: "bench".into(),
+                partition,
+                offset: queue.len() as i64,
+            };
             queue.push(RawMessage { position, payload });
         }
     }
     let backlog: Vec<RawMessage> = partitions.into_values().flatten().collect();
-    progress(format!("hub apply path alone: {} movements in batches of {MAX_BATCH}…", backlog.len()));
+    progress(format!(
+        "hub apply path alone: {} movements in batches of {MAX_BATCH}…",
+        backlog.len()
+    ));
     let started = Instant::now();
     for batch in backlog.chunks(MAX_BATCH) {
         apply_batch(&pool, batch).await?;
     }
     let elapsed = started.elapsed();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM movements").fetch_one(&pool).await?;
-    anyhow::ensure!(applied as u64 == BACKLOG, "apply-only run applied {applied} of {BACKLOG}");
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM movements")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        applied as u64 == BACKLOG,
+        "apply-only run applied {applied} of {BACKLOG}"
+    );
     let rate = Rate::plain(backlog.len(), elapsed);
     progress(format!("  {:.0} movements/s", rate.per_second()));
     results.hub_apply_only = Some(rate);
-    sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&pool).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+        .execute(&pool)
+        .await?;
     pool.close().await;
     Ok(())
 }
@@ -808,42 +1044,89 @@ async fn bench_hub_apply_only(names: &Names, results: &mut Results) -> anyhow::R
 // Report
 
 fn print_table(r: &Results) {
-    let rate = |x: &Option<Rate>| x.as_ref().map(|x| format!("{:>10.0}", x.per_second())).unwrap_or_else(|| format!("{:>10}", "-"));
+    let rate = |x: &Option<Rate>| {
+        x.as_ref()
+            .map(|x| format!("{:>10.0}", x.per_second()))
+            .unwrap_or_else(|| format!("{:>10}", "-"))
+    };
     let lat = |x: &Option<Rate>| {
         x.as_ref()
             .map(|x| format!("{:>8} {:>8} {:>8}", ms(x.p50), ms(x.p99), ms(x.max)))
             .unwrap_or_else(|| format!("{:>8} {:>8} {:>8}", "-", "-", "-"))
     };
-    let n = |x: &Option<Rate>| x.as_ref().map(|x| format!("{:>7}", x.count)).unwrap_or_else(|| format!("{:>7}", "-"));
-    let secs = |x: &Option<Rate>| x.as_ref().map(|x| format!("{:>7.2}", x.elapsed.as_secs_f64())).unwrap_or_else(|| format!("{:>7}", "-"));
+    let n = |x: &Option<Rate>| {
+        x.as_ref()
+            .map(|x| format!("{:>7}", x.count))
+            .unwrap_or_else(|| format!("{:>7}", "-"))
+    };
+    let secs = |x: &Option<Rate>| {
+        x.as_ref()
+            .map(|x| format!("{:>7.2}", x.elapsed.as_secs_f64()))
+            .unwrap_or_else(|| format!("{:>7}", "-"))
+    };
     let ratio = |a: &Option<Rate>, b: &Option<Rate>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a.per_second() / b.per_second()),
         _ => "-".into(),
     };
     println!();
     println!("Bazaar throughput (release build; real tansu/sqlite broker, bazaar-hub, bazaar-agent, MariaDB)");
-    println!("{:<46} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8}", "measure", "n", "secs", "per sec", "p50 ms", "p99 ms", "max ms");
-    let line = |name: &str, x: &Option<Rate>| println!("{name:<46} {} {} {} {}", n(x), secs(x), rate(x), lat(x));
+    println!(
+        "{:<46} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8}",
+        "measure", "n", "secs", "per sec", "p50 ms", "p99 ms", "max ms"
+    );
+    let line = |name: &str, x: &Option<Rate>| {
+        println!("{name:<46} {} {} {} {}", n(x), secs(x), rate(x), lat(x))
+    };
     line("agent POST /v1/movements, 1 client", &r.agent_serial);
-    line(&format!("agent POST /v1/movements, {AGENT_CLIENTS} clients"), &r.agent_concurrent);
-    line("raw SQLite 1-row durable commits (WAL, FULL)", &r.raw_sqlite);
+    line(
+        &format!("agent POST /v1/movements, {AGENT_CLIENTS} clients"),
+        &r.agent_concurrent,
+    );
+    line(
+        "raw SQLite 1-row durable commits (WAL, FULL)",
+        &r.raw_sqlite,
+    );
     line("backlog produce to tansu (not a target)", &r.produce);
-    line("tansu read by a plain consumer (not a target)", &r.broker_read);
+    line(
+        "tansu read by a plain consumer (not a target)",
+        &r.broker_read,
+    );
     line("hub apply, from hub start", &r.hub_total);
     line("hub apply, from first applied row", &r.hub_steady);
     line("hub apply path alone (no broker)", &r.hub_apply_only);
-    line(&format!("raw MariaDB upserts, {RAW_MYSQL_BATCH} rows per tx"), &r.raw_mysql);
+    line(
+        &format!("raw MariaDB upserts, {RAW_MYSQL_BATCH} rows per tx"),
+        &r.raw_mysql,
+    );
     println!("(raw MariaDB latencies are per {RAW_MYSQL_BATCH}-row transaction; hub rates are timed by polling store_sync every 50 ms)");
     println!();
     if let Some(at) = r.hub_first_apply_after {
-        println!("hub: first movement applied {:.2} s after the process started", at.as_secs_f64());
+        println!(
+            "hub: first movement applied {:.2} s after the process started",
+            at.as_secs_f64()
+        );
     }
-    println!("agent / raw SQLite, 1 client:   {:>5}  (target >= 50%)", ratio(&r.agent_serial, &r.raw_sqlite));
-    println!("agent / raw SQLite, {AGENT_CLIENTS} clients: {:>5}  (target >= 50%)", ratio(&r.agent_concurrent, &r.raw_sqlite));
-    println!("hub apply (from start) / raw MariaDB upserts: {:>5}  (target >= 30%)", ratio(&r.hub_total, &r.raw_mysql));
-    println!("hub apply (steady)     / raw MariaDB upserts: {:>5}  (target >= 30%)", ratio(&r.hub_steady, &r.raw_mysql));
+    println!(
+        "agent / raw SQLite, 1 client:   {:>5}  (target >= 50%)",
+        ratio(&r.agent_serial, &r.raw_sqlite)
+    );
+    println!(
+        "agent / raw SQLite, {AGENT_CLIENTS} clients: {:>5}  (target >= 50%)",
+        ratio(&r.agent_concurrent, &r.raw_sqlite)
+    );
+    println!(
+        "hub apply (from start) / raw MariaDB upserts: {:>5}  (target >= 30%)",
+        ratio(&r.hub_total, &r.raw_mysql)
+    );
+    println!(
+        "hub apply (steady)     / raw MariaDB upserts: {:>5}  (target >= 30%)",
+        ratio(&r.hub_steady, &r.raw_mysql)
+    );
     println!("hub apply path alone   / raw MariaDB upserts: {:>5}  (target >= 30%; the broker taken out)", ratio(&r.hub_apply_only, &r.raw_mysql));
-    println!("tansu plain consumer read / raw MariaDB upserts: {:>5}  (the broker's own ceiling)", ratio(&r.broker_read, &r.raw_mysql));
+    println!(
+        "tansu plain consumer read / raw MariaDB upserts: {:>5}  (the broker's own ceiling)",
+        ratio(&r.broker_read, &r.raw_mysql)
+    );
     if !r.cpu.is_empty() {
         println!();
         println!("CPU used during each phase, per process: seconds (µs per movement or row); 2 cores = 2 s per wall second");
@@ -851,16 +1134,30 @@ fn print_table(r: &Results) {
             let parts: Vec<String> = c
                 .used
                 .iter()
-                .map(|(name, secs)| format!("{name} {secs:.2} s ({:.0} µs)", secs * 1e6 / c.items.max(1) as f64))
+                .map(|(name, secs)| {
+                    format!(
+                        "{name} {secs:.2} s ({:.0} µs)",
+                        secs * 1e6 / c.items.max(1) as f64
+                    )
+                })
                 .collect();
-            println!("  {:<28} wall {:>5.2} s, n {:>6}: {}", c.phase, c.wall.as_secs_f64(), c.items, parts.join(", "));
+            println!(
+                "  {:<28} wall {:>5.2} s, n {:>6}: {}",
+                c.phase,
+                c.wall.as_secs_f64(),
+                c.items,
+                parts.join(", ")
+            );
         }
     }
     if !r.statements.is_empty() {
         println!();
         println!("MariaDB server counters during each phase (SHOW GLOBAL STATUS deltas; the whole server):");
         for (phase, counters) in &r.statements {
-            let parts: Vec<String> = counters.iter().map(|(name, n)| format!("{name} {n}")).collect();
+            let parts: Vec<String> = counters
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
             println!("  {phase}: {}", parts.join(", "));
         }
     }

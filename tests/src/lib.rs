@@ -26,9 +26,16 @@ pub fn free_port() -> u16 {
 /// `bazaar-hub` and `bazaar-agent`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
     path
 }
 
@@ -45,7 +52,8 @@ pub fn tansu_binary() -> PathBuf {
 }
 
 fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+        .is_ok()
 }
 
 fn wait_for_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
@@ -73,10 +81,21 @@ pub struct Process {
 
 impl Process {
     fn spawn(mut command: Command, log: PathBuf) -> anyhow::Result<Process> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        let child = command.spawn().with_context(|| format!("spawning {command:?}"))?;
-        Ok(Process { child: Some(child), log })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        Ok(Process {
+            child: Some(child),
+            log,
+        })
     }
 
     /// `kill -9`: no shutdown hook runs.
@@ -110,7 +129,11 @@ impl Broker {
     pub fn new(dir: &Path) -> Broker {
         let dir = dir.join("broker");
         std::fs::create_dir_all(&dir).expect("broker directory");
-        Broker { port: free_port(), dir, process: None }
+        Broker {
+            port: free_port(),
+            dir,
+            process: None,
+        }
     }
 
     pub fn address(&self) -> String {
@@ -125,7 +148,13 @@ impl Broker {
         let mut command = Command::new(tansu_binary());
         command
             .current_dir(&self.dir)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"]);
         let log = self.dir.join("tansu.log");
         self.process = Some(Process::spawn(command, log.clone())?);
@@ -151,7 +180,11 @@ impl Names {
     pub fn fresh() -> Names {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let short = &id[id.len() - 12..];
-        Names { database: format!("bz_e2e_{short}"), prefix: format!("e2e{short}."), group: format!("hub-{short}") }
+        Names {
+            database: format!("bz_e2e_{short}"),
+            prefix: format!("e2e{short}."),
+            group: format!("hub-{short}"),
+        }
     }
 
     pub fn mysql_url(&self) -> String {
@@ -183,7 +216,13 @@ impl Hub {
         ];
         let dir = dir.join("hub");
         std::fs::create_dir_all(&dir).expect("hub directory");
-        Hub { port, env, dir, process: None, starts: 0 }
+        Hub {
+            port,
+            env,
+            dir,
+            process: None,
+            starts: 0,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -203,10 +242,17 @@ impl Hub {
     pub fn add_store(&self, store: &str) -> anyhow::Result<(String, String)> {
         let output = self.command(&["store", "add", store, "--json"]).output()?;
         if !output.status.success() {
-            bail!("store add failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "store add failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
-        let v: Value = serde_json::from_slice(&output.stdout).context("store add --json prints JSON")?;
-        Ok((v["token"].as_str().unwrap_or_default().into(), v["key"].as_str().unwrap_or_default().into()))
+        let v: Value =
+            serde_json::from_slice(&output.stdout).context("store add --json prints JSON")?;
+        Ok((
+            v["token"].as_str().unwrap_or_default().into(),
+            v["key"].as_str().unwrap_or_default().into(),
+        ))
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
@@ -237,19 +283,54 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn init(dir: &Path, store: &str, hub: &Hub, brokers: &str, prefix: &str, token: &str, key: &str) -> anyhow::Result<Agent> {
+    pub fn init(
+        dir: &Path,
+        store: &str,
+        hub: &Hub,
+        brokers: &str,
+        prefix: &str,
+        token: &str,
+        key: &str,
+    ) -> anyhow::Result<Agent> {
         let port = free_port();
         let data = dir.join(format!("agent-{store}"));
         let output = Command::new(binary("bazaar-agent"))
-            .args(["init", "--store", store, "--hub", &hub.url(), "--token", token, "--key", key])
+            .args([
+                "init",
+                "--store",
+                store,
+                "--hub",
+                &hub.url(),
+                "--token",
+                token,
+                "--key",
+                key,
+            ])
             .arg("--data")
             .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--kafka-brokers", brokers, "--topic-prefix", prefix])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--kafka-brokers",
+                brokers,
+                "--topic-prefix",
+                prefix,
+            ])
             .output()?;
         if !output.status.success() {
-            bail!("agent init failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "agent init failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
-        Ok(Agent { port, store: store.into(), data, process: None, starts: 0, extra_env: Vec::new() })
+        Ok(Agent {
+            port,
+            store: store.into(),
+            data,
+            process: None,
+            starts: 0,
+            extra_env: Vec::new(),
+        })
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -269,7 +350,10 @@ impl Agent {
         self.starts += 1;
         let log = self.data.join(format!("agent-{}.log", self.starts));
         let mut command = Command::new(binary("bazaar-agent"));
-        command.arg("run").env("BAZAAR_AGENT_DATA", &self.data).env("RUST_LOG", "info,rdkafka=warn");
+        command
+            .arg("run")
+            .env("BAZAAR_AGENT_DATA", &self.data)
+            .env("RUST_LOG", "info,rdkafka=warn");
         for (k, v) in &self.extra_env {
             command.env(k, v);
         }
@@ -289,11 +373,18 @@ impl Agent {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Polls `probe` until it yields `Some`, or fails after `timeout` with `context()`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut probe: F, context: impl Fn() -> String) -> T
+pub async fn eventually<T, F, Fut>(
+    timeout: Duration,
+    mut probe: F,
+    context: impl Fn() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -320,7 +411,9 @@ pub async fn mysql(names: &Names) -> sqlx::MySqlPool {
 
 pub async fn drop_database(names: &Names) {
     if let Ok(pool) = sqlx::MySqlPool::connect(MYSQL_ROOT).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", names.database)).execute(&pool).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", names.database))
+            .execute(&pool)
+            .await;
     }
 }
 
@@ -336,7 +429,12 @@ pub async fn hub_last_seq(pool: &sqlx::MySqlPool, store: &str) -> u64 {
 }
 
 /// Posts a movement to an agent; returns (status, body).
-pub async fn post_movement(client: &reqwest::Client, agent_url: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+pub async fn post_movement(
+    client: &reqwest::Client,
+    agent_url: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
     let mut request = client.post(format!("{agent_url}/v1/movements")).json(body);
     if let Some(k) = key {
         request = request.header("Idempotency-Key", k);
@@ -347,7 +445,10 @@ pub async fn post_movement(client: &reqwest::Client, agent_url: &str, key: Optio
 }
 
 /// on-hand per sku at the hub, from the `stock` table.
-pub async fn hub_stock(pool: &sqlx::MySqlPool, store: &str) -> std::collections::BTreeMap<String, i64> {
+pub async fn hub_stock(
+    pool: &sqlx::MySqlPool,
+    store: &str,
+) -> std::collections::BTreeMap<String, i64> {
     use sqlx::Row;
     sqlx::query("SELECT sku, on_hand FROM stock WHERE store = ?")
         .bind(store)
@@ -360,7 +461,10 @@ pub async fn hub_stock(pool: &sqlx::MySqlPool, store: &str) -> std::collections:
 }
 
 /// on-hand per sku at the agent, from its API.
-pub async fn agent_stock(client: &reqwest::Client, agent_url: &str) -> std::collections::BTreeMap<String, i64> {
+pub async fn agent_stock(
+    client: &reqwest::Client,
+    agent_url: &str,
+) -> std::collections::BTreeMap<String, i64> {
     let mut out = std::collections::BTreeMap::new();
     let mut after = String::new();
     loop {
@@ -373,7 +477,10 @@ pub async fn agent_stock(client: &reqwest::Client, agent_url: &str) -> std::coll
             .await
             .expect("stock JSON");
         for item in page["items"].as_array().cloned().unwrap_or_default() {
-            out.insert(item["sku"].as_str().unwrap_or_default().to_string(), item["on_hand"].as_i64().unwrap_or(0));
+            out.insert(
+                item["sku"].as_str().unwrap_or_default().to_string(),
+                item["on_hand"].as_i64().unwrap_or(0),
+            );
         }
         match page["next_after"].as_str() {
             Some(next) => after = next.to_string(),
