@@ -208,7 +208,6 @@ async fn record_movement(
     let request: MovementRequest = parse_json(body)?;
     let new = request.into_new_movement(&agent.config.store)?;
     let request_hash = hex::encode(Sha256::digest(serde_json::to_vec(&new).unwrap_or_default()));
-    let store = agent.config.store.clone();
     let outcome = agent
         .writer
         .write(move |conn| {
@@ -216,7 +215,7 @@ async fn record_movement(
                 key: k,
                 request_hash: &request_hash,
             });
-            ledger::record(conn, &store, &new, idem)
+            ledger::record(conn, &new, idem)
         })
         .await;
     match outcome {

@@ -372,7 +372,6 @@ mod tests {
         // Store-origin movements recorded afterwards carry the watermark (DESIGN §4).
         let recorded = ledger::record(
             &conn,
-            &StoreId::parse("S1").unwrap(),
             &ledger::NewMovement {
                 kind: Kind::Count,
                 sku: Sku::parse("A").unwrap(),

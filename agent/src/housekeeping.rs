@@ -183,7 +183,7 @@ pub async fn run(agent: Arc<Agent>, mut shutdown: watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use crate::ledger::{self, NewMovement, Quantity};
-    use bazaar_shared::{Kind, Sku, StoreId};
+    use bazaar_shared::{Kind, Sku};
 
     fn db() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -210,7 +210,6 @@ mod tests {
     #[test]
     fn compaction_removes_only_old_acknowledged_rows_and_never_changes_stock() {
         let conn = db();
-        let store = StoreId::parse("S1").unwrap();
         let sale = NewMovement {
             kind: Kind::Sale,
             sku: Sku::parse("A").unwrap(),
@@ -224,7 +223,6 @@ mod tests {
             let key = format!("k{i}");
             ledger::record(
                 &conn,
-                &store,
                 &sale,
                 Some(ledger::IdempotencyKey {
                     key: &key,

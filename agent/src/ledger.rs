@@ -178,7 +178,6 @@ pub struct IdempotencyKey<'a> {
 /// caller has put inside a transaction.
 pub fn record(
     conn: &Connection,
-    store: &StoreId,
     new: &NewMovement,
     idempotency: Option<IdempotencyKey<'_>>,
 ) -> Result<Recorded, RecordError> {
@@ -238,7 +237,6 @@ pub fn record(
         new.from_store.as_ref().map(StoreId::as_str),
         now,
     ])?;
-    let _ = store; // the store id travels in the envelope, built at send time
     conn.prepare_cached(
         "INSERT INTO stock (sku, on_hand, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, updated_at = excluded.updated_at",
@@ -288,31 +286,31 @@ pub struct StockView {
     pub pending: u64,
 }
 
+/// A stock row with the count of its movements the hub has not acknowledged yet.
+const STOCK_VIEW: &str = "SELECT s.sku, s.on_hand,
+        (SELECT count(*) FROM movements m WHERE m.sku = s.sku AND m.state IN ('pending', 'sent'))
+     FROM stock s";
+
+fn stock_view(r: &Row<'_>) -> rusqlite::Result<StockView> {
+    Ok(StockView {
+        sku: r.get(0)?,
+        on_hand: r.get(1)?,
+        pending: r.get(2)?,
+    })
+}
+
 pub fn stock_of(conn: &Connection, sku: &Sku) -> rusqlite::Result<Option<StockView>> {
-    conn.query_row(
-        "SELECT s.sku, s.on_hand,
-                (SELECT count(*) FROM movements m WHERE m.sku = s.sku AND m.state IN ('pending', 'sent'))
-         FROM stock s WHERE s.sku = ?1",
-        [sku.as_str()],
-        |r| Ok(StockView { sku: r.get(0)?, on_hand: r.get(1)?, pending: r.get(2)? }),
-    )
-    .optional()
+    conn.prepare_cached(&format!("{STOCK_VIEW} WHERE s.sku = ?1"))?
+        .query_row([sku.as_str()], stock_view)
+        .optional()
 }
 
 /// One page of stock, in sku order, after `after` (keyset pagination: no full-table load).
 pub fn stock_page(conn: &Connection, after: &str, limit: u32) -> rusqlite::Result<Vec<StockView>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.sku, s.on_hand,
-                (SELECT count(*) FROM movements m WHERE m.sku = s.sku AND m.state IN ('pending', 'sent'))
-         FROM stock s WHERE s.sku > ?1 ORDER BY s.sku LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit], |r| {
-        Ok(StockView {
-            sku: r.get(0)?,
-            on_hand: r.get(1)?,
-            pending: r.get(2)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "{STOCK_VIEW} WHERE s.sku > ?1 ORDER BY s.sku LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after, limit], stock_view)?;
     rows.collect()
 }
 
@@ -571,29 +569,16 @@ mod tests {
         let conn = db();
         record(
             &conn,
-            &store(),
             &movement(Kind::Receipt, "A", Quantity::Delta(10)),
             None,
         )
         .unwrap();
-        let sale = record(
-            &conn,
-            &store(),
-            &movement(Kind::Sale, "A", Quantity::Delta(-3)),
-            None,
-        )
-        .unwrap();
+        let sale = record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-3)), None).unwrap();
         assert_eq!(sale.movement.seq, Some(2));
         let sku = Sku::parse("A").unwrap();
         assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, 7);
         // Negative stock is recorded, not refused (promise 3).
-        record(
-            &conn,
-            &store(),
-            &movement(Kind::Sale, "A", Quantity::Delta(-9)),
-            None,
-        )
-        .unwrap();
+        record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-9)), None).unwrap();
         assert_eq!(stock_of(&conn, &sku).unwrap().unwrap().on_hand, -2);
     }
 
@@ -602,14 +587,12 @@ mod tests {
         let conn = db();
         record(
             &conn,
-            &store(),
             &movement(Kind::Receipt, "A", Quantity::Delta(10)),
             None,
         )
         .unwrap();
         let count = record(
             &conn,
-            &store(),
             &movement(Kind::Count, "A", Quantity::Counted(8)),
             None,
         )
@@ -637,13 +620,12 @@ mod tests {
                 request_hash: "h1",
             })
         };
-        let first = record(&conn, &store(), &m, key()).unwrap();
-        let again = record(&conn, &store(), &m, key()).unwrap();
+        let first = record(&conn, &m, key()).unwrap();
+        let again = record(&conn, &m, key()).unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.movement, again.movement);
         let other = record(
             &conn,
-            &store(),
             &m,
             Some(IdempotencyKey {
                 key: "k1",
@@ -658,13 +640,7 @@ mod tests {
     fn outbox_moves_pending_sent_acked_and_requeues_from_the_lowest() {
         let conn = db();
         for _ in 0..5 {
-            record(
-                &conn,
-                &store(),
-                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
-                None,
-            )
-            .unwrap();
+            record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
         }
         let batch = pending_batch(&conn, 3).unwrap();
         assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -683,13 +659,7 @@ mod tests {
     fn first_contact_rebases_provisional_rows_past_the_hub() {
         let conn = db();
         for _ in 0..3 {
-            record(
-                &conn,
-                &store(),
-                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
-                None,
-            )
-            .unwrap();
+            record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
         }
         assert_eq!(rebase_on_first_contact(&conn, 100).unwrap(), 100);
         assert_eq!(
@@ -700,13 +670,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [101, 102, 103]
         );
-        let next = record(
-            &conn,
-            &store(),
-            &movement(Kind::Sale, "A", Quantity::Delta(-1)),
-            None,
-        )
-        .unwrap();
+        let next = record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
         assert_eq!(next.movement.seq, Some(104));
         // Only once.
         assert_eq!(rebase_on_first_contact(&conn, 500).unwrap(), 0);
@@ -716,13 +680,7 @@ mod tests {
     fn rebase_refuses_when_the_hub_is_behind_what_was_sent() {
         let conn = db();
         for _ in 0..3 {
-            record(
-                &conn,
-                &store(),
-                &movement(Kind::Sale, "A", Quantity::Delta(-1)),
-                None,
-            )
-            .unwrap();
+            record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
         }
         mark_sent(&conn, &[1, 2, 3], "t").unwrap();
         assert!(matches!(
@@ -735,13 +693,7 @@ mod tests {
     #[test]
     fn envelope_from_outbox_row_validates_and_signs() {
         let conn = db();
-        record(
-            &conn,
-            &store(),
-            &movement(Kind::Sale, "A", Quantity::Delta(-2)),
-            None,
-        )
-        .unwrap();
+        record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-2)), None).unwrap();
         let row = pending_batch(&conn, 1).unwrap().remove(0);
         let key = bazaar_shared::SigningKey::generate();
         let bytes = row.envelope(&store()).to_signed_bytes(&key).unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bazaar_agent::ledger::{self, NewMovement, Quantity};
 use bazaar_e2e::*;
-use bazaar_shared::{Kind, Sku, StoreId};
+use bazaar_shared::{Kind, Sku};
 
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -50,7 +50,6 @@ fn main() -> anyhow::Result<()> {
         eprintln!("[outbox] filling {pending} pending movements through ledger::record…");
         let started = Instant::now();
         let conn = ledger::open(&agent.data_dir().join("agent.db"))?;
-        let store = StoreId::parse("S1")?;
         let skus: Vec<Sku> = (0..500).map(|i| Sku::parse(format!("SKU-{i:04}"))).collect::<Result<_, _>>()?;
         let mut done = 0u64;
         while done < pending {
@@ -66,7 +65,7 @@ fn main() -> anyhow::Result<()> {
                     to_store: None,
                     from_store: None,
                 };
-                ledger::record(&tx, &store, &movement, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+                ledger::record(&tx, &movement, None).map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             tx.commit()?;
             done = end;
