@@ -443,6 +443,14 @@ pub fn mark_acked(conn: &Connection, hub_last_seq: u64, at: &str) -> rusqlite::R
     Ok(changed)
 }
 
+/// Whether any row at or below `hub_last_seq` still waits for its acknowledgement.
+pub fn has_unacknowledged_up_to(conn: &Connection, hub_last_seq: u64) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM movements WHERE state IN ('pending', 'sent') AND seq <= ?1)",
+    )?
+    .query_row([hub_last_seq], |r| r.get(0))
+}
+
 /// Sent rows the hub has not acknowledged go back to `pending`, to be produced again from
 /// the lowest. Re-sending is safe: the hub skips a (store, origin, seq) it already has.
 pub fn requeue_unacknowledged(conn: &Connection, hub_last_seq: u64) -> rusqlite::Result<usize> {
@@ -646,7 +654,10 @@ mod tests {
         assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
         mark_sent(&conn, &[1, 2, 3], "2026-11-26T10:00:00.000Z").unwrap();
         assert_eq!(pending_batch(&conn, 10).unwrap()[0].seq, 4);
+        assert!(has_unacknowledged_up_to(&conn, 1).unwrap());
         mark_acked(&conn, 1, "2026-11-26T10:00:01.000Z").unwrap();
+        assert!(!has_unacknowledged_up_to(&conn, 1).unwrap());
+        assert!(has_unacknowledged_up_to(&conn, 2).unwrap());
         assert_eq!(requeue_unacknowledged(&conn, 1).unwrap(), 2);
         assert_eq!(pending_batch(&conn, 10).unwrap()[0].seq, 2);
         let counts = outbox_counts(&conn).unwrap();

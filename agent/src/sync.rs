@@ -368,14 +368,24 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
         };
         agent.sync.hub_online.store(true, Ordering::Relaxed);
         let hub_last = state.last_seq;
-        let advanced = match last_seen {
-            Some((seen, _)) if seen == hub_last => false,
-            _ => true,
-        };
+        let advanced = last_seen.map(|(seen, _)| seen) != Some(hub_last);
         if advanced {
             last_seen = Some((hub_last, Instant::now()));
         }
         let stalled = last_seen.is_some_and(|(_, since)| since.elapsed() >= resend_after);
+        // Write only when there is something to record: the hub moved, rows must be
+        // re-sent, or rows the hub already has are still unacknowledged here (the pump can
+        // mark a batch sent just after its acknowledgement was seen). A read costs no
+        // fsync, so an idle store no longer pays a durable commit every poll.
+        if !advanced && !stalled {
+            let behind = agent
+                .read(move |conn| ledger::has_unacknowledged_up_to(conn, hub_last))
+                .await
+                .unwrap_or(true);
+            if !behind {
+                continue;
+            }
+        }
         let at = ledger::now_rfc3339();
         let outcome = agent
             .writer
@@ -396,6 +406,9 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
                 );
                 last_seen = Some((hub_last, Instant::now()));
             }
+            // Stalled with nothing sent: the clock restarts, or every later poll would
+            // count as stalled again.
+            Ok(_) if stalled => last_seen = Some((hub_last, Instant::now())),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot record the hub's acknowledgement"),
         }
