@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::Script;
-use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
+use sqlx::{MySql, MySqlPool, QueryBuilder};
 
 use crate::redis_link::RedisLink;
 use crate::stores::StockFigure;
@@ -310,18 +310,5 @@ async fn read_figures(
             .push_unseparated(")");
     }
     q.push(")");
-    q.build()
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(StockFigure {
-                store: r.try_get("store")?,
-                sku: r.try_get("sku")?,
-                on_hand: r.try_get("on_hand")?,
-                version: r.try_get("version")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
-        .collect()
+    q.build_query_as::<StockFigure>().fetch_all(pool).await
 }

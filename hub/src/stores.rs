@@ -128,7 +128,7 @@ pub async fn exists(pool: &MySqlPool, store: &StoreId) -> Result<bool, sqlx::Err
         .is_some())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct StockFigure {
     pub store: String,
     pub sku: String,
@@ -144,20 +144,15 @@ pub async fn stock_figure(
     store: &StoreId,
     sku: &bazaar_shared::Sku,
 ) -> Result<Option<StockFigure>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT on_hand, version, updated_at FROM stock WHERE store = ? AND sku = ?")
-            .bind(store.as_str())
-            .bind(sku.as_str())
-            .fetch_optional(pool)
-            .await?;
-    if let Some(r) = row {
-        return Ok(Some(StockFigure {
-            store: store.to_string(),
-            sku: sku.to_string(),
-            on_hand: r.try_get("on_hand")?,
-            version: r.try_get("version")?,
-            updated_at: r.try_get("updated_at")?,
-        }));
+    let figure = sqlx::query_as::<_, StockFigure>(
+        "SELECT store, sku, on_hand, version, updated_at FROM stock WHERE store = ? AND sku = ?",
+    )
+    .bind(store.as_str())
+    .bind(sku.as_str())
+    .fetch_optional(pool)
+    .await?;
+    if figure.is_some() {
+        return Ok(figure);
     }
     let known = sqlx::query(
         "SELECT 1 FROM products WHERE sku = ? UNION ALL SELECT 1 FROM stock WHERE sku = ? LIMIT 1",
