@@ -32,6 +32,19 @@ pub struct Hub {
     pub http_metrics: HttpMetrics,
 }
 
+impl Hub {
+    /// The pool a read for `who` should use. Reads belong on a replica (DESIGN §7), with
+    /// the primary as fallback when the replica is down, lags past the bound, or `who`
+    /// has just written through the hub (read-your-writes).
+    // Seam: replica routing lands in `db`; until then every read uses the primary.
+    pub async fn reader(&self, _who: Option<&crate::api::Principal>) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Records that `who` has just written through the hub, so its next reads see it.
+    pub fn wrote(&self, _who: &crate::api::Principal) {}
+}
+
 #[derive(Clone, Default)]
 pub struct IngestCounters {
     inner: Arc<[AtomicU64; 4]>,

@@ -1,5 +1,16 @@
 //! The hub's HTTP API (DESIGN §7). Each route is a function returning a filter; state is
 //! injected; one rejection handler shapes every error.
+//!
+//! Submodules group the routes by what they serve: `commands` (hub-origin movements and
+//! what agents fetch to follow them), `reads` (ledger, stock and store listings, audit,
+//! parked, OpenAPI, readiness), `intelligence` (thresholds, alerts, forecasts,
+//! suggestions) and `bootstrap` (store snapshots). Each exposes `routes(hub)` as one boxed
+//! filter, which keeps the composed type (and compile times) small.
+
+pub mod bootstrap;
+pub mod commands;
+pub mod intelligence;
+pub mod reads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +26,7 @@ use crate::ratelimit::{client_ip, Decision, RateLimiter};
 use crate::startup::Hub;
 use crate::stores;
 
-const MAX_BODY_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -24,7 +35,7 @@ pub enum Principal {
 }
 
 impl Principal {
-    fn may_act_on(&self, store: &StoreId) -> Result<(), ApiError> {
+    pub(crate) fn may_act_on(&self, store: &StoreId) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
             Principal::Store(own) if own == store => Ok(()),
@@ -34,7 +45,7 @@ impl Principal {
         }
     }
 
-    fn admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn admin(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
             Principal::Store(_) => Err(ApiError::forbidden("this needs an admin token")),
@@ -51,7 +62,11 @@ pub fn routes(
         .or(store_health(hub.clone()))
         .or(store_stock(hub.clone()))
         .or(seed_get_stock(hub.clone()))
-        .or(register_store(hub))
+        .or(register_store(hub.clone()))
+        .or(commands::routes(hub.clone()))
+        .or(reads::routes(hub.clone()))
+        .or(intelligence::routes(hub.clone()))
+        .or(bootstrap::routes(hub))
         .recover(recover)
         .with(warp::log("bazaar_hub::http"))
         .with(warp::log::custom(move |info| {
@@ -64,13 +79,13 @@ pub fn routes(
         }))
 }
 
-fn with_hub(
+pub(crate) fn with_hub(
     hub: Arc<Hub>,
 ) -> impl Filter<Extract = (Arc<Hub>,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || hub.clone())
 }
 
-async fn authenticate(hub: &Hub, header: Option<&str>) -> Result<Principal, ApiError> {
+pub(crate) async fn authenticate(hub: &Hub, header: Option<&str>) -> Result<Principal, ApiError> {
     let Some(token) = bearer(header) else {
         return Err(ApiError::unauthorized(
             "send `Authorization: Bearer <admin or store token>`",
@@ -92,7 +107,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+pub(crate) fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(with_hub(hub))
         .and_then(|header: Option<String>, hub: Arc<Hub>| async move {
@@ -102,11 +117,11 @@ fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection>
         })
 }
 
-fn store_param(raw: String) -> Result<StoreId, Rejection> {
+pub(crate) fn store_param(raw: String) -> Result<StoreId, Rejection> {
     StoreId::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
-fn sku_param(raw: String) -> Result<Sku, Rejection> {
+pub(crate) fn sku_param(raw: String) -> Result<Sku, Rejection> {
     Sku::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
@@ -192,7 +207,7 @@ impl Source {
 /// Redis first, then MySQL; a miss is filled from the primary (compare-and-set on the
 /// version, so a slow fill never overwrites a newer refresh). Only registered stores are
 /// ever cached, so a hit needs no store check.
-async fn lookup_stock(
+pub(crate) async fn lookup_stock(
     hub: &Hub,
     store: &StoreId,
     sku: &Sku,
@@ -209,7 +224,7 @@ async fn lookup_stock(
     Ok((figure, Source::Database))
 }
 
-async fn read_stock(
+pub(crate) async fn read_stock(
     hub: &Hub,
     store: &StoreId,
     sku: &Sku,
@@ -262,7 +277,7 @@ fn seed_get_stock(
 
 /// Refuses the request with `429`, `Retry-After` and the JSON error once the client (see
 /// [`client_ip`]) is past the route's limit; before authentication, so it costs nothing.
-fn rate_limited(
+pub(crate) fn rate_limited(
     hub: Arc<Hub>,
     limiter: fn(&Hub) -> &RateLimiter,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
