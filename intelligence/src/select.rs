@@ -87,6 +87,10 @@ pub struct SelectConfig {
     /// SBA, TSB); the others only among the continuous ones (seasonal naive, SES,
     /// Holt-Winters). `None` lets every candidate compete on every series.
     pub intermittent_adi: Option<f64>,
+    /// Intermittent series (ADI above `intermittent_adi`, or [`INTERMITTENT_ADI`] when that
+    /// is `None`) are forecast by this combination of every candidate that could be
+    /// backtested on them, instead of by selection. `None`: selection for every series.
+    pub intermittent_combination: Option<Combination>,
 }
 
 impl Default for SelectConfig {
@@ -101,6 +105,7 @@ impl Default for SelectConfig {
             combination: Combination::Median,
             always_combine: false,
             intermittent_adi: None,
+            intermittent_combination: Some(Combination::Median),
             param_search_days: 364,
         }
     }
@@ -114,6 +119,7 @@ impl SelectConfig {
             combine_top: 0,
             always_combine: false,
             intermittent_adi: None,
+            intermittent_combination: None,
             ..SelectConfig::default()
         }
     }
@@ -155,20 +161,179 @@ impl Forecast {
     }
 }
 
-/// Forecasts `horizon` days of `history` (daily demand, oldest first) with the model that
-/// backtests best on this series. See the module docs for the method.
+/// Forecasts `horizon` days of `history` (daily demand, oldest first) with the model (or
+/// combination) that backtests best on this series; intermittent series get the per-day
+/// combination of every candidate instead. See the module docs for the method.
 pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Forecast {
-    let level = if cfg.interval_level.is_finite() {
+    let level = interval_level(cfg);
+    let run = match run_backtests(history, horizon, cfg) {
+        Ok(run) => run,
+        Err(Unscored::NoSale) => return Forecast::zero(horizon, level),
+        Err(Unscored::Short(y)) => return short_history_forecast(&y, horizon, level),
+    };
+    let scored = &run.scored;
+
+    let b = run.b;
+    let cutoff = cfg.intermittent_adi.unwrap_or(INTERMITTENT_ADI);
+    let choice = match cfg.intermittent_combination {
+        // Intermittent demand: the candidates are near-equal on average and which one wins
+        // a series' backtest is mostly luck, so the robust per-day combination of all of
+        // them beats selecting one (chosen on validation windows only, see
+        // benches/accuracy.rs).
+        Some(method) if run.adi > cutoff && scored.len() >= 2 => {
+            Choice::combined(method, (0..scored.len()).collect(), scored, &run.actuals)
+        }
+        // Otherwise the series' own choice: its best single model, or (k ≥ 2) the
+        // combination of its k best when that backtests better.
+        _ => {
+            let best = Choice::single(0, scored[0].sse);
+            let k = cfg.combine_top.min(scored.len());
+            if k >= 2 {
+                let combo =
+                    Choice::combined(cfg.combination, (0..k).collect(), scored, &run.actuals);
+                if cfg.always_combine || combo.sse < best.sse {
+                    combo
+                } else {
+                    best
+                }
+            } else {
+                best
+            }
+        }
+    };
+
+    let span = horizon.max(b);
+    let (mean, base_sd): (Vec<f64>, Vec<f64>) = if choice.members.len() == 1 {
+        let only = &scored[choice.members[0].0];
+        (only.mean.clone(), only.base_sd.clone())
+    } else {
+        let weights: Vec<f64> = choice.members.iter().map(|m| m.1).collect();
+        let mut point = vec![0.0; choice.members.len()];
+        let mean = (0..span)
+            .map(|h| {
+                for (p, m) in point.iter_mut().zip(&choice.members) {
+                    *p = scored[m.0].mean[h];
+                }
+                combine(choice.method, &weights, &mut point)
+            })
+            .collect();
+        let base_sd = (0..span)
+            .map(|h| {
+                choice
+                    .members
+                    .iter()
+                    .map(|&(i, w)| w * scored[i].base_sd[h])
+                    .sum()
+            })
+            .collect();
+        (mean, base_sd)
+    };
+
+    let origins = run.actuals.len() / b;
+    let scored_points = run.actuals.len() as f64;
+    let implied: f64 = origins as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
+    let sd: Vec<f64> = if implied > 0.0 {
+        let calibration = (choice.sse / implied).sqrt().max(1.0);
+        base_sd.iter().map(|s| s * calibration).collect()
+    } else {
+        vec![(choice.sse / scored_points).sqrt(); span]
+    };
+
+    let model = if choice.members.len() > 1 {
+        ModelKind::Combination
+    } else {
+        scored[choice.members[0].0].kind
+    };
+    let rmsse = finite_or_zero((choice.sse / scored_points / run.scale).sqrt());
+    assemble(model, mean, sd, horizon, level, rmsse, b)
+}
+
+/// A forecast assembled from backtested candidates: one model, or a combination.
+struct Choice {
+    /// (index into the scored candidates, weight).
+    members: Vec<(usize, f64)>,
+    method: Combination,
+    /// Backtest SSE of this forecast.
+    sse: f64,
+}
+
+impl Choice {
+    fn single(index: usize, sse: f64) -> Self {
+        Choice {
+            members: vec![(index, 1.0)],
+            method: Combination::Mean,
+            sse,
+        }
+    }
+
+    /// The combination of `scored[i]` for `i` in `indices`, with its backtest SSE.
+    fn combined(
+        method: Combination,
+        indices: Vec<usize>,
+        scored: &[Backtest],
+        actuals: &[f64],
+    ) -> Self {
+        let sses: Vec<f64> = indices.iter().map(|&i| scored[i].sse).collect();
+        let weights = combination_weights(method, &sses);
+        let mut point = vec![0.0; indices.len()];
+        let sse = actuals
+            .iter()
+            .enumerate()
+            .map(|(t, &actual)| {
+                for (p, &i) in point.iter_mut().zip(&indices) {
+                    *p = scored[i].forecasts[t];
+                }
+                let f = combine(method, &weights, &mut point);
+                (actual - f) * (actual - f)
+            })
+            .sum();
+        Choice {
+            members: indices.into_iter().zip(weights).collect(),
+            method,
+            sse,
+        }
+    }
+}
+
+/// Why a series has no backtest.
+enum Unscored {
+    /// No sale at all: the forecast is zero.
+    NoSale,
+    /// Too short to backtest; the cleaned history from the first sale.
+    Short(Vec<f64>),
+}
+
+/// Every candidate backtested on one series.
+struct Run {
+    /// Candidates sorted by backtest SSE, best first (stable: ties keep the configured order).
+    scored: Vec<Backtest>,
+    /// The held-out actuals, origin-major (`actuals[r·b + h]`), aligned with
+    /// [`Backtest::forecasts`].
+    actuals: Vec<f64>,
+    /// Days scored per origin.
+    b: usize,
+    /// RMSSE scale of the series.
+    scale: f64,
+    /// Average inter-demand interval: days from the first sale per day with a sale.
+    adi: f64,
+}
+
+fn interval_level(cfg: &SelectConfig) -> f64 {
+    if cfg.interval_level.is_finite() {
         cfg.interval_level.clamp(0.0, 0.999_999)
     } else {
         0.8
-    };
+    }
+}
+
+/// Cleans the history (steps 1–2 of the module docs) and backtests every candidate.
+fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<Run, Unscored> {
     let cleaned: Vec<f64> = history
         .iter()
         .map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 })
         .collect();
     let Some(first_sale) = cleaned.iter().position(|&y| y > 0.0) else {
-        return Forecast::zero(horizon, level);
+        return Err(Unscored::NoSale);
     };
     let y = &cleaned[first_sale..];
     let n = y.len();
@@ -184,7 +349,7 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         .collect();
     origins.reverse();
     if b == 0 || origins.is_empty() {
-        return short_history_forecast(y, horizon, level);
+        return Err(Unscored::Short(y.to_vec()));
     }
     let earliest = origins[0];
     let scale = rmsse_scale(&y[..n - b]);
@@ -203,91 +368,35 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         })
         .collect();
     if scored.is_empty() {
-        return short_history_forecast(y, horizon, level);
+        return Err(Unscored::Short(y.to_vec()));
     }
-    // Stable sort: ties keep the configured candidate order.
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
-    let actuals: Vec<f64> = origins
+    let actuals = origins
         .iter()
         .flat_map(|&o| y[o..o + b].iter().copied())
         .collect();
-
-    // Candidate forecasts: the best single model, and (k ≥ 2) the combination of the k best.
-    let span = horizon.max(b);
-    let mut members: Vec<(usize, f64)> = vec![(0, 1.0)];
-    let mut best_sse = scored[0].sse;
-    let k = cfg.combine_top.min(scored.len());
-    if k >= 2 {
-        let top = &scored[..k];
-        let weights = combination_weights(cfg.combination, top);
-        let mut point = vec![0.0; k];
-        let combo_sse: f64 = actuals
-            .iter()
-            .enumerate()
-            .map(|(i, &actual)| {
-                for (p, s) in point.iter_mut().zip(top) {
-                    *p = s.forecasts[i];
-                }
-                let f = combine(cfg.combination, &weights, &mut point);
-                (actual - f) * (actual - f)
-            })
-            .sum();
-        if cfg.always_combine || combo_sse < best_sse {
-            best_sse = combo_sse;
-            members = weights.iter().copied().enumerate().collect();
-        }
-    }
-
-    let (mean, base_sd): (Vec<f64>, Vec<f64>) = if members.len() == 1 {
-        let only = &scored[members[0].0];
-        (only.mean.clone(), only.base_sd.clone())
-    } else {
-        let weights: Vec<f64> = members.iter().map(|m| m.1).collect();
-        let mut point = vec![0.0; members.len()];
-        let mean = (0..span)
-            .map(|h| {
-                for (p, m) in point.iter_mut().zip(&members) {
-                    *p = scored[m.0].mean[h];
-                }
-                combine(cfg.combination, &weights, &mut point)
-            })
-            .collect();
-        let base_sd = (0..span)
-            .map(|h| members.iter().map(|&(i, w)| w * scored[i].base_sd[h]).sum())
-            .collect();
-        (mean, base_sd)
-    };
-
-    let scored_points = (origins.len() * b) as f64;
-    let implied: f64 = origins.len() as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
-    let sd: Vec<f64> = if implied > 0.0 {
-        let calibration = (best_sse / implied).sqrt().max(1.0);
-        base_sd.iter().map(|s| s * calibration).collect()
-    } else {
-        vec![(best_sse / scored_points).sqrt(); span]
-    };
-
-    let model = if members.len() > 1 {
-        ModelKind::Combination
-    } else {
-        scored[members[0].0].kind
-    };
-    let rmsse = finite_or_zero((best_sse / scored_points / scale).sqrt());
-    assemble(model, mean, sd, horizon, level, rmsse, b)
+    let demand_days = y.iter().filter(|&&v| v > 0.0).count().max(1);
+    Ok(Run {
+        scored,
+        actuals,
+        b,
+        scale,
+        adi: n as f64 / demand_days as f64,
+    })
 }
 
-/// Weights of the `top` candidates (sorted best first) in a combination; they sum to 1.
+/// Weights of candidates with backtest SSEs `sses` in a combination; they sum to 1.
 /// For [`Combination::Median`] they weight only the interval sd.
-fn combination_weights(method: Combination, top: &[Backtest]) -> Vec<f64> {
+fn combination_weights(method: Combination, sses: &[f64]) -> Vec<f64> {
     let raw: Vec<f64> = match method {
-        Combination::Mean | Combination::Median => vec![1.0; top.len()],
+        Combination::Mean | Combination::Median => vec![1.0; sses.len()],
         Combination::InverseMse => {
-            let floor = top
+            let floor = sses
                 .iter()
-                .map(|s| s.sse)
+                .copied()
                 .fold(f64::INFINITY, f64::min)
                 .max(1e-12);
-            top.iter().map(|s| 1.0 / s.sse.max(floor)).collect()
+            sses.iter().map(|s| 1.0 / s.max(floor)).collect()
         }
     };
     let total: f64 = raw.iter().sum();
