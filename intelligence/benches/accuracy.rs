@@ -31,6 +31,9 @@ struct Scores {
     /// Held-out days inside the 80% interval, and days scored.
     covered: usize,
     days: usize,
+    /// The same for the held-out days with a sale.
+    covered_sales: usize,
+    sale_days: usize,
     chosen: BTreeMap<ModelKind, usize>,
 }
 
@@ -59,6 +62,8 @@ fn evaluate(series: &[Vec<f64>], cfg: &SelectConfig, offset: usize) -> Scores {
         mase: Vec::new(),
         covered: 0,
         days: 0,
+        covered_sales: 0,
+        sale_days: 0,
         chosen: BTreeMap::new(),
     };
     for history in series {
@@ -88,6 +93,12 @@ fn evaluate(series: &[Vec<f64>], cfg: &SelectConfig, offset: usize) -> Scores {
             .filter(|(y, (lo, hi))| *lo <= *y && *y <= *hi)
             .count();
         scores.days += HOLDOUT;
+        for (y, (lo, hi)) in test.iter().zip(forecast.lo.iter().zip(&forecast.hi)) {
+            if *y > 0.0 {
+                scores.sale_days += 1;
+                scores.covered_sales += usize::from(*lo <= *y && *y <= *hi);
+            }
+        }
         *scores.chosen.entry(forecast.model).or_default() += 1;
     }
     scores
@@ -151,8 +162,8 @@ fn report(name: &str, series: &[Vec<f64>]) {
         series.len()
     );
     println!(
-        "{:<30} {:>8} {:>8} {:>10} {:>9}",
-        "method", "RMSSE", "MASE", "vs snaive", "80% cover"
+        "{:<30} {:>8} {:>8} {:>10} {:>9} {:>12}",
+        "method", "RMSSE", "MASE", "vs snaive", "80% cover", "sale days"
     );
     let results: Vec<(String, Scores)> = methods
         .into_iter()
@@ -165,12 +176,13 @@ fn report(name: &str, series: &[Vec<f64>]) {
     for (method, scores) in &results {
         let rmsse = mean(&scores.rmsse);
         println!(
-            "{:<30} {:>8.4} {:>8.4} {:>9.1}% {:>8.1}%",
+            "{:<30} {:>8.4} {:>8.4} {:>9.1}% {:>8.1}% {:>11.1}%",
             method,
             rmsse,
             mean(&scores.mase),
             100.0 * (rmsse / snaive - 1.0),
-            100.0 * scores.covered as f64 / scores.days.max(1) as f64
+            100.0 * scores.covered as f64 / scores.days.max(1) as f64,
+            100.0 * scores.covered_sales as f64 / scores.sale_days.max(1) as f64
         );
     }
     let best_single = results[first_single..]
@@ -283,6 +295,40 @@ fn explore(sets: &[(&str, Vec<Vec<f64>>)]) {
         }
     }
     variants.push(("default".to_owned(), SelectConfig::default()));
+    variants.push((
+        "default, narrow_intervals".to_owned(),
+        SelectConfig {
+            narrow_intervals: true,
+            ..SelectConfig::default()
+        },
+    ));
+    variants.push((
+        "previous default (no intermittent combination)".to_owned(),
+        SelectConfig {
+            intermittent_combination: None,
+            ..SelectConfig::default()
+        },
+    ));
+    // Interval coverage on the validation windows (80% nominal).
+    for (name, cfg) in variants.iter().rev().take(3) {
+        let cover: Vec<String> = sets
+            .iter()
+            .map(|(set, series)| {
+                let (c, d) = windows
+                    .iter()
+                    .map(|&o| {
+                        let s = evaluate(series, cfg, o);
+                        (s.covered, s.days)
+                    })
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                format!("{} {:.1}%", &set[..12], 100.0 * c as f64 / d.max(1) as f64)
+            })
+            .collect();
+        println!(
+            "validation 80% interval coverage, {name}: {}",
+            cover.join(", ")
+        );
+    }
     let mut rows: Vec<(f64, Vec<f64>, String)> = variants
         .into_iter()
         .map(|(name, cfg)| {

@@ -1196,6 +1196,53 @@ mod tests {
     }
 
     #[test]
+    fn holt_winters_init_by_hand() {
+        // Two weeks 1..=14: level = mean 7.5; weekday j averages (j+1 + j+8)/2 = j + 4.5, so
+        // its season is j − 3; the damped model's trend is (mean of week 2 − mean of week 1)
+        // / 7 = (11 − 4)/7 = 1. Filtering restarts at day 0.
+        let history: Vec<f64> = (1..=14).map(f64::from).collect();
+        let (plain, start) = HoltWinters::init(&history);
+        assert_eq!(start, 0);
+        assert_close(plain.level, 7.5);
+        assert_close(plain.trend, 0.0);
+        assert_all_close(&plain.season, &[-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]);
+        let (damped, _) = DampedHoltWinters::init(&history);
+        assert_close(damped.level, 7.5);
+        assert_close(damped.trend, 1.0);
+        assert_eq!(damped.pos, 0);
+    }
+
+    #[test]
+    fn intermittent_growth_formulas() {
+        // SES-style growth with the smoothing constant of the level that moves:
+        // Croston/SBA α = 0.2, h = 2 → √(1 + 0.04); TSB uses β = 0.1, h = 3 → √(1 + 2·0.01).
+        assert_close(
+            Croston::growth(&CrostonParams { alpha: 0.2 }, 2),
+            1.04f64.sqrt(),
+        );
+        assert_close(Sba::growth(&CrostonParams { alpha: 0.2 }, 1), 1.0);
+        assert_close(
+            Tsb::growth(
+                &TsbParams {
+                    alpha: 0.3,
+                    beta: 0.1,
+                },
+                3,
+            ),
+            1.02f64.sqrt(),
+        );
+        // IMAPA, levels 1 and 2 with α = 0.5, h = 3 (2 steps): level 1 moves twice
+        // (1 + 2·0.25), level 2 once (1 + 0.25); mean 1.375.
+        let mut alphas = [0.0; MAX_AGGREGATION];
+        alphas[0] = 0.5;
+        alphas[1] = 0.5;
+        assert_close(
+            Imapa::growth(&ImapaParams { levels: 2, alphas }, 3),
+            1.375f64.sqrt(),
+        );
+    }
+
+    #[test]
     fn holt_winters_update_by_hand() {
         // State ℓ=10, b=0, season [2,0,0,0,0,0,−2], pos 0; α=0.5, γ=0.2, β=0, φ=1.
         // y=14: ŷ = 10 + 2 = 12. ℓ = 0.5·(14−2) + 0.5·10 = 11.

@@ -82,6 +82,9 @@ pub struct SelectConfig {
     /// Parameters are searched on at most this many of the most recent training days (keeps
     /// the grid search O(1) per series for long histories; 0 = all).
     pub param_search_days: usize,
+    /// Let the backtest calibration narrow the intervals as well as widen them (the sd then
+    /// matches the backtest error exactly); `false` only widens.
+    pub narrow_intervals: bool,
     /// Syntetos–Boylan demand classification: series whose average inter-demand interval
     /// (ADI) exceeds this compete only among the intermittent-demand models (SES, Croston,
     /// SBA, TSB); the others only among the continuous ones (seasonal naive, SES,
@@ -107,6 +110,7 @@ impl Default for SelectConfig {
             intermittent_adi: None,
             intermittent_combination: Some(Combination::Median),
             param_search_days: 364,
+            narrow_intervals: true,
         }
     }
 }
@@ -233,7 +237,13 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
     let scored_points = run.actuals.len() as f64;
     let implied: f64 = origins as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
     let sd: Vec<f64> = if implied > 0.0 {
-        let calibration = (choice.sse / implied).sqrt().max(1.0);
+        let ratio = (choice.sse / implied).sqrt();
+        // A perfect backtest (ratio 0) says nothing about the spread: keep the model's sd.
+        let calibration = if cfg.narrow_intervals && ratio > 0.0 {
+            ratio
+        } else {
+            ratio.max(1.0)
+        };
         base_sd.iter().map(|s| s * calibration).collect()
     } else {
         vec![(choice.sse / scored_points).sqrt(); span]
@@ -767,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn intermittent_series_compete_among_intermittent_models() {
+    fn intermittent_series_forecast_their_mean_demand() {
         // One sale every ~5 days: ADI ≈ 5 > 1.32.
         let history: Vec<f64> = (0..300)
             .map(|t| {
@@ -780,26 +790,130 @@ mod tests {
             .collect();
         let f = forecast_series(&history, 28, &SelectConfig::default());
         check_invariants(&f, 28);
-        assert!(
-            matches!(
-                f.model,
-                ModelKind::Ses
-                    | ModelKind::Croston
-                    | ModelKind::Sba
-                    | ModelKind::Tsb
-                    | ModelKind::Adida
-                    | ModelKind::Imapa
-                    | ModelKind::Combination
-            ),
-            "{:?}",
-            f.model
-        );
+        assert_eq!(f.model, ModelKind::Combination);
         // Mean demand is 3/5 per day; the forecast should be close to it.
         assert!((f.mean[0] - 0.6).abs() < 0.2, "{}", f.mean[0]);
         assert!(
             f.lo.iter().all(|&lo| lo == 0.0),
             "the lower bound of sparse demand is 0"
         );
+    }
+
+    /// One sale every ~3 days with varying sizes: ADI ≈ 3 > 1.32.
+    fn intermittent(days: usize) -> Vec<f64> {
+        (0..days)
+            .map(|t| {
+                if t % 3 == 1 {
+                    1.0 + ((t * 7) % 5) as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intermittent_series_get_the_per_day_median_of_every_candidate() {
+        let history = intermittent(200);
+        let candidates = vec![ModelKind::Ses, ModelKind::Croston, ModelKind::Tsb];
+        let cfg = SelectConfig {
+            candidates: candidates.clone(),
+            ..SelectConfig::default()
+        };
+        let f = forecast_series(&history, 14, &cfg);
+        check_invariants(&f, 14);
+        assert_eq!(f.model, ModelKind::Combination);
+        // Each member forecast alone, through the same backtest pass (same parameters).
+        let alone: Vec<Forecast> = candidates
+            .iter()
+            .map(|&k| forecast_series(&history, 14, &SelectConfig::single(k)))
+            .collect();
+        for h in 0..14 {
+            let mut day: Vec<f64> = alone.iter().map(|a| a.mean[h]).collect();
+            day.sort_by(f64::total_cmp);
+            assert!(
+                (f.mean[h] - day[1]).abs() < 1e-12,
+                "day {h}: {} vs {day:?}",
+                f.mean[h]
+            );
+        }
+        // Switched off, the same series goes by selection again.
+        let selected = forecast_series(
+            &history,
+            14,
+            &SelectConfig {
+                intermittent_combination: None,
+                combine_top: 0,
+                ..cfg
+            },
+        );
+        assert!(candidates.contains(&selected.model), "{:?}", selected.model);
+    }
+
+    #[test]
+    fn smooth_series_are_not_combined_by_the_intermittent_rule() {
+        // Sales every day: ADI = 1, so selection decides, and without `combine_top` it
+        // picks one model.
+        let cfg = SelectConfig {
+            combine_top: 0,
+            ..SelectConfig::default()
+        };
+        let f = forecast_series(&weekly(300), 14, &cfg);
+        assert_ne!(f.model, ModelKind::Combination);
+        // The same series made intermittent (every other day zero) is combined.
+        let sparse: Vec<f64> = weekly(300)
+            .iter()
+            .enumerate()
+            .map(|(t, y)| if t % 2 == 0 { 0.0 } else { *y })
+            .collect();
+        assert_eq!(
+            forecast_series(&sparse, 14, &cfg).model,
+            ModelKind::Combination
+        );
+    }
+
+    #[test]
+    fn combinations_by_hand() {
+        assert_eq!(
+            combine(Combination::Median, &[1.0 / 3.0; 3], &mut [3.0, 1.0, 2.0]),
+            2.0
+        );
+        assert_eq!(
+            combine(Combination::Median, &[0.25; 4], &mut [4.0, 1.0, 3.0, 2.0]),
+            2.5
+        );
+        assert_eq!(
+            combine(Combination::Mean, &[0.5, 0.5], &mut [1.0, 4.0]),
+            2.5
+        );
+        // Inverse-MSE: SSEs 1 and 4 → raw weights 1 and 1/4 → 0.8 and 0.2.
+        let w = combination_weights(Combination::InverseMse, &[1.0, 4.0]);
+        assert!(
+            (w[0] - 0.8).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12,
+            "{w:?}"
+        );
+        assert_eq!(
+            combine(Combination::InverseMse, &w, &mut [10.0, 20.0]),
+            12.0
+        );
+    }
+
+    #[test]
+    fn narrowing_calibration_never_widens_beyond_the_widen_only_interval() {
+        let history = weekly(300);
+        let narrow = forecast_series(&history, 28, &SelectConfig::default());
+        let wide = forecast_series(
+            &history,
+            28,
+            &SelectConfig {
+                narrow_intervals: false,
+                ..SelectConfig::default()
+            },
+        );
+        assert_eq!(narrow.mean, wide.mean);
+        for h in 0..28 {
+            assert!(narrow.sd[h] <= wide.sd[h] + 1e-12);
+        }
     }
 
     #[test]
