@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{MySqlPool, Row};
 
 /// What registration hands out, once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Credentials {
     pub store: String,
     pub token: String,
@@ -78,7 +78,7 @@ pub async fn store_for_token(
     Ok(id.and_then(|id| StoreId::parse(id).ok()))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SyncHealth {
     pub store: String,
     pub last_seq: u64,
@@ -128,7 +128,7 @@ pub async fn exists(pool: &MySqlPool, store: &StoreId) -> Result<bool, sqlx::Err
         .is_some())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct StockFigure {
     pub store: String,
     pub sku: String,

@@ -17,11 +17,13 @@ use std::sync::Arc;
 
 use bazaar_shared::http::{bearer, parse_json, recover, ApiError};
 use bazaar_shared::{Sku, StoreId};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::cache::Lookup;
+use crate::openapi::{Access, Operation};
 use crate::ratelimit::{client_ip, Decision, RateLimiter};
 use crate::startup::Hub;
 use crate::stores;
@@ -51,6 +53,63 @@ impl Principal {
             Principal::Store(_) => Err(ApiError::forbidden("this needs an admin token")),
         }
     }
+}
+
+/// Every operation [`routes`] serves, for `/openapi.json`: each module contributes its own
+/// `docs()` (see [`crate::openapi`]); `hub/tests/openapi.rs` fails on a route served but
+/// missing here.
+pub fn docs() -> Vec<Operation> {
+    let mut operations = own_docs();
+    operations.extend(reads::docs());
+    operations
+}
+
+fn own_docs() -> Vec<Operation> {
+    vec![
+        Operation::get("/healthz", "healthz", "Liveness: the process answers")
+            .tag("operations")
+            .json::<Health>(200, "Always `{\"status\": \"ok\"}` while the process runs")
+            .infallible(),
+        Operation::get("/metrics", "metrics", "Prometheus metrics (text format 0.0.4)")
+            .tag("operations")
+            .content(200, "text/plain; version=0.0.4; charset=utf-8", "The hub's counters, gauges and latency histograms")
+            .infallible(),
+        Operation::get("/v1/stores/{store}", "storeHealth", "A store's sync health")
+            .describe("Last applied seq (store and hub origin), when it last sent and was applied, messages held behind a gap and parked ones.")
+            .tag("stores")
+            .access(Access::AdminOrOwnStore)
+            .path_param("store", "The store's id")
+            .json::<stores::SyncHealth>(200, "The store's sync state")
+            .error(404, "The store is not registered")
+            .error(422, "Not a valid store id"),
+        Operation::get("/v1/stores/{store}/stock/{sku}", "storeSkuStock", "One stock figure")
+            .describe("Redis first, then MySQL. A known sku that never moved at this store stands at 0, version 0.")
+            .tag("stock")
+            .access(Access::AdminOrOwnStore)
+            .path_param("store", "The store's id")
+            .path_param("sku", "The sku")
+            .json::<stores::StockFigure>(200, "The figure")
+            .error(404, "The store is not registered, or the sku is unknown at this hub (no product record, no movement)")
+            .error(422, "Not a valid store id or sku"),
+        Operation::get("/get-stock/{store_id}/{product_id}", "seedGetStock", "The seed system's stock read")
+            .describe("Kept as the seed system had it. Needs a token unless BAZAAR_HUB_OPEN_GET_STOCK is set; limited per client IP (BAZAAR_HUB_RATE_LIMIT_GET_STOCK).")
+            .tag("seed")
+            .access(Access::OpenByConfig)
+            .rate_limited()
+            .path_param("store_id", "The store's id")
+            .path_param("product_id", "The sku")
+            .json::<SeedStock>(200, "The figure and where it came from")
+            .error(404, "The store is not registered, or the sku is unknown")
+            .error(422, "Not a valid store id or sku"),
+        Operation::post("/v1/stores", "registerStore", "Register a store")
+            .describe("Returns the store's token and signing key, once: the hub keeps only the token's hash. Audited.")
+            .tag("stores")
+            .access(Access::Admin)
+            .body::<RegisterRequest>()
+            .json::<stores::Credentials>(201, "Registered; keep the token and key, they are not shown again")
+            .error(409, "The store is already registered")
+            .error(422, "Not a valid store id, or a name over 200 characters"),
+    ]
 }
 
 pub fn routes(
@@ -125,10 +184,15 @@ pub(crate) fn sku_param(raw: String) -> Result<Sku, Rejection> {
     Sku::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
+#[derive(Debug, Serialize, JsonSchema)]
+struct Health {
+    status: &'static str,
+}
+
 fn healthz() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})))
+        .map(|| warp::reply::json(&Health { status: "ok" }))
 }
 
 /// Prometheus text format; open, like `/healthz`.
@@ -246,6 +310,17 @@ pub(crate) async fn read_stock(
     }
 }
 
+/// What the seed system's read route answers, kept as it was.
+#[derive(Debug, Serialize, JsonSchema)]
+struct SeedStock {
+    store_id: String,
+    product_id: String,
+    /// On-hand, in the product's base unit.
+    quantity: i64,
+    /// `cache` (Redis) or `database` (MySQL).
+    source: &'static str,
+}
+
 /// The seed system's read route, kept as it was: `{"store_id","product_id","quantity","source"}`.
 fn seed_get_stock(
     hub: Arc<Hub>,
@@ -265,12 +340,12 @@ fn seed_get_stock(
                         .may_act_on(&store)?;
                 }
                 let (figure, source) = lookup_stock(&hub, &store, &sku).await?;
-                Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({
-                    "store_id": figure.store,
-                    "product_id": figure.sku,
-                    "quantity": figure.on_hand,
-                    "source": source.as_str(),
-                })))
+                Ok::<_, Rejection>(warp::reply::json(&SeedStock {
+                    store_id: figure.store,
+                    product_id: figure.sku,
+                    quantity: figure.on_hand,
+                    source: source.as_str(),
+                }))
             },
         )
 }
@@ -304,10 +379,12 @@ pub(crate) fn rate_limited(
         .untuple_one()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
+    /// The new store's id, `^[A-Za-z0-9_-]{1,64}$`.
     store: String,
+    /// A name for people, at most 200 characters.
     name: Option<String>,
 }
 
