@@ -81,7 +81,8 @@ pub struct SelectConfig {
     pub max_backtest_horizon: usize,
     /// Models that compete (order breaks ties: earlier wins).
     pub candidates: Vec<ModelKind>,
-    /// If ≥ 2, the mean of the best `combine_top` candidates competes too.
+    /// If ≥ 2, the `combination` of the best `combine_top` candidates competes too (on series
+    /// that the intermittent rule does not take).
     pub combine_top: usize,
     /// How the `combine_top` best candidates are combined.
     pub combination: Combination,
@@ -97,7 +98,8 @@ pub struct SelectConfig {
     /// Syntetos–Boylan demand classification: series whose average inter-demand interval
     /// (ADI) exceeds this compete only among the intermittent-demand models (SES, Croston,
     /// SBA, TSB); the others only among the continuous ones (seasonal naive, SES,
-    /// Holt-Winters). `None` lets every candidate compete on every series.
+    /// Holt-Winters). `None` lets every candidate compete on every series. When set, it is
+    /// also the cut-off of `intermittent_combination`.
     pub intermittent_adi: Option<f64>,
     /// Intermittent series (ADI above `intermittent_adi`, or [`INTERMITTENT_ADI`] when that
     /// is `None`) are forecast by this combination of every candidate that could be
