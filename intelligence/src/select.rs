@@ -884,6 +884,17 @@ mod tests {
     }
 
     #[test]
+    fn constant_demand_is_forecast_exactly_with_a_zero_width_interval() {
+        // The hub's reorder figures for a steady seller rely on this (σ = 0).
+        let f = forecast_series(&[10.0; 56], 28, &SelectConfig::default());
+        check_invariants(&f, 28);
+        for h in 0..28 {
+            assert!((f.mean[h] - 10.0).abs() < 1e-9, "{f:?}");
+            assert!(f.sd[h].abs() < 1e-9 && (f.hi[h] - f.lo[h]).abs() < 1e-9, "{f:?}");
+        }
+    }
+
+    #[test]
     fn combinations_by_hand() {
         assert_eq!(
             combine(Combination::Median, &[1.0 / 3.0; 3], &mut [3.0, 1.0, 2.0]),
