@@ -127,6 +127,7 @@ fn main() {
     let cfg = SelectConfig::default();
     let threads = rayon::current_num_threads();
     println!("forecast_speed: horizon {HORIZON}, default SelectConfig, {threads} rayon threads");
+    println!("CPU = user + system time of this process during the forecasting (all threads)");
     // Warm-up (page faults, thread pool).
     run(1_000, 730, &cfg);
 
