@@ -49,7 +49,8 @@ pub enum ModelKind {
     Tsb,
     Adida,
     Imapa,
-    /// Equal-weight mean of the best candidates of the backtest (see [`crate::select`]).
+    /// A per-day combination of several models' forecasts: of every candidate for
+    /// intermittent series, else of the backtest's best few (see [`crate::select`]).
     Combination,
 }
 

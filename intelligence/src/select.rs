@@ -391,6 +391,7 @@ fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<
     if scored.is_empty() {
         return Err(Unscored::Short(y.to_vec()));
     }
+    // Stable sort: ties keep the configured candidate order.
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
     let actuals = origins
         .iter()
