@@ -92,3 +92,9 @@ fn auto_beats_seasonal_naive_and_stays_near_the_best_model_on_pizza_sales() {
     // Test window: auto 0.680, seasonal naive 1.006, best single (SES) 0.678.
     check("pizza_daily.csv", 0.25);
 }
+
+#[test]
+fn auto_beats_seasonal_naive_and_stays_near_the_best_model_on_expedia_events() {
+    // Test window: auto 0.972, seasonal naive 1.364, best single (IMAPA) 0.972.
+    check("expedia_daily.csv", 0.2);
+}
