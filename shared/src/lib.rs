@@ -5,6 +5,7 @@
 //! Everything here is pure: no I/O, no clocks except where a caller asks for "now".
 
 pub mod canonical;
+pub mod command;
 pub mod envelope;
 #[cfg(feature = "http")]
 pub mod http;
@@ -18,6 +19,7 @@ pub mod service;
 pub mod signing;
 pub mod topics;
 
+pub use command::{Command, CommandBody, Document, HubMessage};
 pub use envelope::{Envelope, EnvelopeError, Kind, Origin, Reason, MAX_MESSAGE_BYTES};
 pub use ids::{IdError, Sku, StoreId};
 pub use secret::Secret;
