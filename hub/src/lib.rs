@@ -7,25 +7,18 @@
 //! `ratelimit` (GCRA per client IP), `metrics` (`/metrics`), and `startup` (the builder
 //! `main` and the tests share).
 
-pub mod alerting;
 pub mod api;
 pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;
-pub mod forecast_job;
 pub mod ingest;
-pub mod lease;
 pub mod metrics;
-pub mod openapi;
 pub mod outbox;
+pub mod openapi;
 pub mod plan;
 pub mod queries;
 pub mod ratelimit;
-pub mod readiness;
 pub mod redis_link;
-pub mod replica;
-pub mod snapshot;
 pub mod startup;
 pub mod stores;
-pub mod thresholds;
