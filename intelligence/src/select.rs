@@ -68,8 +68,11 @@ pub enum Combination {
     InverseMse,
 }
 
-/// How [`forecast_series`] selects and scores models.
+/// How [`forecast_series`] selects and scores models. Deserializing fills missing fields
+/// from [`SelectConfig::default`], so a stored configuration keeps working when fields are
+/// added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SelectConfig {
     /// Central coverage of the prediction interval, e.g. 0.8 for an 80% interval.
     pub interval_level: f64,
