@@ -773,12 +773,14 @@ mod tests {
 
     #[test]
     fn single_model_config_uses_that_model() {
-        let history = weekly(200);
-        for kind in ModelKind::SINGLE_MODELS {
-            let f = forecast_series(&history, 10, &SelectConfig::single(kind));
-            assert_eq!(f.model, kind);
-            check_invariants(&f, 10);
-            assert_eq!(f.backtest_days, 10);
+        // Smooth and intermittent: `single` is not overridden by the intermittent rule.
+        for history in [weekly(200), intermittent(200)] {
+            for kind in ModelKind::SINGLE_MODELS {
+                let f = forecast_series(&history, 10, &SelectConfig::single(kind));
+                assert_eq!(f.model, kind);
+                check_invariants(&f, 10);
+                assert_eq!(f.backtest_days, 10);
+            }
         }
     }
 
