@@ -6,7 +6,9 @@
 //!   in one transaction; the caller commits before it answers (see `writer`).
 //! - Store-origin `seq` is gapless from 1. Before the hub has told us its `last_seq` for
 //!   this store (first contact), rows are numbered provisionally and `rebase` shifts them,
-//!   all still `pending`, past the hub's figure — so no seq is ever reused.
+//!   all still `pending`, past the hub's figure — so no seq is ever reused. A new seq is
+//!   past both the ledger's highest and the hub's applied seq, so neither compaction nor
+//!   a bootstrap onto an empty ledger brings a number round again.
 //! - A row moves `pending → sent` only on a successful delivery report, `sent → acked`
 //!   only when the hub reports it applied that seq, and `sent → pending` only when the hub
 //!   has not acknowledged it in time (re-sent from the lowest; the hub deduplicates).
@@ -212,9 +214,16 @@ pub fn record(
         .filter(|v| v.abs() <= MAX_QUANTITY * 1000)
         .ok_or_else(|| RecordError::Invalid("the resulting on-hand is out of range".into()))?;
 
+    // Past both the ledger's own last seq and the hub's applied seq: compaction may have
+    // deleted every acknowledged row, and a bootstrapped ledger starts empty after the
+    // hub's `last_seq`; neither may make a seq come round again.
     let seq: u64 = conn
-        .prepare_cached("SELECT ifnull(max(seq), 0) + 1 FROM movements WHERE origin = 'store'")?
-        .query_row([], |r| r.get(0))?;
+        .prepare_cached(
+            "SELECT max(
+                 ifnull((SELECT max(seq) FROM movements WHERE origin = 'store'), 0),
+                 ifnull((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0)) + 1",
+        )?
+        .query_row([META_HUB_APPLIED_SEQ], |r| r.get(0))?;
     let id = Uuid::now_v7().to_string();
     let now = now_rfc3339();
     let watermark = meta_u64(conn, META_HUB_WATERMARK)?;
@@ -517,6 +526,8 @@ pub fn rebase_on_first_contact(conn: &Connection, hub_last_seq: u64) -> Result<u
 pub struct OutboxCounts {
     pub pending: u64,
     pub sent: u64,
+    /// Acknowledged rows still kept locally (older ones are compacted away).
+    pub acked: u64,
     pub parked: u64,
     pub oldest_pending_at: Option<String>,
     pub last_seq: u64,
@@ -530,6 +541,14 @@ pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
     Ok(OutboxCounts {
         pending: count("SELECT count(*) FROM movements WHERE state = 'pending'")?,
         sent: count("SELECT count(*) FROM movements WHERE state = 'sent'")?,
+        // Every store row at or below the hub's applied seq is acknowledged (mark_acked),
+        // so this walks the store-seq index instead of the whole table.
+        acked: conn
+            .prepare_cached(
+                "SELECT count(*) FROM movements WHERE origin = 'store' AND seq <= ifnull(
+                     (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0)",
+            )?
+            .query_row([META_HUB_APPLIED_SEQ], |r| r.get(0))?,
         parked: count("SELECT count(*) FROM movements WHERE state = 'parked'")?,
         oldest_pending_at: conn
             .query_row(
@@ -685,6 +704,29 @@ mod tests {
         assert_eq!(next.movement.seq, Some(104));
         // Only once.
         assert_eq!(rebase_on_first_contact(&conn, 500).unwrap(), 0);
+    }
+
+    #[test]
+    fn no_seq_comes_round_again_after_compaction_or_the_hubs_figure() {
+        let conn = db();
+        mark_acked(&conn, 100, "t").unwrap();
+        let first = record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        assert_eq!(
+            first.movement.seq,
+            Some(101),
+            "continues after the hub's applied seq"
+        );
+        mark_sent(&conn, &[101], "t").unwrap();
+        mark_acked(&conn, 101, "t").unwrap();
+        // Compaction may delete every acknowledged row.
+        conn.execute("DELETE FROM movements", []).unwrap();
+        let next = record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        assert_eq!(next.movement.seq, Some(102));
+        assert_eq!(
+            outbox_counts(&conn).unwrap().acked,
+            0,
+            "acknowledged rows kept here"
+        );
     }
 
     #[test]

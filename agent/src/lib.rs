@@ -1,11 +1,13 @@
 //! `bazaar-agent`: the store server's side of Bazaar (DESIGN §6).
 //!
 //! Layout: `ledger` (SQLite ledger and outbox, plain functions over a connection),
-//! `writer` (the single group-committing writer), `api` (thin warp handlers), `sync`
-//! (outbox → Kafka, acknowledgements from the hub), `hub_client` (HTTP to the hub),
+//! `writer` (the single group-committing writer), `api` (thin warp handlers), `bootstrap`
+//! (the store's snapshot before the first send), `sync` (outbox → Kafka, acknowledgements
+//! from the hub), `hub_client` (HTTP to the hub),
 //! `config`, and `startup` (the builder `main` and the tests share).
 
 pub mod api;
+pub mod bootstrap;
 pub mod commands;
 pub mod config;
 pub mod doctor;

@@ -46,8 +46,13 @@ enum Command {
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Download the store's stock and positions from the hub again before sending
+        /// (pending movements are kept and replayed on top).
+        #[arg(long)]
+        resnapshot: bool,
     },
-    /// Show sync health: pending, sent, acknowledged, last delivery.
+    /// Show sync health: pending, sent, acknowledged, parked, last delivery and hub
+    /// acknowledgement, disk budget, bootstrap.
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -118,7 +123,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             kafka_brokers,
             topic_prefix,
         ),
-        Command::Run { config } => run(config).await,
+        Command::Run { config, resnapshot } => run(config, resnapshot).await,
         Command::Status { config, json } => status(config, json).await,
         Command::Doctor { config, json } => {
             let path = AgentConfig::locate(config.as_deref());
@@ -270,12 +275,18 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(config: Option<PathBuf>, resnapshot: bool) -> anyhow::Result<()> {
     let cfg = AgentConfig::load(config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another agent running? set `listen` or BAZAAR_AGENT_LISTEN", cfg.listen))?;
-    startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
+    startup::run_with(
+        cfg,
+        listener,
+        bazaar_shared::service::shutdown_signal(),
+        startup::RunOptions { resnapshot },
+    )
+    .await
 }
 
 fn local(
@@ -317,40 +328,147 @@ async fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let status = send(&cfg, local(&cfg, reqwest::Method::GET, "/v1/status")?).await?;
     if json {
         println!("{}", serde_json::to_string(&status)?);
-        return Ok(());
+    } else {
+        print!("{}", render_status(&status));
     }
-    let field = |k: &str| match &status[k] {
+    Ok(())
+}
+
+/// `bazaar-agent status` for people: one line per figure, `-` for what is not known yet.
+fn render_status(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_string(),
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    println!("store             {}", field("store"));
-    println!(
-        "online            {} (broker {}, hub {})",
-        field("online"),
-        field("broker_online"),
-        field("hub_online")
+    let field = |k: &str| text(&status[k]);
+    let boot = &status["bootstrap"];
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(out, "{label:<18}{value}");
+    };
+    line("store", field("store"));
+    line(
+        "online",
+        format!(
+            "{} (broker {}, hub {})",
+            field("online"),
+            field("broker_online"),
+            field("hub_online")
+        ),
     );
-    println!(
-        "pending           {} (oldest {} s)",
-        field("pending"),
-        field("oldest_pending_age_s")
+    line(
+        "pending",
+        format!(
+            "{} (oldest {} s)",
+            field("pending"),
+            field("oldest_pending_age_s")
+        ),
     );
-    println!("sent, not acked   {}", field("sent"));
-    println!("parked            {}", field("parked"));
-    println!(
-        "last seq          {} (hub has applied {})",
-        field("last_seq"),
-        field("hub_applied_seq")
+    line("sent, not acked", field("sent"));
+    line("acked (kept)", field("acked"));
+    line("parked", field("parked"));
+    line(
+        "last seq",
+        format!(
+            "{} (hub has applied {})",
+            field("last_seq"),
+            field("hub_applied_seq")
+        ),
     );
-    println!("last delivery     {}", field("last_delivery_at"));
-    println!("last hub ack      {}", field("last_ack_at"));
-    println!(
-        "disk budget used  {:.1}%",
-        status["disk_budget_used"].as_f64().unwrap_or(0.0) * 100.0
+    line("last delivery", field("last_delivery_at"));
+    line(
+        "last hub ack",
+        format!(
+            "{} (seq {})",
+            field("last_ack_at"),
+            field("hub_applied_seq")
+        ),
     );
-    if let Some(e) = status["last_error"].as_str() {
-        println!("last error        {e}");
+    line(
+        "hub commands",
+        format!("applied to hub_seq {}", field("hub_watermark")),
+    );
+    line(
+        "disk budget used",
+        format!(
+            "{:.1}% ({} of {} MiB){}",
+            status["disk_budget_used"].as_f64().unwrap_or(0.0) * 100.0,
+            status["disk_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
+            status["disk_budget_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
+            if status["over_budget"] == true {
+                " OVER BUDGET"
+            } else {
+                ""
+            }
+        ),
+    );
+    let snapshot = match &boot["snapshot"] {
+        serde_json::Value::Null => String::new(),
+        s => format!(
+            ", snapshot at seq {} / hub_seq {} as of {}",
+            text(&s["last_seq"]),
+            text(&s["last_hub_seq"]),
+            text(&s["as_of"])
+        ),
+    };
+    let mut bootstrap = format!("{}{snapshot}", text(&boot["state"]));
+    if boot["state"] == "downloading" {
+        let _ = write!(
+            bootstrap,
+            " ({} of {} skus)",
+            text(&boot["skus_received"]),
+            text(&boot["skus_total"])
+        );
     }
-    Ok(())
+    if let Some(at) = boot["bootstrapped_at"].as_str() {
+        let _ = write!(bootstrap, ", installed {at}");
+    }
+    if let Some(detail) = boot["detail"].as_str() {
+        let _ = write!(bootstrap, ": {detail}");
+    }
+    line("bootstrap", bootstrap);
+    if let Some(e) = status["last_error"].as_str() {
+        line("last error", e.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_status;
+
+    #[test]
+    fn status_for_people_shows_every_figure() {
+        let status = serde_json::json!({
+            "store": "S1", "online": false, "broker_online": false, "hub_online": true,
+            "pending": 12, "oldest_pending_age_s": 40, "sent": 3, "acked": 100, "parked": 1,
+            "last_seq": 115, "hub_applied_seq": 100, "last_delivery_at": "2026-11-26T10:00:00.000Z",
+            "last_ack_at": "2026-11-26T10:00:01.000Z", "hub_watermark": 7,
+            "disk_bytes": 3 * 1024 * 1024, "disk_budget_bytes": 4 * 1024 * 1024,
+            "disk_budget_used": 0.75, "over_budget": false, "last_error": "broker unreachable",
+            "bootstrap": {"state": "done", "detail": null, "skus_received": 0, "skus_total": 0,
+                "bootstrapped_at": "2026-11-26T09:00:00.000Z", "resnapshot_requested": false,
+                "snapshot": {"last_seq": 90, "last_hub_seq": 5, "as_of": "2026-11-26T08:59:59Z", "skus": 40}}
+        });
+        let text = render_status(&status);
+        for expected in [
+            "pending           12 (oldest 40 s)",
+            "sent, not acked   3",
+            "acked (kept)      100",
+            "parked            1",
+            "last hub ack      2026-11-26T10:00:01.000Z (seq 100)",
+            "last delivery     2026-11-26T10:00:00.000Z",
+            "disk budget used  75.0% (3 of 4 MiB)",
+            "bootstrap         done, snapshot at seq 90 / hub_seq 5 as of 2026-11-26T08:59:59Z, installed 2026-11-26T09:00:00.000Z",
+            "last error        broker unreachable",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+        }
+        let waiting = serde_json::json!({"bootstrap": {"state": "waiting_for_hub",
+            "detail": "the hub cannot serve the snapshot yet (503 catching_up)"}});
+        assert!(render_status(&waiting)
+            .contains("bootstrap         waiting_for_hub: the hub cannot serve the snapshot yet"));
+    }
 }

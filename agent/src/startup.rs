@@ -28,6 +28,7 @@ pub struct Agent {
     pump_reader: Arc<Mutex<Connection>>,
     pub sync: SyncStatus,
     pub commands: crate::commands::CommandStats,
+    pub bootstrap: crate::bootstrap::BootstrapState,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,6 +40,8 @@ pub struct Status {
     pub first_contact_done: bool,
     pub pending: u64,
     pub sent: u64,
+    /// Acknowledged by the hub and still kept here (older rows are compacted).
+    pub acked: u64,
     pub parked: u64,
     pub last_seq: u64,
     pub oldest_pending_age_s: Option<i64>,
@@ -46,6 +49,8 @@ pub struct Status {
     pub hub_applied_seq: u64,
     pub last_ack_at: Option<String>,
     pub disk_bytes: u64,
+    pub disk_budget_bytes: u64,
+    /// `disk_bytes` over `disk_budget_bytes`: past 1.0 the outbox is over its budget.
     pub disk_budget_used: f64,
     pub over_budget: bool,
     /// The last hub-origin movement applied (its hub_seq).
@@ -54,6 +59,7 @@ pub struct Status {
     pub commands_forged: u64,
     pub open_alerts: u64,
     pub last_error: Option<String>,
+    pub bootstrap: crate::bootstrap::BootstrapStatus,
 }
 
 impl Agent {
@@ -77,6 +83,7 @@ impl Agent {
             pump_reader: Arc::new(Mutex::new(pump_reader)),
             sync: SyncStatus::default(),
             commands: Default::default(),
+            bootstrap: crate::bootstrap::BootstrapState::new(false),
         };
         let existing = agent.read_blocking(|c| ledger::get_meta(c, ledger::META_STORE))?;
         match existing {
@@ -85,6 +92,9 @@ impl Agent {
                 agent.config.data_dir.display()
             ),
             _ => {}
+        }
+        if !agent.read_blocking(crate::bootstrap::needed)? {
+            agent.bootstrap.set(crate::bootstrap::Phase::Done, None);
         }
         Ok(agent)
     }
@@ -135,8 +145,18 @@ impl Agent {
     }
 
     pub async fn status(&self) -> Result<Status, ApiError> {
-        let (counts, last_delivery_at, hub_applied, last_ack_at, open_alerts, watermark, forged) =
-            self.read(|c| {
+        let progress = self.bootstrap.get();
+        let (
+            counts,
+            last_delivery_at,
+            hub_applied,
+            last_ack_at,
+            open_alerts,
+            watermark,
+            forged,
+            bootstrap,
+        ) = self
+            .read(move |c| {
                 // One read transaction: every figure from the same snapshot, so pending and
                 // sent never double-count a row the pump moved in between.
                 let snapshot = c.unchecked_transaction()?;
@@ -149,6 +169,7 @@ impl Agent {
                     crate::housekeeping::alerts(c, false, 1000)?,
                     ledger::get_meta(c, ledger::META_HUB_WATERMARK)?,
                     ledger::get_meta(c, crate::commands::META_FORGED)?,
+                    crate::bootstrap::status(c, progress)?,
                 ))
             })
             .await?;
@@ -170,6 +191,7 @@ impl Agent {
             first_contact_done: self.sync.first_contact_done.load(Ordering::Relaxed),
             pending: counts.pending,
             sent: counts.sent,
+            acked: counts.acked,
             parked: counts.parked,
             last_seq: counts.last_seq,
             oldest_pending_age_s,
@@ -177,6 +199,7 @@ impl Agent {
             hub_applied_seq: hub_applied.and_then(|v| v.parse().ok()).unwrap_or(0),
             last_ack_at,
             disk_bytes,
+            disk_budget_bytes: self.config.disk_budget_bytes,
             disk_budget_used: disk_bytes as f64 / self.config.disk_budget_bytes.max(1) as f64,
             over_budget: open_alerts
                 .iter()
@@ -185,8 +208,17 @@ impl Agent {
             hub_watermark: watermark.and_then(|v| v.parse().ok()).unwrap_or(0),
             commands_forged: forged.and_then(|v| v.parse().ok()).unwrap_or(0),
             last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
+            bootstrap,
         })
     }
+}
+
+/// How `run` starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Download and install the store's snapshot before sending, even if this ledger has
+    /// one already (`bazaar-agent run --resnapshot`).
+    pub resnapshot: bool,
 }
 
 /// Serves the local API on `listener` and runs the sync pump until `shutdown` resolves,
@@ -196,19 +228,52 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, RunOptions::default()).await
+}
+
+pub async fn run_with(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: RunOptions,
+) -> anyhow::Result<()> {
     let hub = HubClient::new(&config)?;
     let agent = Arc::new(Agent::open(config)?);
     let store = agent.config.store.to_string();
+    let resnapshot = options.resnapshot;
     agent
         .writer
-        .write(move |c| ledger::set_meta(c, ledger::META_STORE, &store))
+        .write(move |c| {
+            ledger::set_meta(c, ledger::META_STORE, &store)?;
+            if resnapshot {
+                crate::bootstrap::request_resnapshot(c)?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
         .await
         .map_err(|e| anyhow::anyhow!("cannot write to the local database: {e}"))?;
+    if resnapshot {
+        agent
+            .bootstrap
+            .set(crate::bootstrap::Phase::WaitingForHub, None);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let pump = tokio::spawn(sync::run(agent.clone(), hub, stop_rx.clone()));
+    // The API takes movements at once; sending and following hub commands wait for
+    // bootstrap, so neither acts on a ledger that may still be replaced by a snapshot.
+    let sync_task = tokio::spawn({
+        let agent = agent.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            if !crate::bootstrap::ensure(&agent, &mut stop).await {
+                return;
+            }
+            let commands = tokio::spawn(crate::commands::run(agent.clone(), stop.clone()));
+            sync::run(agent, hub, stop).await;
+            let _ = commands.await;
+        }
+    });
     let housekeeping = tokio::spawn(crate::housekeeping::run(agent.clone(), stop_rx.clone()));
-    let commands = tokio::spawn(crate::commands::run(agent.clone(), stop_rx.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, store = %agent.config.store, "agent listening");
     let mut server_stop = stop_rx.clone();
@@ -221,8 +286,7 @@ pub async fn run(
     tracing::info!("shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = server.await;
-    let _ = pump.await;
+    let _ = sync_task.await;
     let _ = housekeeping.await;
-    let _ = commands.await;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The sync pump: pending ledger rows, in seq order, to `{prefix}movements`.
 //!
 //! Rules (DESIGN §5–§6):
-//! - Nothing is sent before the hub has told us the store's `last_seq` once (first
-//!   contact), so a re-installed agent never reuses a seq; movements are still accepted.
+//! - Nothing is sent before the store's snapshot is installed (`bootstrap`), so a
+//!   re-installed agent never reuses a seq; movements are still accepted meanwhile.
 //! - The producer is idempotent with `acks=all`; a row becomes `sent` only when its
 //!   delivery report succeeds. A failed or missing report leaves it `pending`: it is
 //!   produced again, and the hub's (store, origin, seq) check makes that harmless.
@@ -44,7 +44,7 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
-    fn set_error(&self, error: Option<String>) {
+    pub(crate) fn set_error(&self, error: Option<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = error;
         }
@@ -70,8 +70,17 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow()
 }
 
+/// Sends the outbox and follows the hub's acknowledgements. Runs only after
+/// [`crate::bootstrap::ensure`] has let this ledger send (see `startup`); as a last guard,
+/// a ledger that has never heard from the hub sends nothing.
 pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
-    if !first_contact(&agent, &hub, &mut shutdown).await {
+    let may_send = agent
+        .read(|conn| crate::bootstrap::needed(conn))
+        .await
+        .map(|needed| !needed)
+        .unwrap_or(false);
+    if !may_send {
+        tracing::error!("the sync pump started before bootstrap finished; nothing will be sent");
         return;
     }
     let topics = Topics::with_prefix(&agent.config.topic_prefix);
@@ -111,75 +120,6 @@ fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError>
         .set("message.timeout.ms", "15000")
         .set("queue.buffering.max.messages", "200000")
         .create()
-}
-
-/// Waits for the hub's answer, then renumbers provisional rows past its `last_seq`.
-async fn first_contact(
-    agent: &Arc<Agent>,
-    hub: &HubClient,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let already = agent
-        .read(|conn| ledger::get_meta(conn, ledger::META_HUB_CONFIRMED))
-        .await
-        .ok()
-        .flatten()
-        .is_some();
-    if already {
-        agent.sync.first_contact_done.store(true, Ordering::Relaxed);
-        return true;
-    }
-    let mut backoff = Backoff::new();
-    let mut warned = false;
-    loop {
-        if stopping(shutdown) {
-            return false;
-        }
-        match hub.store_state().await {
-            Ok(state) => {
-                let last_seq = state.last_seq;
-                let at = ledger::now_rfc3339();
-                let outcome = agent
-                    .writer
-                    .write(move |conn| {
-                        let shift = ledger::rebase_on_first_contact(conn, last_seq)?;
-                        ledger::mark_acked(conn, last_seq, &at)?;
-                        Ok::<_, ledger::RebaseError>(shift)
-                    })
-                    .await;
-                match outcome {
-                    Ok(shift) => {
-                        tracing::info!(
-                            hub_last_seq = last_seq,
-                            shift,
-                            "first contact with the hub; sending begins"
-                        );
-                        agent.sync.hub_online.store(true, Ordering::Relaxed);
-                        agent.sync.first_contact_done.store(true, Ordering::Relaxed);
-                        agent.sync.set_error(None);
-                        return true;
-                    }
-                    Err(e) => {
-                        let message = e.to_string();
-                        tracing::error!(error = %message, "first contact refused; nothing will be sent");
-                        agent.sync.set_error(Some(message));
-                    }
-                }
-            }
-            Err(e) => {
-                agent.sync.hub_online.store(false, Ordering::Relaxed);
-                agent.sync.set_error(Some(format!("{e:#}")));
-                if !warned {
-                    tracing::warn!(error = %format!("{e:#}"), "waiting for the hub before the first send; movements are accepted meanwhile");
-                    warned = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = backoff.wait() => {}
-            _ = shutdown.changed() => return false,
-        }
-    }
 }
 
 /// A producer lives only as long as its deliveries succeed. After any failure it is

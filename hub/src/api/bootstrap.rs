@@ -1,16 +1,153 @@
-//! Store snapshots for a re-installed or re-snapshotting agent (DESIGN §6).
+//! Store snapshots for a re-installed or re-snapshotting agent (DESIGN §6):
+//! `GET /v1/stores/{store}/snapshot[?cursor=&limit=]`, admin or the store's own token.
+//!
+//! The first page (no cursor) is served only once this hub's consumer group has consumed
+//! the store's partition to its end; until then `503 catching_up` with `Retry-After`.
+//! Later pages are pinned to the first page's (last_seq, last_hub_seq) by their cursor and
+//! refused with `409 snapshot_moved` if the store moved on; see [`crate::snapshot`].
 
 use std::sync::Arc;
 
+use bazaar_shared::http::ApiError;
+use bazaar_shared::StoreId;
+use serde::Deserialize;
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Filter;
+use warp::{Filter, Rejection, Reply};
 
+use super::{auth, with_hub, Principal};
+use crate::snapshot::{self, Cursor, PageOutcome, ProbeError};
 use crate::startup::Hub;
+use crate::stores;
 
-pub fn routes(_hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
-    // Placeholder until the routes of this module land: matches nothing.
-    warp::any()
-        .and_then(|| async { Err::<Response, _>(warp::reject::not_found()) })
-        .boxed()
+/// Catching up is usually a matter of one ingest batch and one offset commit (500 ms).
+const RETRY_CATCHING_UP_SECS: u64 = 1;
+const RETRY_BROKER_SECS: u64 = 2;
+/// How long a request waits for ingest to reach the end it saw before answering 503.
+const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
+    snapshot_route(hub).boxed()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+fn snapshot_route(hub: Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "stores" / String / "snapshot")
+        .and(warp::get())
+        .and(auth(hub.clone()))
+        .and(warp::query::<SnapshotQuery>())
+        .and(with_hub(hub))
+        .and_then(
+            |raw: String, who: Principal, query: SnapshotQuery, hub: Arc<Hub>| async move {
+                serve(&hub, raw, &who, query).await.map_err(Rejection::from)
+            },
+        )
+}
+
+fn unavailable(code: &'static str, message: String, retry_after: u64) -> ApiError {
+    let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    error.retry_after_secs = Some(retry_after);
+    error
+}
+
+async fn serve(
+    hub: &Hub,
+    raw_store: String,
+    who: &Principal,
+    query: SnapshotQuery,
+) -> Result<Response, ApiError> {
+    let store = StoreId::parse(raw_store).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    who.may_act_on(&store)?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            Cursor::parse(raw).ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "cursor {raw:?} is not one this hub handed out; start again without a cursor"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = match query.limit {
+        None => snapshot::DEFAULT_PAGE,
+        Some(l) if (1..=snapshot::MAX_PAGE).contains(&l) => l,
+        Some(l) => {
+            return Err(ApiError::unprocessable(format!(
+                "limit {l} must be between 1 and {}",
+                snapshot::MAX_PAGE
+            )))
+        }
+    };
+    if cursor.is_none() {
+        if !stores::exists(&hub.pool, &store)
+            .await
+            .map_err(|e| ApiError::internal("could not read stores", e))?
+        {
+            return Err(ApiError::not_found(format!(
+                "store {store} is not registered"
+            )));
+        }
+        // Later pages are pinned to the first page's positions, so one check suffices.
+        match snapshot::wait_consumed(&hub.consumed, &store, CATCH_UP_PATIENCE).await {
+            Ok(None) => {}
+            Ok(Some(progress)) => {
+                return Err(unavailable(
+                    "catching_up",
+                    format!(
+                        "this hub has not yet consumed {} partition {} to its end ({} messages to go); retry shortly",
+                        progress.topic,
+                        progress.partition,
+                        progress.behind()
+                    ),
+                    RETRY_CATCHING_UP_SECS,
+                ))
+            }
+            Err(e @ ProbeError::NoTopic(_)) => {
+                return Err(unavailable("catching_up", e.to_string(), RETRY_BROKER_SECS))
+            }
+            Err(e @ ProbeError::Broker(_)) => {
+                tracing::warn!(error = %e, %store, "cannot tell whether ingest has caught up");
+                return Err(unavailable(
+                    "broker_unavailable",
+                    format!("cannot tell whether this hub has caught up with the store's movements: {e}"),
+                    RETRY_BROKER_SECS,
+                ));
+            }
+        }
+    }
+    // The primary, never a replica: see `crate::snapshot`.
+    let outcome = snapshot::read_page(&hub.pool, &store, cursor.as_ref(), limit)
+        .await
+        .map_err(|e| ApiError::internal("could not read the snapshot", e))?;
+    match outcome {
+        PageOutcome::Page(page) => Ok(warp::reply::json(&page).into_response()),
+        PageOutcome::NotRegistered => {
+            Err(ApiError::not_found(format!("store {store} is not registered")))
+        }
+        PageOutcome::Moved { now } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "snapshot_moved",
+            format!(
+                "store {store} moved on to last_seq {}, last_hub_seq {} since the first page; start again without a cursor",
+                now.last_seq, now.last_hub_seq
+            ),
+        )),
+        PageOutcome::Held { count, positions } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "held_movements",
+            format!(
+                "the hub holds {count} movements of store {store} waiting for seq {} to arrive; \
+                 a new agent cannot continue the store's numbering until an operator resolves them",
+                positions.last_seq + 1
+            ),
+        )),
+    }
 }
