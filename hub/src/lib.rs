@@ -20,5 +20,6 @@ pub mod plan;
 pub mod queries;
 pub mod ratelimit;
 pub mod redis_link;
+pub mod snapshot;
 pub mod startup;
 pub mod stores;

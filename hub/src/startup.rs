@@ -30,6 +30,8 @@ pub struct Hub {
     pub cache: StockCache,
     pub get_stock_limit: RateLimiter,
     pub http_metrics: HttpMetrics,
+    /// How far this hub's consumer group has read each store's partition (snapshots).
+    pub consumed: Arc<crate::snapshot::ConsumedProbe>,
 }
 
 impl Hub {
@@ -83,6 +85,11 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
     // Connect now (and start this process's cache generation); Redis being down is not
     // an error: the link warns once and keeps retrying in the background.
     redis.connect().await;
+    let consumed = Arc::new(crate::snapshot::ConsumedProbe::new(
+        &config.kafka_brokers,
+        &config.kafka_group,
+        &Topics::with_prefix(&config.topic_prefix).movements,
+    ));
     Ok(Arc::new(Hub {
         config,
         pool,
@@ -91,6 +98,7 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         cache,
         get_stock_limit,
         http_metrics: HttpMetrics::default(),
+        consumed,
     }))
 }
 
