@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     pub stock_cache_ttl_secs: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub replica_max_lag_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct HubConfig {
     pub stock_cache_ttl_secs: u64,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Reads leave the replica when it is further behind the primary than this.
+    pub replica_max_lag_ms: u64,
 }
 
 impl HubConfig {
@@ -89,6 +92,12 @@ impl HubConfig {
                 format!("BAZAAR_HUB_STOCK_CACHE_TTL_SECS={raw:?} is not a whole number of seconds")
             })?,
             None => file.stock_cache_ttl_secs.unwrap_or(3600),
+        };
+        let replica_max_lag_ms = match var("REPLICA_MAX_LAG_MS") {
+            Some(raw) => raw.parse().with_context(|| {
+                format!("BAZAAR_HUB_REPLICA_MAX_LAG_MS={raw:?} is not a whole number of milliseconds")
+            })?,
+            None => file.replica_max_lag_ms.unwrap_or(1000),
         };
         let proxies: Vec<String> = match var("TRUSTED_PROXIES") {
             Some(raw) => raw
@@ -138,6 +147,7 @@ impl HubConfig {
                 .unwrap_or_else(|| "bazaar:".into()),
             stock_cache_ttl_secs: ttl,
             trusted_proxies,
+            replica_max_lag_ms,
         })
     }
 }
@@ -195,5 +205,16 @@ mod tests {
         );
         assert_eq!(cfg.stock_cache_ttl_secs, 0);
         assert_eq!(cfg.redis_prefix, "bazaar:");
+        assert_eq!(cfg.replica_max_lag_ms, 1000);
+        let cfg = HubConfig::from_layers(FileConfig::default(), |n| {
+            (n == "BAZAAR_HUB_REPLICA_MAX_LAG_MS").then(|| "250".into())
+        })
+        .unwrap();
+        assert_eq!(cfg.replica_max_lag_ms, 250);
+        let err = HubConfig::from_layers(FileConfig::default(), |n| {
+            (n == "BAZAAR_HUB_REPLICA_MAX_LAG_MS").then(|| "1s".into())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("BAZAAR_HUB_REPLICA_MAX_LAG_MS"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod queries;
 pub mod ratelimit;
 pub mod redis_link;
+pub mod replica;
 pub mod snapshot;
 pub mod startup;
 pub mod stores;

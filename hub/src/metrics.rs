@@ -160,6 +160,7 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         hub.get_stock_limit.route(),
         hub.get_stock_limit.denied()
     );
+    hub.reads.render_metrics(&mut out);
     let [applied, duplicates, held, parked] = hub.ingest.totals();
     scalar(
         &mut out,

@@ -21,6 +21,7 @@ use crate::ingest::{self, BatchOutcome};
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::redis_link::RedisLink;
+use crate::replica::ReadRouter;
 
 pub struct Hub {
     pub config: HubConfig,
@@ -30,21 +31,32 @@ pub struct Hub {
     pub cache: StockCache,
     pub get_stock_limit: RateLimiter,
     pub http_metrics: HttpMetrics,
+    /// Chooses primary or replica for every read (`reader`, `wrote`).
+    pub reads: ReadRouter,
     /// How far this hub's consumer group has read each store's partition (snapshots).
     pub consumed: Arc<crate::snapshot::ConsumedProbe>,
 }
 
 impl Hub {
-    /// The pool a read for `who` should use. Reads belong on a replica (DESIGN §7), with
-    /// the primary as fallback when the replica is down, lags past the bound, or `who`
-    /// has just written through the hub (read-your-writes).
-    // Seam: replica routing lands in `db`; until then every read uses the primary.
-    pub async fn reader(&self, _who: Option<&crate::api::Principal>) -> &MySqlPool {
-        &self.pool
+    /// The pool a read for `who` should use: the replica while it replicates within
+    /// `BAZAAR_HUB_REPLICA_MAX_LAG_MS` and has applied `who`'s own writes, else the primary
+    /// (DESIGN §7; see [`crate::replica`]). Call it for every read-only query; `None` for
+    /// an anonymous read.
+    pub async fn reader(&self, who: Option<&crate::api::Principal>) -> &MySqlPool {
+        self.reads.pool_for(who).await
     }
 
-    /// Records that `who` has just written through the hub, so its next reads see it.
-    pub fn wrote(&self, _who: &crate::api::Principal) {}
+    /// Records that `who` has just committed a write on the primary through this hub, so
+    /// that its next reads, on any hub instance, see it. Call it after the commit.
+    pub async fn wrote(&self, who: &crate::api::Principal) {
+        self.reads.wrote(who).await
+    }
+
+    /// For `/readyz`: `None` without a replica; `Some(Ok)` while reads go to it;
+    /// `Some(Err(why))` while they fall back to the primary (the hub still serves them).
+    pub fn replica_ready(&self) -> Option<Result<(), String>> {
+        self.reads.replica_ready()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -85,6 +97,12 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
     // Connect now (and start this process's cache generation); Redis being down is not
     // an error: the link warns once and keeps retrying in the background.
     redis.connect().await;
+    let reads = ReadRouter::new(
+        pool.clone(),
+        config.mysql_replica_url.as_ref().map(|u| u.expose()),
+        Duration::from_millis(config.replica_max_lag_ms),
+        redis.clone(),
+    )?;
     let consumed = Arc::new(crate::snapshot::ConsumedProbe::new(
         &config.kafka_brokers,
         &config.kafka_group,
@@ -98,6 +116,7 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         cache,
         get_stock_limit,
         http_metrics: HttpMetrics::default(),
+        reads,
         consumed,
     }))
 }

@@ -246,7 +246,7 @@ fn store_stock(
                 let store = store_param(store)?;
                 let sku = sku_param(sku)?;
                 who.may_act_on(&store)?;
-                let (figure, _) = lookup_stock(&hub, &store, &sku).await?;
+                let (figure, _) = lookup_stock(&hub, Some(&who), &store, &sku).await?;
                 Ok::<_, Rejection>(warp::reply::json(&figure))
             },
         )
@@ -270,9 +270,11 @@ impl Source {
 
 /// Redis first, then MySQL; a miss is filled from the primary (compare-and-set on the
 /// version, so a slow fill never overwrites a newer refresh). Only registered stores are
-/// ever cached, so a hit needs no store check.
+/// ever cached, so a hit needs no store check. With the cache off or Redis down, the read
+/// goes where [`Hub::reader`] sends `who`'s reads (the replica when it can serve them).
 pub(crate) async fn lookup_stock(
     hub: &Hub,
+    who: Option<&Principal>,
     store: &StoreId,
     sku: &Sku,
 ) -> Result<(stores::StockFigure, Source), ApiError> {
@@ -281,19 +283,25 @@ pub(crate) async fn lookup_stock(
         Lookup::Miss { generation } => Some(generation),
         Lookup::Unavailable => None,
     };
-    let figure = read_stock(hub, store, sku).await?;
-    if let Some(generation) = generation {
-        hub.cache.store(&figure, &generation).await;
-    }
+    let figure = match generation {
+        // What goes into the cache must be the primary's figure: a replica's could be
+        // older than a refresh that has not happened yet.
+        Some(generation) => {
+            let figure = read_stock(&hub.pool, store, sku).await?;
+            hub.cache.store(&figure, &generation).await;
+            figure
+        }
+        None => read_stock(hub.reader(who).await, store, sku).await?,
+    };
     Ok((figure, Source::Database))
 }
 
 pub(crate) async fn read_stock(
-    hub: &Hub,
+    db: &sqlx::MySqlPool,
     store: &StoreId,
     sku: &Sku,
 ) -> Result<stores::StockFigure, ApiError> {
-    if !stores::exists(&hub.pool, store)
+    if !stores::exists(db, store)
         .await
         .map_err(|e| ApiError::internal("could not read stores", e))?
     {
@@ -301,7 +309,7 @@ pub(crate) async fn read_stock(
             "store {store} is not registered"
         )));
     }
-    match stores::stock_figure(&hub.pool, store, sku).await {
+    match stores::stock_figure(db, store, sku).await {
         Ok(Some(figure)) => Ok(figure),
         Ok(None) => Err(ApiError::not_found(format!(
             "sku {sku} is unknown at this hub (no product record, no movement)"
@@ -334,12 +342,14 @@ fn seed_get_stock(
             |store: String, sku: String, header: Option<String>, hub: Arc<Hub>| async move {
                 let store = store_param(store)?;
                 let sku = sku_param(sku)?;
-                if !hub.config.open_get_stock {
-                    authenticate(&hub, header.as_deref())
-                        .await?
-                        .may_act_on(&store)?;
-                }
-                let (figure, source) = lookup_stock(&hub, &store, &sku).await?;
+                let who = if hub.config.open_get_stock {
+                    None
+                } else {
+                    let who = authenticate(&hub, header.as_deref()).await?;
+                    who.may_act_on(&store)?;
+                    Some(who)
+                };
+                let (figure, source) = lookup_stock(&hub, who.as_ref(), &store, &sku).await?;
                 Ok::<_, Rejection>(warp::reply::json(&SeedStock {
                     store_id: figure.store,
                     product_id: figure.sku,
