@@ -192,6 +192,39 @@ pub async fn announce_bulk_state(
         .await?)
 }
 
+/// The notice a transfer_out sends to the receiving store.
+pub fn expected_transfer(transfer_out: &Envelope) -> CommandBody {
+    CommandBody::ExpectedTransfer {
+        transfer_id: transfer_out.id,
+        from_store: transfer_out.store.clone(),
+        sku: transfer_out.sku.clone(),
+        qty: -transfer_out.delta,
+        reference: transfer_out.reference.clone(),
+        sent_at: transfer_out.occurred_at,
+    }
+}
+
+/// Tells a transfer_out's receiving store that goods are on their way; `None` (and
+/// nothing written) when that store is not registered here. The receiving store's counter
+/// should already be locked in the caller's sorted lock order (see the module's notes).
+pub async fn announce_transfer(
+    conn: &mut MySqlConnection,
+    transfer_out: &Envelope,
+) -> Result<Option<u64>, OutboxError> {
+    let Some(to) = transfer_out.to_store.as_ref() else {
+        return Ok(None);
+    };
+    let mut counter = match Counter::lock(conn, to).await {
+        Ok(c) => c,
+        Err(OutboxError::UnknownStore(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    counter
+        .push_command(conn, expected_transfer(transfer_out))
+        .await
+        .map(Some)
+}
+
 /// Asks `store`'s agent to download its snapshot again; returns the hub_seq used.
 pub async fn request_resnapshot(
     conn: &mut MySqlConnection,
