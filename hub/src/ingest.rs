@@ -146,7 +146,7 @@ fn store_offsets(
     consumer.store_offsets(&list)
 }
 
-fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+pub(crate) fn is_retryable_conflict(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
@@ -225,12 +225,22 @@ async fn apply_in(
     let stores: Vec<String> = by_store.keys().cloned().collect();
     let mut watermarks: HashMap<String, u64> = HashMap::new();
     let mut keys: HashMap<String, String> = HashMap::new();
+    // The receiving stores of this batch's transfers get a notice that takes their hub_seq
+    // (crate::outbox): their counter rows join the one sorted lock set.
+    let lock_set: BTreeSet<String> = stores
+        .iter()
+        .cloned()
+        .chain(by_store.values().flatten().filter_map(|m| {
+            let e = &m.received.envelope;
+            (e.kind == Kind::TransferOut).then(|| e.to_store.as_ref().map(|s| s.to_string()))?
+        }))
+        .collect();
     if !stores.is_empty() {
         // Sorted store order: every hub instance locks in the same order.
         let mut q =
             QueryBuilder::<MySql>::new("SELECT store, last_seq FROM store_sync WHERE store IN (");
         let mut sep = q.separated(", ");
-        for s in &stores {
+        for s in &lock_set {
             sep.push_bind(s);
         }
         q.push(") ORDER BY store FOR UPDATE");
@@ -342,6 +352,7 @@ async fn apply_in(
     }
 
     write_ledger(tx, &ledger, now).await?;
+    announce_transfers(tx, &ledger.rows).await?;
     touched.extend(ledger.stock.keys().cloned());
     for (store, last, latest_event) in &new_watermarks {
         sqlx::query(
@@ -393,6 +404,23 @@ async fn apply_in(
         q.build().execute(&mut **tx).await?;
     }
     Ok(outcome)
+}
+
+/// Every applied transfer_out tells its receiving store, in this transaction, that goods
+/// are on their way (DESIGN §5). A transfer to a store this hub does not know sends none.
+async fn announce_transfers(
+    tx: &mut Transaction<'_, MySql>,
+    rows: &[(Envelope, i64)],
+) -> Result<(), sqlx::Error> {
+    for (e, _) in rows.iter().filter(|(e, _)| e.kind == Kind::TransferOut) {
+        match crate::outbox::announce_transfer(&mut **tx, e).await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::info!(store = %e.store, to_store = ?e.to_store, "transfer to a store this hub does not know; no notice sent"),
+            Err(crate::outbox::OutboxError::Database(db)) => return Err(db),
+            Err(other) => tracing::error!(error = %other, "cannot announce a transfer to its receiving store"),
+        }
+    }
+    Ok(())
 }
 
 async fn applied_ids(

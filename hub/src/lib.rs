@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod hub_movements;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
