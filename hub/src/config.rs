@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     pub stock_cache_ttl_secs: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub forecast_at: Option<String>,
+    pub push_thresholds: Option<bool>,
+    pub stale_store_after_secs: Option<u64>,
+    pub service_level: Option<f64>,
     pub replica_max_lag_ms: Option<u64>,
 }
 
@@ -49,6 +53,79 @@ pub struct HubConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// Reads leave the replica when it is further behind the primary than this.
     pub replica_max_lag_ms: u64,
+    /// Intelligence settings (thresholds, alerts, the forecast job).
+    pub intelligence: IntelligenceConfig,
+}
+
+/// `BAZAAR_HUB_FORECAST_AT`, `BAZAAR_HUB_PUSH_THRESHOLDS`, `BAZAAR_HUB_STALE_STORE_AFTER_SECS`,
+/// `BAZAAR_HUB_SERVICE_LEVEL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntelligenceConfig {
+    /// UTC time of day of the nightly forecast run; `None` (unset): no nightly run.
+    pub forecast_at: Option<chrono::NaiveTime>,
+    /// Forecast-derived reorder points and maxima become the lowest level of the thresholds
+    /// (at the hub and in the stores' documents).
+    pub push_thresholds: bool,
+    /// A store with no movement or sync for longer than this is stale; 0 turns it off.
+    pub stale_store_after_secs: u64,
+    /// Cycle service level of the reorder points, in (0.5, 1).
+    pub service_level: f64,
+}
+
+impl Default for IntelligenceConfig {
+    fn default() -> Self {
+        IntelligenceConfig {
+            forecast_at: None,
+            push_thresholds: false,
+            stale_store_after_secs: 1800,
+            service_level: 0.95,
+        }
+    }
+}
+
+impl IntelligenceConfig {
+    fn from_layers(
+        file: &FileConfig,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<IntelligenceConfig> {
+        let forecast_at = match var("FORECAST_AT").or_else(|| file.forecast_at.clone()) {
+            Some(raw) => Some(
+                chrono::NaiveTime::parse_from_str(raw.trim(), "%H:%M").with_context(|| {
+                    format!("BAZAAR_HUB_FORECAST_AT={raw:?} is not a UTC time of day HH:MM")
+                })?,
+            ),
+            None => None,
+        };
+        let push_thresholds = match var("PUSH_THRESHOLDS") {
+            Some(raw) => matches!(raw.as_str(), "1" | "true" | "yes"),
+            None => file.push_thresholds.unwrap_or(false),
+        };
+        let stale_store_after_secs = match var("STALE_STORE_AFTER_SECS") {
+            Some(raw) => raw.parse().with_context(|| {
+                format!(
+                    "BAZAAR_HUB_STALE_STORE_AFTER_SECS={raw:?} is not a whole number of seconds"
+                )
+            })?,
+            None => file.stale_store_after_secs.unwrap_or(1800),
+        };
+        let service_level = match var("SERVICE_LEVEL") {
+            Some(raw) => raw
+                .parse()
+                .with_context(|| format!("BAZAAR_HUB_SERVICE_LEVEL={raw:?} is not a number"))?,
+            None => file.service_level.unwrap_or(0.95),
+        };
+        if !(0.5..1.0).contains(&service_level) {
+            anyhow::bail!(
+                "BAZAAR_HUB_SERVICE_LEVEL={service_level} must be at least 0.5 and below 1"
+            );
+        }
+        Ok(IntelligenceConfig {
+            forecast_at,
+            push_thresholds,
+            stale_store_after_secs,
+            service_level,
+        })
+    }
 }
 
 impl HubConfig {
@@ -71,6 +148,7 @@ impl HubConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<HubConfig> {
         let var = |name: &str| env(&format!("BAZAAR_HUB_{name}")).filter(|v| !v.is_empty());
+        let intelligence = IntelligenceConfig::from_layers(&file, var)?;
         let listen_text = var("LISTEN")
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -147,6 +225,7 @@ impl HubConfig {
                 .unwrap_or_else(|| "bazaar:".into()),
             stock_cache_ttl_secs: ttl,
             trusted_proxies,
+            intelligence,
             replica_max_lag_ms,
         })
     }
@@ -216,5 +295,35 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("BAZAAR_HUB_REPLICA_MAX_LAG_MS"), "{err}");
+    }
+
+    #[test]
+    fn intelligence_settings_parse_and_bad_ones_are_named() {
+        let cfg = HubConfig::from_layers(FileConfig::default(), |_| None).unwrap();
+        assert_eq!(cfg.intelligence, IntelligenceConfig::default());
+        let cfg = HubConfig::from_layers(FileConfig::default(), |n| match n {
+            "BAZAAR_HUB_FORECAST_AT" => Some("02:30".into()),
+            "BAZAAR_HUB_PUSH_THRESHOLDS" => Some("true".into()),
+            "BAZAAR_HUB_STALE_STORE_AFTER_SECS" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.intelligence.forecast_at,
+            chrono::NaiveTime::from_hms_opt(2, 30, 0)
+        );
+        assert!(cfg.intelligence.push_thresholds);
+        assert_eq!(cfg.intelligence.stale_store_after_secs, 0);
+        for (name, value) in [
+            ("BAZAAR_HUB_FORECAST_AT", "2am"),
+            ("BAZAAR_HUB_SERVICE_LEVEL", "1.5"),
+            ("BAZAAR_HUB_STALE_STORE_AFTER_SECS", "soon"),
+        ] {
+            let err = HubConfig::from_layers(FileConfig::default(), |n| {
+                (n == name).then(|| value.into())
+            })
+            .unwrap_err();
+            assert!(format!("{err:#}").contains(name), "{err:#}");
+        }
     }
 }

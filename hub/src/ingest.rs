@@ -69,6 +69,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     metrics: crate::startup::IngestCounters,
     cache: crate::cache::StockCache,
+    alerting: std::sync::Arc<crate::alerting::Alerting>,
 ) {
     loop {
         let first = tokio::select! {
@@ -108,6 +109,8 @@ pub async fn run(
         };
         metrics.record(&outcome);
         cache.refresh(&pool, &outcome.touched).await;
+        // Before the offsets: a crash re-delivers the batch and evaluates again.
+        alerting.after_change(&outcome.touched).await;
         if let Err(e) = store_offsets(&consumer, &batch) {
             tracing::warn!(error = %e, "could not store offsets; the batch will be re-delivered and skipped as duplicates");
         }

@@ -7,13 +7,16 @@
 //! `ratelimit` (GCRA per client IP), `metrics` (`/metrics`), and `startup` (the builder
 //! `main` and the tests share).
 
+pub mod alerting;
 pub mod api;
 pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod hub_movements;
+pub mod forecast_job;
 pub mod ingest;
+pub mod lease;
 pub mod metrics;
 pub mod outbox;
 pub mod openapi;
@@ -25,3 +28,4 @@ pub mod replica;
 pub mod snapshot;
 pub mod startup;
 pub mod stores;
+pub mod thresholds;

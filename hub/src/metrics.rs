@@ -161,6 +161,8 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         hub.get_stock_limit.denied()
     );
     hub.reads.render_metrics(&mut out);
+    hub.alerting.render_metrics(&mut out);
+    hub.forecasts.render_metrics(&mut out);
     let [applied, duplicates, held, parked] = hub.ingest.totals();
     scalar(
         &mut out,

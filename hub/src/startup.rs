@@ -35,6 +35,10 @@ pub struct Hub {
     pub reads: ReadRouter,
     /// How far this hub's consumer group has read each store's partition (snapshots).
     pub consumed: Arc<crate::snapshot::ConsumedProbe>,
+    /// Alerts: evaluation after changes, the stale-store check, the alerts-topic relay.
+    pub alerting: Arc<crate::alerting::Alerting>,
+    /// The forecast job's state in this hub (runs hold a Redis lease across hubs).
+    pub forecasts: crate::forecast_job::ForecastJobs,
 }
 
 impl Hub {
@@ -108,7 +112,14 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         &config.kafka_group,
         &Topics::with_prefix(&config.topic_prefix).movements,
     ));
+    let alerting = Arc::new(crate::alerting::Alerting::new(
+        pool.clone(),
+        &config.intelligence,
+    ));
+    let forecasts = crate::forecast_job::ForecastJobs::new(redis.clone(), &instance_name());
     Ok(Arc::new(Hub {
+        alerting,
+        forecasts,
         config,
         pool,
         ingest: IngestCounters::default(),
@@ -131,6 +142,7 @@ pub async fn run(
     let hub = build(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer_task = tokio::spawn(consume(hub.clone(), stop_rx.clone()));
+    let intelligence_tasks = spawn_intelligence(&hub, &stop_rx);
     let address = listener.local_addr()?;
     tracing::info!(%address, "hub listening");
     let mut server_stop = stop_rx.clone();
@@ -143,9 +155,68 @@ pub async fn run(
     tracing::info!("shutting down: finishing the batch in hand and requests in flight");
     let _ = stop_tx.send(true);
     let _ = consumer_task.await;
+    for task in intelligence_tasks {
+        let _ = task.await;
+    }
     let _ = server.await;
     hub.pool.close().await;
     Ok(())
+}
+
+/// `host/pid`: names this hub in leases and forecast runs.
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hub".into());
+    format!("{host}/{}", std::process::id())
+}
+
+/// The nightly forecast, the stale-store check and the alerts relay; each stops with `stop`.
+fn spawn_intelligence(
+    hub: &Arc<Hub>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::lease::Lease;
+    let mut tasks = vec![tokio::spawn(crate::forecast_job::schedule(
+        hub.clone(),
+        stop.clone(),
+    ))];
+    let instance = instance_name();
+    let stale_lease = Lease::new(
+        hub.redis.clone(),
+        "stale-check",
+        &instance,
+        Duration::from_secs(60),
+    );
+    tasks.push(tokio::spawn(hub.alerting.clone().run_stale_checks(
+        stale_lease,
+        Duration::from_secs(30),
+        stop.clone(),
+    )));
+    match crate::alerting::producer(&hub.config.kafka_brokers) {
+        Ok(producer) => {
+            let lease = Lease::new(
+                hub.redis.clone(),
+                "alerts-relay",
+                &instance,
+                Duration::from_secs(15),
+            );
+            tasks.push(tokio::spawn(hub.alerting.clone().run_relay(
+                producer,
+                Topics::with_prefix(&hub.config.topic_prefix).alerts,
+                lease,
+                Duration::from_secs(1),
+                stop.clone(),
+            )));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the alerts producer; alerts are kept in MySQL only")
+        }
+    }
+    tasks
 }
 
 async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
@@ -182,6 +253,7 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         stop,
         hub.ingest.clone(),
         hub.cache.clone(),
+        hub.alerting.clone(),
     )
     .await;
 }
