@@ -67,11 +67,10 @@ pub struct GtidPos(BTreeMap<u32, (u32, u64)>);
 impl GtidPos {
     /// Whether a server at `self` has applied everything up to `other`.
     pub fn covers(&self, other: &GtidPos) -> bool {
-        other.0.iter().all(|(domain, (_, seq))| {
-            self.0
-                .get(domain)
-                .is_some_and(|(_, have)| have >= seq)
-        })
+        other
+            .0
+            .iter()
+            .all(|(domain, (_, seq))| self.0.get(domain).is_some_and(|(_, have)| have >= seq))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,7 +162,9 @@ pub fn assess(
     max_lag: Duration,
 ) -> Health {
     let Some(status) = status else {
-        return Health::NotReplicating("the server is not a replica (SHOW SLAVE STATUS is empty)".into());
+        return Health::NotReplicating(
+            "the server is not a replica (SHOW SLAVE STATUS is empty)".into(),
+        );
     };
     if !status.io_running || !status.sql_running || status.seconds_behind.is_none() {
         let error = status
@@ -344,9 +345,7 @@ impl ReadRouter {
             Health::Lagging(_) => return Route::Lagging,
         }
         match who {
-            Some(who) if !side.marks.covered(who, position.as_ref()).await => {
-                Route::ReadYourWrites
-            }
+            Some(who) if !side.marks.covered(who, position.as_ref()).await => Route::ReadYourWrites,
             _ => Route::Replica,
         }
     }
@@ -503,10 +502,7 @@ async fn monitor(
                 seconds_behind: None,
             },
         };
-        while history
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > keep)
-        {
+        while history.front().is_some_and(|(at, _)| at.elapsed() > keep) {
             history.pop_front();
         }
         let kind = std::mem::discriminant(&sample.health);
@@ -829,7 +825,10 @@ mod tests {
         };
         match assess(Some(&sql_stopped), Some(Duration::ZERO), bound) {
             Health::NotReplicating(why) => {
-                assert!(why.contains("SQL thread stopped") && why.contains("duplicate key"), "{why}")
+                assert!(
+                    why.contains("SQL thread stopped") && why.contains("duplicate key"),
+                    "{why}"
+                )
             }
             other => panic!("{other:?}"),
         }

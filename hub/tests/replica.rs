@@ -55,7 +55,11 @@ async fn pair() -> Pair {
         .fetch_one(&mut lock)
         .await
         .expect("GET_LOCK");
-    assert_eq!(got, Some(1), "another replica test held the lock for 5 minutes");
+    assert_eq!(
+        got,
+        Some(1),
+        "another replica test held the lock for 5 minutes"
+    );
     let pair = Pair {
         primary,
         replica,
@@ -96,7 +100,9 @@ impl Pair {
                 .fetch_all(&self.replica)
                 .await
                 .expect("SHOW SLAVE STATUS");
-            let row = rows.first().expect("the replica is configured as a replica");
+            let row = rows
+                .first()
+                .expect("the replica is configured as a replica");
             let field = |n: &str| {
                 sqlx::Row::try_get_unchecked::<Option<String>, _>(row, n)
                     .ok()
@@ -196,7 +202,13 @@ async fn hub(pair: &Pair, setup: Setup) -> Arc<Hub> {
     build(config).await.expect("hub builds against the pair")
 }
 
-async fn call(hub: &Arc<Hub>, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    hub: &Arc<Hub>,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = warp::test::request()
         .method(method)
         .path(path)
@@ -214,7 +226,14 @@ async fn call(hub: &Arc<Hub>, method: &str, path: &str, token: &str, body: Optio
 /// S1 registered with MILK at 7 on the primary, everything on the replica, and the ghost
 /// row on the replica only. Returns S1's token.
 async fn seed(pair: &Pair, hub: &Arc<Hub>) -> String {
-    let (status, body) = call(hub, "POST", "/v1/stores", ADMIN, Some(json!({"store": "S1"}))).await;
+    let (status, body) = call(
+        hub,
+        "POST",
+        "/v1/stores",
+        ADMIN,
+        Some(json!({"store": "S1"})),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     pair.on_primary(&format!(
         "INSERT INTO `{}`.stock (store, sku, on_hand, version, updated_at) VALUES ('S1', 'MILK', 7, 1, NOW(6))",
@@ -227,7 +246,14 @@ async fn seed(pair: &Pair, hub: &Arc<Hub>) -> String {
 }
 
 async fn stock(hub: &Arc<Hub>, sku: &str, token: &str) -> (u16, Option<i64>) {
-    let (status, body) = call(hub, "GET", &format!("/v1/stores/S1/stock/{sku}"), token, None).await;
+    let (status, body) = call(
+        hub,
+        "GET",
+        &format!("/v1/stores/S1/stock/{sku}"),
+        token,
+        None,
+    )
+    .await;
     (status, body["on_hand"].as_i64())
 }
 
@@ -239,7 +265,10 @@ async fn wait_ready(hub: &Hub, what: &str, want: impl Fn(&Option<Result<(), Stri
         if want(&now) {
             return;
         }
-        assert!(Instant::now() < deadline, "waited 15 s for the replica to be {what}; it is {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "waited 15 s for the replica to be {what}; it is {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -267,13 +296,23 @@ async fn reads_are_served_by_a_healthy_replica() {
     let token = seed(&pair, &hub).await;
     wait_ready(&hub, "serving", serving).await;
 
-    assert_eq!(stock(&hub, "GHOST", ADMIN).await, (200, Some(42)), "the replica's own row");
+    assert_eq!(
+        stock(&hub, "GHOST", ADMIN).await,
+        (200, Some(42)),
+        "the replica's own row"
+    );
     assert_eq!(stock(&hub, "MILK", &token).await, (200, Some(7)));
     assert!(hub.reads.reads(Route::Replica) >= 2);
     let text = metrics(&hub).await;
-    assert!(text.contains("bazaar_hub_db_reads_total{target=\"replica\",reason=\"healthy\"} "), "{text}");
+    assert!(
+        text.contains("bazaar_hub_db_reads_total{target=\"replica\",reason=\"healthy\"} "),
+        "{text}"
+    );
     assert!(text.contains("bazaar_hub_replica_serving 1\n"), "{text}");
-    assert!(text.contains("bazaar_hub_replica_seconds_behind_master 0\n"), "{text}");
+    assert!(
+        text.contains("bazaar_hub_replica_seconds_behind_master 0\n"),
+        "{text}"
+    );
     pair.cleanup().await;
 }
 
@@ -300,14 +339,30 @@ async fn a_stopped_replica_sends_reads_to_the_primary_without_errors_then_serves
     pair.on_replica("STOP SLAVE").await;
     wait_ready(&hub, "not replicating", failing_with("not replicating")).await;
     pair.set_milk(5).await;
-    assert_eq!(stock(&hub, "MILK", ADMIN).await, (200, Some(5)), "the primary's figure");
-    assert_eq!(stock(&hub, "GHOST", ADMIN).await.0, 404, "the primary has no ghost row");
+    assert_eq!(
+        stock(&hub, "MILK", ADMIN).await,
+        (200, Some(5)),
+        "the primary's figure"
+    );
+    assert_eq!(
+        stock(&hub, "GHOST", ADMIN).await.0,
+        404,
+        "the primary has no ghost row"
+    );
     assert!(hub.reads.reads(Route::NotReplicating) >= 2);
 
     pair.on_replica("START SLAVE").await;
     wait_ready(&hub, "serving again", serving).await;
-    assert_eq!(stock(&hub, "GHOST", ADMIN).await, (200, Some(42)), "back on the replica");
-    assert_eq!(stock(&hub, "MILK", ADMIN).await, (200, Some(5)), "which has caught up");
+    assert_eq!(
+        stock(&hub, "GHOST", ADMIN).await,
+        (200, Some(42)),
+        "back on the replica"
+    );
+    assert_eq!(
+        stock(&hub, "MILK", ADMIN).await,
+        (200, Some(5)),
+        "which has caught up"
+    );
 
     let statuses = reader.await.expect("the reader task");
     assert!(statuses.len() > 50, "only {} reads", statuses.len());
@@ -330,7 +385,10 @@ async fn a_replica_whose_sql_thread_stopped_behind_writes_is_skipped() {
     assert_eq!(stock(&hub, "GHOST", ADMIN).await.0, 404);
     let text = metrics(&hub).await;
     assert!(text.contains("bazaar_hub_replica_serving 0\n"), "{text}");
-    assert!(text.contains("bazaar_hub_replica_seconds_behind_master NaN\n"), "{text}");
+    assert!(
+        text.contains("bazaar_hub_replica_seconds_behind_master NaN\n"),
+        "{text}"
+    );
 
     pair.on_replica("START SLAVE SQL_THREAD").await;
     wait_ready(&hub, "serving again", serving).await;
@@ -387,25 +445,38 @@ async fn a_writer_reads_its_write_on_another_hub_while_others_read_the_replica()
     pair.replicate(4).await;
     wait_ready(&b, "serving", serving).await;
     // The write through hub A, as a hub-origin write would be.
-    sqlx::query("UPDATE stock SET on_hand = 8, version = version + 1 WHERE store = 'S1' AND sku = 'MILK'")
-        .execute(&a.pool)
-        .await
-        .expect("the write");
+    sqlx::query(
+        "UPDATE stock SET on_hand = 8, version = version + 1 WHERE store = 'S1' AND sku = 'MILK'",
+    )
+    .execute(&a.pool)
+    .await
+    .expect("the write");
     a.wrote(&s1).await;
 
-    assert_eq!(stock(&b, "MILK", &token).await, (200, Some(8)), "the writer sees its write on hub B");
+    assert_eq!(
+        stock(&b, "MILK", &token).await,
+        (200, Some(8)),
+        "the writer sees its write on hub B"
+    );
     assert!(b.reads.reads(Route::ReadYourWrites) >= 1);
     assert_eq!(
         stock(&b, "MILK", ADMIN).await,
         (200, Some(7)),
         "someone else reads the (delayed) replica"
     );
-    assert_eq!(stock(&a, "MILK", &token).await, (200, Some(8)), "and on hub A");
+    assert_eq!(
+        stock(&a, "MILK", &token).await,
+        (200, Some(8)),
+        "and on hub A"
+    );
 
     // Once the replica has applied the write, the writer reads it there too.
     let deadline = Instant::now() + Duration::from_secs(15);
     while b.reads.route(Some(&s1)).await != Route::Replica {
-        assert!(Instant::now() < deadline, "the writer never went back to the replica");
+        assert!(
+            Instant::now() < deadline,
+            "the writer never went back to the replica"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = b.reads.reads(Route::Replica);
@@ -435,7 +506,10 @@ async fn without_a_replica_every_read_uses_the_primary() {
     assert_eq!(hub.reads.reads(Route::NoReplica), 2);
     assert_eq!(hub.reads.reads(Route::Replica), 0);
     let text = metrics(&hub).await;
-    assert!(text.contains("bazaar_hub_db_reads_total{target=\"primary\",reason=\"no_replica\"} 2\n"), "{text}");
+    assert!(
+        text.contains("bazaar_hub_db_reads_total{target=\"primary\",reason=\"no_replica\"} 2\n"),
+        "{text}"
+    );
     assert!(!text.contains("bazaar_hub_replica_serving"), "{text}");
     pair.cleanup().await;
 }
@@ -458,9 +532,17 @@ async fn cache_misses_are_filled_from_the_primary() {
     // never reaches the cache.
     assert_eq!(stock(&hub, "GHOST", ADMIN).await.0, 404);
     let (status, body) = call(&hub, "GET", "/get-stock/S1/MILK", ADMIN, None).await;
-    assert_eq!((status, body["source"].as_str()), (200, Some("database")), "{body}");
+    assert_eq!(
+        (status, body["source"].as_str()),
+        (200, Some("database")),
+        "{body}"
+    );
     let (status, body) = call(&hub, "GET", "/get-stock/S1/MILK", ADMIN, None).await;
-    assert_eq!((status, body["source"].as_str(), body["quantity"].as_i64()), (200, Some("cache"), Some(7)), "{body}");
+    assert_eq!(
+        (status, body["source"].as_str(), body["quantity"].as_i64()),
+        (200, Some("cache"), Some(7)),
+        "{body}"
+    );
     assert_eq!(hub.reads.reads(Route::Replica), 0);
     pair.cleanup().await;
 }
