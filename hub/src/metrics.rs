@@ -102,6 +102,16 @@ pub fn route_of(path: &str) -> &'static str {
         ["v1", "stores"] => "/v1/stores",
         ["v1", "stores", _] => "/v1/stores/{store}",
         ["v1", "stores", _, "stock", _] => "/v1/stores/{store}/stock/{sku}",
+        ["v1", "stores", _, "thresholds"] => "/v1/stores/{store}/thresholds",
+        ["v1", "thresholds"] => "/v1/thresholds",
+        ["v1", "alerts"] => "/v1/alerts",
+        ["v1", "alerts", _, "ack"] => "/v1/alerts/{id}/ack",
+        ["v1", "forecasts", "run"] => "/v1/forecasts/run",
+        ["v1", "forecasts", "runs", _] => "/v1/forecasts/runs/{id}",
+        ["v1", "forecasts", _, _] => "/v1/forecasts/{store}/{sku}",
+        ["v1", "reorders"] => "/v1/reorders",
+        ["v1", "transfers", "suggestions"] => "/v1/transfers/suggestions",
+        ["v1", "products", _, "forecast"] => "/v1/products/{sku}/forecast",
         _ => "other",
     }
 }
