@@ -24,6 +24,7 @@ pub mod plan;
 pub mod queries;
 pub mod ratelimit;
 pub mod redis_link;
+pub mod relay;
 pub mod replica;
 pub mod snapshot;
 pub mod startup;

@@ -173,6 +173,7 @@ pub fn render(hub: &crate::startup::Hub) -> String {
     hub.reads.render_metrics(&mut out);
     hub.alerting.render_metrics(&mut out);
     hub.forecasts.render_metrics(&mut out);
+    hub.relay.render_metrics(&mut out);
     let [applied, duplicates, held, parked] = hub.ingest.totals();
     scalar(
         &mut out,

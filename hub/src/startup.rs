@@ -39,6 +39,8 @@ pub struct Hub {
     pub alerting: Arc<crate::alerting::Alerting>,
     /// The forecast job's state in this hub (runs hold a Redis lease across hubs).
     pub forecasts: crate::forecast_job::ForecastJobs,
+    /// The outbox relay's counters (`/metrics`).
+    pub relay: Arc<crate::relay::RelayStats>,
 }
 
 impl Hub {
@@ -129,6 +131,7 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         http_metrics: HttpMetrics::default(),
         reads,
         consumed,
+        relay: Arc::default(),
     }))
 }
 
@@ -143,6 +146,17 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer_task = tokio::spawn(consume(hub.clone(), stop_rx.clone()));
     let intelligence_tasks = spawn_intelligence(&hub, &stop_rx);
+    let relay_task = tokio::spawn(
+        crate::relay::Relay::new(
+            hub.pool.clone(),
+            hub.redis.clone(),
+            &hub.config.kafka_brokers,
+            &hub.config.topic_prefix,
+            &instance_name(),
+            hub.relay.clone(),
+        )
+        .run(stop_rx.clone()),
+    );
     let address = listener.local_addr()?;
     tracing::info!(%address, "hub listening");
     let mut server_stop = stop_rx.clone();
@@ -155,6 +169,7 @@ pub async fn run(
     tracing::info!("shutting down: finishing the batch in hand and requests in flight");
     let _ = stop_tx.send(true);
     let _ = consumer_task.await;
+    let _ = relay_task.await;
     for task in intelligence_tasks {
         let _ = task.await;
     }
