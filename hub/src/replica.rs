@@ -257,6 +257,8 @@ pub struct ReadRouter {
     primary: MySqlPool,
     replica: Option<Arc<ReplicaSide>>,
     reads: [AtomicU64; 6],
+    /// Reads that failed on the replica and were run again on the primary.
+    retried: AtomicU64,
 }
 
 struct ReplicaSide {
@@ -318,6 +320,7 @@ impl ReadRouter {
             primary,
             replica,
             reads: Default::default(),
+            retried: AtomicU64::new(0),
         })
     }
 
@@ -329,6 +332,33 @@ impl ReadRouter {
         match (route, &self.replica) {
             (Route::Replica, Some(side)) => &side.pool,
             _ => &self.primary,
+        }
+    }
+
+    /// Runs `read` on the pool [`ReadRouter::pool_for`] picks. When that was the replica
+    /// and the read failed, runs it again on the primary (reads repeat safely), and when
+    /// the replica could not be reached at all, keeps reads off it until the next good
+    /// sample: a replica that dies between two samples costs a retry, not an error.
+    pub async fn read<T, F, Fut>(&self, who: Option<&Principal>, read: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn(MySqlPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let pool = self.pool_for(who).await;
+        let on_replica = self
+            .replica
+            .as_ref()
+            .is_some_and(|side| std::ptr::eq(pool, &side.pool));
+        match read(pool.clone()).await {
+            Err(e) if on_replica => {
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                if let (true, Some(side)) = (unreachable(&e), &self.replica) {
+                    side.failed(&e);
+                }
+                tracing::debug!(error = %e, "a read failed on the replica; retried on the primary");
+                read(self.primary.clone()).await
+            }
+            other => other,
         }
     }
 
@@ -413,6 +443,13 @@ impl ReadRouter {
         let Some(side) = &self.replica else {
             return;
         };
+        crate::metrics::scalar(
+            out,
+            "bazaar_hub_db_replica_retries_total",
+            "counter",
+            "Reads that failed on the replica and were run again on the primary.",
+            self.retried.load(Ordering::Relaxed),
+        );
         let sample = side
             .sample
             .read()
@@ -450,7 +487,33 @@ impl ReadRouter {
     }
 }
 
+/// An error that says the server could not be reached, rather than that it refused the
+/// query.
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
 impl ReplicaSide {
+    /// Reads leave the replica now; the next good sample brings them back.
+    fn failed(&self, error: &sqlx::Error) {
+        let mut sample = self.sample.write().unwrap_or_else(PoisonError::into_inner);
+        *sample = Some(Sample {
+            health: Health::Down(format!("a read could not reach it: {error}")),
+            at: Instant::now(),
+            position: None,
+            lag: None,
+            seconds_behind: None,
+        });
+    }
+
     /// The health to route by, and the replica's applied position.
     fn current(&self) -> (Health, Option<GtidPos>) {
         let sample = self.sample.read().unwrap_or_else(PoisonError::into_inner);

@@ -167,6 +167,8 @@ impl Pair {
 
 struct Setup {
     replica: bool,
+    /// The account the hub reads the replica with (root when `None`).
+    replica_user: Option<String>,
     max_lag_ms: u64,
     cache: bool,
 }
@@ -175,6 +177,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             replica: true,
+            replica_user: None,
             max_lag_ms: 1000,
             cache: false,
         }
@@ -187,9 +190,13 @@ async fn hub(pair: &Pair, setup: Setup) -> Arc<Hub> {
             "mysql://root@{PRIMARY}/{}",
             pair.database
         ))),
-        mysql_replica_url: setup
-            .replica
-            .then(|| Secret::new(format!("mysql://root@{REPLICA}/{}", pair.database))),
+        mysql_replica_url: setup.replica.then(|| {
+            Secret::new(format!(
+                "mysql://{}@{REPLICA}/{}",
+                setup.replica_user.as_deref().unwrap_or("root"),
+                pair.database
+            ))
+        }),
         replica_max_lag_ms: Some(setup.max_lag_ms),
         admin_token: Some(Secret::new(ADMIN)),
         redis_prefix: Some(format!("{}:", pair.database)),
@@ -544,5 +551,56 @@ async fn cache_misses_are_filled_from_the_primary() {
         "{body}"
     );
     assert_eq!(hub.reads.reads(Route::Replica), 0);
+    pair.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_read_that_fails_on_the_replica_is_answered_by_the_primary() {
+    let pair = pair().await;
+    // An account that may watch replication and read `stores`, but not `stock`: the
+    // monitor finds the replica healthy, and every stock read there fails.
+    let user = format!("bzro_{}", &pair.database[11..]);
+    pair.on_replica(&format!(
+        "SET SESSION sql_log_bin = 0; CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY ''; GRANT SLAVE MONITOR ON *.* TO '{user}'@'127.0.0.1'"
+    ))
+    .await;
+    let hub = hub(
+        &pair,
+        Setup {
+            replica_user: Some(user.clone()),
+            ..Setup::default()
+        },
+    )
+    .await;
+    seed(&pair, &hub).await;
+    // Once the table exists there (a table grant needs it).
+    pair.on_replica(&format!(
+        "SET SESSION sql_log_bin = 0; GRANT SELECT ON `{}`.stores TO '{user}'@'127.0.0.1'",
+        pair.database
+    ))
+    .await;
+    wait_ready(&hub, "serving", serving).await;
+
+    for _ in 0..3 {
+        assert_eq!(stock(&hub, "MILK", ADMIN).await, (200, Some(7)));
+    }
+    assert_eq!(
+        hub.reads.reads(Route::Replica),
+        3,
+        "each read went to the replica first"
+    );
+    let text = metrics(&hub).await;
+    assert!(
+        text.contains("bazaar_hub_db_replica_retries_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        serving(&hub.replica_ready()),
+        "a refused query is not an outage"
+    );
+    pair.on_replica(&format!(
+        "SET SESSION sql_log_bin = 0; DROP USER '{user}'@'127.0.0.1'"
+    ))
+    .await;
     pair.cleanup().await;
 }

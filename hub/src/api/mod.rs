@@ -291,7 +291,13 @@ pub(crate) async fn lookup_stock(
             hub.cache.store(&figure, &generation).await;
             figure
         }
-        None => read_stock(hub.reader(who).await, store, sku).await?,
+        None => stock_answer(
+            store,
+            sku,
+            hub.reads
+                .read(who, |db| async move { query_stock(&db, store, sku).await })
+                .await,
+        )?,
     };
     Ok((figure, Source::Database))
 }
@@ -301,17 +307,32 @@ pub(crate) async fn read_stock(
     store: &StoreId,
     sku: &Sku,
 ) -> Result<stores::StockFigure, ApiError> {
-    if !stores::exists(db, store)
-        .await
-        .map_err(|e| ApiError::internal("could not read stores", e))?
-    {
-        return Err(ApiError::not_found(format!(
-            "store {store} is not registered"
-        )));
+    stock_answer(store, sku, query_stock(db, store, sku).await)
+}
+
+/// `None`: the store is not registered; `Some(None)`: the sku is unknown.
+async fn query_stock(
+    db: &sqlx::MySqlPool,
+    store: &StoreId,
+    sku: &Sku,
+) -> Result<Option<Option<stores::StockFigure>>, sqlx::Error> {
+    if !stores::exists(db, store).await? {
+        return Ok(None);
     }
-    match stores::stock_figure(db, store, sku).await {
-        Ok(Some(figure)) => Ok(figure),
+    Ok(Some(stores::stock_figure(db, store, sku).await?))
+}
+
+fn stock_answer(
+    store: &StoreId,
+    sku: &Sku,
+    found: Result<Option<Option<stores::StockFigure>>, sqlx::Error>,
+) -> Result<stores::StockFigure, ApiError> {
+    match found {
+        Ok(Some(Some(figure))) => Ok(figure),
         Ok(None) => Err(ApiError::not_found(format!(
+            "store {store} is not registered"
+        ))),
+        Ok(Some(None)) => Err(ApiError::not_found(format!(
             "sku {sku} is unknown at this hub (no product record, no movement)"
         ))),
         Err(e) => Err(ApiError::internal("could not read stock", e)),
