@@ -525,7 +525,17 @@ async fn stock_alerts_are_raised_once_and_resolved_when_the_condition_clears() {
         app.open_kinds("S1", "MILK").await,
         ["out_of_stock".to_owned()].into()
     );
-    app.movement("S1", Kind::Receipt, "MILK", 51).await; // → 51 > 50
+    // A receipt entered at the hub (a hub-origin movement) is judged the same way.
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/stores/S1/movements",
+            Some(ADMIN),
+            Some(json!({"kind": "receipt", "sku": "MILK", "qty": 51})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(app.on_hand("S1", "MILK").await, 51, "→ 51 > 50");
     assert_eq!(
         app.open_kinds("S1", "MILK").await,
         ["overstock".to_owned()].into()

@@ -47,7 +47,8 @@ fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Applies, then (after the commit) refreshes the cache and records the write.
+/// Applies, then (after the commit) refreshes the cache, evaluates the key's alerts and
+/// records the write.
 async fn apply_and_refresh(
     hub: &Hub,
     who: &Principal,
@@ -60,6 +61,7 @@ async fn apply_and_refresh(
     if !applied.replayed {
         let touched = BTreeSet::from([(store.to_string(), planned.sku.to_string())]);
         hub.cache.refresh(&hub.pool, &touched).await;
+        hub.alerting.after_change(&touched).await;
         hub.wrote(who).await;
     }
     Ok(applied)
