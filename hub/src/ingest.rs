@@ -19,7 +19,7 @@ use std::time::Duration;
 use bazaar_shared::kafka::base_config;
 use bazaar_shared::{Envelope, Kind, SigningKey};
 use chrono::{DateTime, NaiveDate, Utc};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::mysql::MySqlDatabaseError;
@@ -49,7 +49,58 @@ pub struct RawMessage {
     pub payload: Vec<u8>,
 }
 
-pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+/// How often librdkafka reports its statistics, from which ingest lag is taken.
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// The ingest consumer's context: takes per-partition lag from librdkafka's statistics,
+/// which it emits on its own schedule, so measuring lag costs the ingest loop nothing.
+pub struct IngestContext {
+    lag: crate::metrics::IngestLag,
+}
+
+impl rdkafka::ClientContext for IngestContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.lag.record(lag_from_statistics(&statistics));
+    }
+}
+
+impl ConsumerContext for IngestContext {}
+
+/// Lag of each partition assigned to this consumer, from one statistics report. The
+/// position is the next offset ingest will receive; before the first message since the
+/// assignment it is the committed offset, or the low watermark when the group has none
+/// (`auto.offset.reset=earliest`). Partitions whose watermark is not known yet are left out.
+pub fn lag_from_statistics(
+    statistics: &rdkafka::Statistics,
+) -> BTreeMap<(String, i32), crate::metrics::PartitionLag> {
+    let mut lag = BTreeMap::new();
+    for (topic, t) in &statistics.topics {
+        for (id, p) in &t.partitions {
+            // -1 is librdkafka's internal "unassigned" partition.
+            if *id < 0 || !p.desired || p.hi_offset < 0 {
+                continue;
+            }
+            let position = [p.app_offset, p.committed_offset, p.lo_offset]
+                .into_iter()
+                .find(|o| *o >= 0)
+                .unwrap_or(0);
+            lag.insert(
+                (topic.clone(), *id),
+                crate::metrics::PartitionLag {
+                    high_watermark: p.hi_offset,
+                    position,
+                },
+            );
+        }
+    }
+    lag
+}
+
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    lag: crate::metrics::IngestLag,
+) -> Result<StreamConsumer<IngestContext>, rdkafka::error::KafkaError> {
     base_config(brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
@@ -59,12 +110,13 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, rdkafka::e
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .create()
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .create_with_context(IngestContext { lag })
 }
 
 /// Consumes until `shutdown`; every batch is applied before its offsets are stored.
 pub async fn run(
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<IngestContext>,
     pool: MySqlPool,
     mut shutdown: watch::Receiver<bool>,
     metrics: crate::startup::IngestCounters,
@@ -132,7 +184,7 @@ fn raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
 }
 
 fn store_offsets(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<IngestContext>,
     batch: &[RawMessage],
 ) -> Result<(), rdkafka::error::KafkaError> {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();

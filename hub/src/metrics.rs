@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -88,6 +88,68 @@ fn method_of(method: &str) -> &'static str {
         "DELETE" => "DELETE",
         "OPTIONS" => "OPTIONS",
         _ => "OTHER",
+    }
+}
+
+/// Where ingest stands in one partition, as librdkafka last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The partition's high watermark: the offset the next message written will get.
+    pub high_watermark: i64,
+    /// The consumer's position: the offset of the next message it will hand to ingest.
+    pub position: i64,
+}
+
+impl PartitionLag {
+    /// Messages written but not yet consumed.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.position).max(0)
+    }
+}
+
+/// Ingest lag per assigned partition. librdkafka samples it on its own thread (its
+/// statistics, see [`crate::ingest::IngestContext`]), so measuring never blocks or slows
+/// the ingest loop; this only keeps the latest sample for `/metrics`.
+#[derive(Clone, Default)]
+pub struct IngestLag {
+    latest: Arc<Mutex<Option<(Instant, BTreeMap<(String, i32), PartitionLag>)>>>,
+}
+
+impl IngestLag {
+    /// Replaces the sample: partitions no longer assigned to this hub disappear.
+    pub fn record(&self, partitions: BTreeMap<(String, i32), PartitionLag>) {
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), partitions));
+    }
+
+    /// The latest sample and its age; `None` before the first.
+    pub fn latest(&self) -> Option<(Duration, BTreeMap<(String, i32), PartitionLag>)> {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(at, partitions)| (at.elapsed(), partitions.clone()))
+    }
+
+    fn render(&self, out: &mut String) {
+        let Some((age, partitions)) = self.latest() else {
+            return;
+        };
+        out.push_str("# HELP bazaar_hub_ingest_lag_messages Messages in each partition this hub consumes that it has not consumed yet (high watermark - position).\n# TYPE bazaar_hub_ingest_lag_messages gauge\n");
+        for ((topic, partition), p) in &partitions {
+            let _ = writeln!(out, "bazaar_hub_ingest_lag_messages{{topic=\"{topic}\",partition=\"{partition}\"}} {}", p.lag());
+        }
+        out.push_str("# HELP bazaar_hub_ingest_high_watermark The high watermark of each partition this hub consumes.\n# TYPE bazaar_hub_ingest_high_watermark gauge\n");
+        for ((topic, partition), p) in &partitions {
+            let _ = writeln!(out, "bazaar_hub_ingest_high_watermark{{topic=\"{topic}\",partition=\"{partition}\"}} {}", p.high_watermark);
+        }
+        scalar(
+            out,
+            "bazaar_hub_ingest_lag_age_seconds",
+            "gauge",
+            "Age of the lag sample; it grows when librdkafka stops reporting (consumer stuck or gone).",
+            age.as_secs_f64(),
+        );
     }
 }
 
@@ -174,6 +236,7 @@ pub fn render(hub: &crate::startup::Hub) -> String {
     hub.alerting.render_metrics(&mut out);
     hub.forecasts.render_metrics(&mut out);
     hub.relay.render_metrics(&mut out);
+    hub.ingest.lag().render(&mut out);
     let [applied, duplicates, held, parked] = hub.ingest.totals();
     scalar(
         &mut out,
@@ -222,6 +285,23 @@ mod tests {
         );
         assert_eq!(route_of("/v1/stores"), "/v1/stores");
         assert_eq!(route_of("/nope/x/y/z"), "other");
+    }
+
+    #[test]
+    fn lag_is_rendered_per_partition_and_never_negative() {
+        let lag = IngestLag::default();
+        let mut out = String::new();
+        lag.render(&mut out);
+        assert!(out.is_empty(), "nothing before the first sample");
+        lag.record(BTreeMap::from([
+            (("m".to_owned(), 0), PartitionLag { high_watermark: 10, position: 4 }),
+            (("m".to_owned(), 1), PartitionLag { high_watermark: 3, position: 5 }),
+        ]));
+        lag.render(&mut out);
+        assert!(out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"0\"} 6\n"), "{out}");
+        assert!(out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"1\"} 0\n"), "{out}");
+        assert!(out.contains("bazaar_hub_ingest_high_watermark{topic=\"m\",partition=\"0\"} 10\n"), "{out}");
+        assert!(out.contains("bazaar_hub_ingest_lag_age_seconds "), "{out}");
     }
 
     #[test]

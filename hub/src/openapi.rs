@@ -409,9 +409,10 @@ impl Operation {
         }
         if self.rate_limited {
             let mut answer = implied(429, "Past the per-client rate limit");
-            answer
-                .headers
-                .push(("Retry-After", "Whole seconds to wait before the next request"));
+            answer.headers.push((
+                "Retry-After",
+                "Whole seconds to wait before the next request",
+            ));
             add(answer);
         }
         if self.body.is_some() {
@@ -536,7 +537,9 @@ fn query_params(schema: Value) -> Result<Vec<Value>, String> {
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
-        return Err(format!("a query type must be a struct with named fields: {schema}"));
+        return Err(format!(
+            "a query type must be a struct with named fields: {schema}"
+        ));
     };
     Ok(properties
         .iter()
@@ -618,7 +621,9 @@ pub fn document(operations: &[Operation]) -> Value {
         panic!("the OpenAPI registry is inconsistent: {problems:#?}");
     }
     let mut responses = SchemaSettings::openapi3().for_serialize().into_generator();
-    let mut requests = SchemaSettings::openapi3().for_deserialize().into_generator();
+    let mut requests = SchemaSettings::openapi3()
+        .for_deserialize()
+        .into_generator();
     let mut paths: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     for op in operations {
         let rendered = op
@@ -698,7 +703,9 @@ mod tests {
         );
         let thing = &doc["components"]["schemas"]["Thing"];
         assert_eq!(thing["properties"]["count"]["description"], "How many.");
-        assert_eq!(thing["required"], json!(["count"]));
+        // Answers always carry every field; an Option is there as null.
+        assert_eq!(thing["required"], json!(["count", "label"]));
+        assert_eq!(thing["properties"]["label"]["nullable"], true);
         for status in ["401", "403", "404", "500"] {
             assert_eq!(
                 op["responses"][status]["content"]["application/json"]["schema"]["$ref"],
@@ -725,17 +732,29 @@ mod tests {
         let dup = sample();
         let missing_param = Operation::get("/v1/x/{sku}", "x", "X").json::<Thing>(200, "ok");
         let problems = validate(&[sample(), dup, missing_param]).unwrap_err();
-        assert!(problems.iter().any(|p| p.contains("documented twice")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("operationId getThing")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("[\"sku\"]")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("documented twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("operationId getThing")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("[\"sku\"]")),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn the_documented_error_shape_is_what_api_error_sends() {
         let response = bazaar_shared::http::ApiError::not_found("gone").into_response();
-        let body = futures::executor::block_on(warp::hyper::body::to_bytes(response.into_body()))
-            .unwrap();
+        let body =
+            futures::executor::block_on(warp::hyper::body::to_bytes(response.into_body())).unwrap();
         let parsed: ErrorBody = serde_json::from_slice(&body).unwrap();
-        assert_eq!((parsed.error.code.as_str(), parsed.error.message.as_str()), ("not_found", "gone"));
+        assert_eq!(
+            (parsed.error.code.as_str(), parsed.error.message.as_str()),
+            ("not_found", "gone")
+        );
     }
 }

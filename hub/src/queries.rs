@@ -111,11 +111,10 @@ pub async fn stores_page(
     };
     let mut q = QueryBuilder::<MySql>::new(
         "SELECT s.id, s.name, s.created_at, s.last_seen_at,
-                COALESCE(y.last_seq, 0) AS last_seq, COALESCE(y.last_hub_seq, 0) AS last_hub_seq,
-                y.last_event_at, y.last_applied_at,
+                y.last_seq, y.last_hub_seq, y.last_event_at, y.last_applied_at,
                 (SELECT COUNT(*) FROM held_events h WHERE h.store = s.id) AS held,
                 (SELECT COUNT(*) FROM parked_events p WHERE p.store = s.id AND p.resolved_at IS NULL) AS parked
-         FROM stores s LEFT JOIN store_sync y ON y.store = s.id",
+         FROM stores s JOIN store_sync y ON y.store = s.id",
     );
     if let Some((after,)) = &after {
         q.push(" WHERE s.id > ").push_bind(after);
@@ -350,7 +349,7 @@ pub async fn movements_page(
             .push_bind(origin)
             .push(" AND seq > ")
             .push_bind(seq)
-            .push(")))))");
+            .push("))))))");
     }
     q.push(" ORDER BY received_at, store, origin, seq LIMIT ")
         .push_bind(limit + 1);
@@ -563,19 +562,36 @@ mod tests {
         let at: DateTime<Utc> = "2026-11-26T10:00:00.123456Z".parse().unwrap();
         let key: MovementKey = (at, "S1".into(), 2, 17);
         let cursor = encode_cursor(MOVEMENTS_ROUTE, &key);
-        assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(decode_cursor::<MovementKey>(MOVEMENTS_ROUTE, &cursor), Ok(key));
-        assert_eq!(decode_cursor::<(i64,)>(AUDIT_ROUTE, &cursor), Err(BadCursor));
-        assert_eq!(decode_cursor::<(i64,)>(AUDIT_ROUTE, "not base64!"), Err(BadCursor));
+        assert!(cursor
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(
+            decode_cursor::<MovementKey>(MOVEMENTS_ROUTE, &cursor),
+            Ok(key)
+        );
+        assert_eq!(
+            decode_cursor::<(i64,)>(AUDIT_ROUTE, &cursor),
+            Err(BadCursor)
+        );
+        assert_eq!(
+            decode_cursor::<(i64,)>(AUDIT_ROUTE, "not base64!"),
+            Err(BadCursor)
+        );
         let wrong_shape = encode_cursor(AUDIT_ROUTE, &("x",));
-        assert_eq!(decode_cursor::<(i64,)>(AUDIT_ROUTE, &wrong_shape), Err(BadCursor));
+        assert_eq!(
+            decode_cursor::<(i64,)>(AUDIT_ROUTE, &wrong_shape),
+            Err(BadCursor)
+        );
     }
 
     #[test]
     fn a_page_says_whether_another_follows() {
         let page = paged("t", vec![1, 2, 3], 2, |n| (*n,));
         assert_eq!(page.items, vec![1, 2]);
-        assert_eq!(decode_cursor::<(i32,)>("t", page.next_cursor.as_deref().unwrap()), Ok((2,)));
+        assert_eq!(
+            decode_cursor::<(i32,)>("t", page.next_cursor.as_deref().unwrap()),
+            Ok((2,))
+        );
         let last = paged("t", vec![1, 2], 2, |n| (*n,));
         assert_eq!((last.items.len(), last.next_cursor), (2, None));
     }

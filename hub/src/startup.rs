@@ -68,6 +68,7 @@ impl Hub {
 #[derive(Clone, Default)]
 pub struct IngestCounters {
     inner: Arc<[AtomicU64; 4]>,
+    lag: crate::metrics::IngestLag,
 }
 
 impl IngestCounters {
@@ -77,6 +78,11 @@ impl IngestCounters {
         add(1, outcome.duplicates);
         add(2, outcome.held);
         add(3, outcome.parked);
+    }
+
+    /// Ingest lag per partition, sampled by the consumer's statistics.
+    pub fn lag(&self) -> &crate::metrics::IngestLag {
+        &self.lag
     }
 
     /// (applied, duplicates, held, parked) since start.
@@ -249,7 +255,7 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    let consumer = match ingest::consumer(&brokers, &hub.config.kafka_group) {
+    let consumer = match ingest::consumer(&brokers, &hub.config.kafka_group, hub.ingest.lag().clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the Kafka consumer");

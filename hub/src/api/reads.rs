@@ -1,5 +1,5 @@
 //! Read routes: stores, stock lists, chain-wide stock, the movement ledger, audit, parked
-//! events and the OpenAPI document.
+//! events, the OpenAPI document and readiness.
 //!
 //! Every list pages by keyset with an opaque `cursor` and a bounded `limit` (see
 //! [`crate::queries`]); every query runs on `hub.reader(who)`. Query strings are parsed
@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -147,6 +148,12 @@ pub fn docs() -> Vec<Operation> {
             .json::<Page<queries::ParkedEvent>>(200, "One page, oldest first")
             .error(403, "A store token asking for another store")
             .error(422, PAGE_422),
+        Operation::get("/readyz", "readyz", "Readiness: the hub's dependencies, each checked within 2 s")
+            .describe("200 `ready` when every check passes; 200 `degraded` when only the replica, Redis or Kafka fails (the hub still serves: reads fall back to the primary and to MySQL, ingest waits); 503 `unready` when the MySQL primary fails. Each failed check says what failed and what to do.")
+            .tag("operations")
+            .json::<crate::readiness::Readiness>(200, "Ready, or degraded but serving")
+            .json::<crate::readiness::Readiness>(503, "Unready: the MySQL primary does not answer")
+            .infallible(),
         Operation::get("/openapi.json", "openapi", "This document")
             .describe("Generated from the code: every route, each status it answers with, and the schemas of the Rust types it reads and writes.")
             .tag("operations")
@@ -170,7 +177,8 @@ pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .or(parked(hub.clone()))
         .unify()
         .boxed();
-    lists.or(ledger).unify().or(openapi()).unify().boxed()
+    let operations = readyz(hub).or(openapi()).unify().boxed();
+    lists.or(ledger).unify().or(operations).unify().boxed()
 }
 
 /// The query string parsed strictly into `Q`; a query-less request is an empty one.
@@ -180,9 +188,8 @@ fn query<Q: DeserializeOwned + Send + 'static>(
         .or(warp::any().map(String::new))
         .unify()
         .and_then(|raw: String| async move {
-            serde_urlencoded::from_str::<Q>(&raw).map_err(|e| {
-                Rejection::from(ApiError::unprocessable(format!("query string: {e}")))
-            })
+            serde_urlencoded::from_str::<Q>(&raw)
+                .map_err(|e| Rejection::from(ApiError::unprocessable(format!("query string: {e}"))))
         })
 }
 
@@ -260,10 +267,9 @@ fn store_stock_page(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 match crate::stores::exists(pool, &store).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        return Err(ApiError::not_found(format!(
-                            "store {store} is not registered"
-                        ))
-                        .into())
+                        return Err(
+                            ApiError::not_found(format!("store {store} is not registered")).into(),
+                        )
                     }
                     Err(e) => return Err(ApiError::internal("could not read stores", e).into()),
                 }
@@ -302,21 +308,23 @@ fn movements(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and(auth(hub.clone()))
         .and(query::<MovementsQuery>())
         .and(with_hub(hub))
-        .and_then(|who: Principal, q: MovementsQuery, hub: Arc<Hub>| async move {
-            let store = scope(&who, optional_store(q.store)?)?;
-            let sku = q.sku.map(sku_param).transpose()?;
-            let limit = limit(q.limit)?;
-            let filter = queries::MovementFilter {
-                store: store.map(|s| s.to_string()),
-                sku: sku.map(|s| s.to_string()),
-                since: q.since,
-            };
-            let pool = hub.reader(Some(&who)).await;
-            paged(
-                queries::movements_page(pool, &filter, q.cursor.as_deref(), limit).await,
-                "movements",
-            )
-        })
+        .and_then(
+            |who: Principal, q: MovementsQuery, hub: Arc<Hub>| async move {
+                let store = scope(&who, optional_store(q.store)?)?;
+                let sku = q.sku.map(sku_param).transpose()?;
+                let limit = limit(q.limit)?;
+                let filter = queries::MovementFilter {
+                    store: store.map(|s| s.to_string()),
+                    sku: sku.map(|s| s.to_string()),
+                    since: q.since,
+                };
+                let pool = hub.reader(Some(&who)).await;
+                paged(
+                    queries::movements_page(pool, &filter, q.cursor.as_deref(), limit).await,
+                    "movements",
+                )
+            },
+        )
         .boxed()
 }
 
@@ -330,8 +338,7 @@ fn recent_movements(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
             let store = scope(&who, None)?;
             let limit = limit(q.limit)?;
             let pool = hub.reader(Some(&who)).await;
-            match queries::recent_movements(pool, store.as_ref().map(StoreId::as_str), limit)
-                .await
+            match queries::recent_movements(pool, store.as_ref().map(StoreId::as_str), limit).await
             {
                 Ok(rows) => Ok(warp::reply::json(&rows).into_response()),
                 Err(e) => Err(Rejection::from(ApiError::internal(
@@ -390,6 +397,20 @@ fn parked(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// Open, like `/healthz`: balancers and orchestrators call it without a token.
+fn readyz(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
+    warp::path!("readyz")
+        .and(warp::get())
+        .and(with_hub(hub))
+        .then(|hub: Arc<Hub>| async move {
+            let readiness = crate::readiness::assess(&hub).await;
+            let status = StatusCode::from_u16(readiness.http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            warp::reply::with_status(warp::reply::json(&readiness), status).into_response()
+        })
+        .boxed()
+}
+
 /// Rendered once per process: the document depends on the code only.
 fn openapi() -> BoxedFilter<(Response,)> {
     static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
@@ -397,8 +418,7 @@ fn openapi() -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|| {
             let body = DOCUMENT.get_or_init(|| {
-                serde_json::to_vec(&crate::openapi::document(&super::docs()))
-                    .unwrap_or_default()
+                serde_json::to_vec(&crate::openapi::document(&super::docs())).unwrap_or_default()
             });
             warp::reply::with_header(body.clone(), "content-type", "application/json")
                 .into_response()
