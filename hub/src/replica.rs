@@ -23,10 +23,14 @@
 //! `Seconds_Behind_Master` is still read: NULL means it is not replicating, and it is
 //! shown in `/metrics`.
 //!
-//! **Not covered.** A replica that dies between two samples (up to [`SAMPLE_EVERY`]) fails
-//! the reads sent to it in that window. A write made while Redis is unreachable is
-//! remembered by its own hub only: another hub may route that principal's reads to a
-//! replica within the lag bound that has not applied it yet.
+//! **Failures between samples.** A replica that dies between two samples (up to
+//! [`SAMPLE_EVERY`]) fails the reads sent to it in that window. [`ReadRouter::read`] runs such
+//! a read again on the primary and keeps reads off the replica until the next good sample;
+//! code that takes a pool from `Hub::reader` and queries it itself does not get that retry.
+//!
+//! **Not covered.** A write made while Redis is unreachable is remembered by its own hub
+//! only: another hub may route that principal's reads to a replica within the lag bound
+//! that has not applied it yet.
 //!
 //! The monitor needs `SELECT` and `SLAVE MONITOR` (`REPLICATION CLIENT` before MariaDB
 //! 10.5) on the replica.
