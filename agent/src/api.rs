@@ -25,7 +25,8 @@ pub fn routes(
         .or(get_stock_item(agent.clone()))
         .or(get_stock(agent.clone()))
         .or(get_status(agent.clone()))
-        .or(get_alerts(agent.clone()));
+        .or(get_alerts(agent.clone()))
+        .or(get_expected_transfers(agent.clone()));
     let authorised = local_auth(agent).and(api).map(|(), reply| reply);
     healthz()
         .or(authorised)
@@ -312,6 +313,25 @@ fn get_alerts(
             let all = q.all.unwrap_or(false);
             let items = agent
                 .read(move |conn| crate::housekeeping::alerts(conn, all, limit))
+                .await?;
+            Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items})))
+        })
+}
+
+/// Transfers the hub announced as on their way here, not yet received (all with
+/// `?all=true`), newest first. Record the goods with `transfer_in` and `ref` = transfer_id.
+fn get_expected_transfers(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "transfers" / "expected")
+        .and(warp::get())
+        .and(warp::query::<AlertsQuery>())
+        .and(with_agent(agent))
+        .and_then(|q: AlertsQuery, agent: Arc<Agent>| async move {
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let open_only = !q.all.unwrap_or(false);
+            let items = agent
+                .read(move |conn| crate::commands::expected_transfers(conn, open_only, limit))
                 .await?;
             Ok::<_, Rejection>(warp::reply::json(&serde_json::json!({"items": items})))
         })

@@ -1,4 +1,5 @@
-//! What the agent asks the hub over HTTP (reqwest): the store's sync state.
+//! What the agent asks the hub over HTTP (reqwest): the store's sync state, a missing range
+//! of hub commands, and bulk-state documents.
 
 use std::time::Duration;
 
@@ -40,26 +41,56 @@ impl HubClient {
     }
 
     pub async fn store_state(&self) -> anyhow::Result<StoreState> {
+        self.get_json("").await
+    }
+
+    /// The hub's signed commands for this store with hub_seq > `after`, in order.
+    pub async fn commands_after(&self, after: u64, limit: u32) -> anyhow::Result<CommandsPage> {
+        self.get_json(&format!("/commands?after={after}&limit={limit}"))
+            .await
+    }
+
+    /// The store's thresholds document (`GET /v1/stores/{store}/thresholds`).
+    pub async fn thresholds(&self) -> anyhow::Result<crate::commands::ThresholdsDocument> {
+        self.get_json("/thresholds").await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, rest: &str) -> anyhow::Result<T> {
+        let url = format!("{}{rest}", self.url);
         let response = self
             .http
-            .get(&self.url)
+            .get(&url)
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("the hub at {} did not answer", self.url))?;
+            .with_context(|| format!("the hub at {url} did not answer"))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if status == reqwest::StatusCode::NOT_FOUND && rest.is_empty() {
             bail!("the hub does not know this store: register it with `bazaar-hub store add ID` and re-run `bazaar-agent init` with the token and key it prints");
         }
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             bail!("the hub refused this agent's token ({status}): check `token` in the agent configuration");
         }
         if !status.is_success() {
-            bail!("the hub answered {status} for {}", self.url);
+            bail!("the hub answered {status} for {url}");
         }
         response
             .json()
             .await
-            .context("the hub's store state was not the expected JSON")
+            .with_context(|| format!("the hub's answer at {url} was not the expected JSON"))
     }
+}
+
+/// One page of the missing-range fetch (`GET /v1/stores/{store}/commands`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommandsPage {
+    pub last_hub_seq: u64,
+    pub commands: Vec<CommandRow>,
+}
+
+/// One signed message, exactly as the relay publishes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommandRow {
+    pub hub_seq: u64,
+    pub payload: String,
 }

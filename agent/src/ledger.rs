@@ -26,6 +26,7 @@ use uuid::Uuid;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/agent/0001_init.sql"),
     include_str!("../../migrations/agent/0002_outbox_indexes.sql"),
+    include_str!("../../migrations/agent/0003_commands.sql"),
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
