@@ -615,7 +615,7 @@ async fn take_sample(
     };
     let status = match slave_status(replica).await {
         Ok(status) => status,
-        Err(e) => return down(format!("{e}")),
+        Err(e) => return down(e.to_string()),
     };
     if let (Some(pos), Some(s)) = (&primary_pos, &status) {
         if s.sql_running && !pos.is_empty() {
@@ -628,7 +628,7 @@ async fn take_sample(
     }
     let position = match gtid_var(replica, "@@gtid_slave_pos").await {
         Ok(pos) => pos,
-        Err(e) => return down(format!("{e}")),
+        Err(e) => return down(e),
     };
     let lag = if primary_pos.is_some() {
         staleness(history, &position, Instant::now())
@@ -694,7 +694,8 @@ struct WriteMarks {
     redis: Arc<RedisLink>,
     ttl: Duration,
     merge: Arc<Script>,
-    local: Mutex<HashMap<String, (BTreeMap<String, u64>, Instant)>>,
+    /// Principal → (mark, expiry).
+    local: Mutex<HashMap<String, (Mark, Instant)>>,
 }
 
 /// KEYS: the mark. ARGV: field, seq, field, seq, ..., ttl in ms. Keeps the larger seq.
@@ -711,6 +712,9 @@ return 1
 
 const UNKNOWN: &str = "unknown";
 
+/// Replication domain (or [`UNKNOWN`]) → the sequence number a read must see.
+type Mark = BTreeMap<String, u64>;
+
 fn principal_key(who: &Principal) -> String {
     match who {
         Principal::Admin => "admin".into(),
@@ -718,7 +722,7 @@ fn principal_key(who: &Principal) -> String {
     }
 }
 
-fn mark_of(position: Option<&GtidPos>) -> BTreeMap<String, u64> {
+fn mark_of(position: Option<&GtidPos>) -> Mark {
     match position {
         Some(pos) => pos.seqs().map(|(d, s)| (d.to_string(), s)).collect(),
         None => BTreeMap::from([(UNKNOWN.to_owned(), 1)]),
@@ -726,7 +730,7 @@ fn mark_of(position: Option<&GtidPos>) -> BTreeMap<String, u64> {
 }
 
 /// Whether a replica at `replica` has applied everything `mark` asks for.
-fn mark_covered(mark: &BTreeMap<String, u64>, replica: Option<&GtidPos>) -> bool {
+fn mark_covered(mark: &Mark, replica: Option<&GtidPos>) -> bool {
     mark.iter().all(|(field, seq)| {
         let Ok(domain) = field.parse::<u32>() else {
             return false; // `unknown`, or anything we did not write
