@@ -804,3 +804,130 @@ async fn readyz_names_what_failed_and_what_to_do() {
         .execute(&admin)
         .await;
 }
+
+/// `GET path` over a real socket, the body as text.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
+}
+
+#[tokio::test]
+async fn metrics_show_ingest_lag_per_partition_from_a_running_consumer() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = Broker::start();
+    let name = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    let database = format!("bz_reads_{name}");
+    let prefix = format!("bzlag{name}.");
+    let topic = format!("{prefix}movements");
+    let config = config(&database, |f| {
+        f.kafka_brokers = Some(broker.address());
+        f.topic_prefix = Some(prefix.clone());
+        f.kafka_group = Some(format!("bz-lag-{name}"));
+    });
+    // The schema and the store first, so the consumer applies rather than parks.
+    let pool = bazaar_hub::db::migrate(config.mysql_url.expose())
+        .await
+        .expect("migrated");
+    let store = StoreId::parse("S1").unwrap();
+    let credentials = bazaar_hub::stores::register(&pool, &store, None)
+        .await
+        .expect("registered");
+    let key = SigningKey::from_base64(&credentials.key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bazaar_shared::kafka::ensure_topics(&broker.address(), &[&topic], 3, 1).await
+    {
+        assert!(Instant::now() < deadline, "cannot create {topic}: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub = tokio::spawn(bazaar_hub::startup::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let producer: FutureProducer = bazaar_shared::kafka::base_config(&broker.address())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("a producer");
+    for seq in 1..=5 {
+        let envelope = Envelope::movement(
+            store.clone(),
+            Origin::Store,
+            seq,
+            Kind::Receipt,
+            Sku::parse("MILK").unwrap(),
+            2,
+        );
+        let payload = envelope.to_signed_bytes(&key).unwrap();
+        producer
+            .send(
+                FutureRecord::to(&topic).key("S1").payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+
+    // librdkafka reports every second; once the five are applied, the partition they
+    // went to shows high watermark 5 and no lag.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let metrics = loop {
+        let text = http_get(address, "/metrics").await;
+        let caught_up = text.contains("bazaar_hub_movements_applied_total 5\n")
+            && text
+                .lines()
+                .any(|l| l.starts_with("bazaar_hub_ingest_high_watermark{") && l.ends_with("} 5"))
+            && text
+                .lines()
+                .filter(|l| l.starts_with("bazaar_hub_ingest_lag_messages{"))
+                .all(|l| l.ends_with("} 0"));
+        if caught_up {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest lag never caught up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let lag_lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("bazaar_hub_ingest_lag_messages{"))
+        .collect();
+    assert_eq!(
+        lag_lines.len(),
+        3,
+        "one line per assigned partition: {lag_lines:?}"
+    );
+    assert!(
+        lag_lines
+            .iter()
+            .all(|l| l.contains(&format!("topic=\"{topic}\""))),
+        "{lag_lines:?}"
+    );
+    assert!(metrics.contains("# TYPE bazaar_hub_ingest_lag_age_seconds gauge"));
+
+    let _ = stop.send(());
+    hub.await.unwrap().expect("the hub stops cleanly");
+    let _ = sqlx::query(&format!("DROP DATABASE `{database}`"))
+        .execute(&pool)
+        .await;
+}

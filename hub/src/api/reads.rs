@@ -2,9 +2,10 @@
 //! events, the OpenAPI document and readiness.
 //!
 //! Every list pages by keyset with an opaque `cursor` and a bounded `limit` (see
-//! [`crate::queries`]); every query runs on `hub.reader(who)`. Query strings are parsed
-//! strictly: an unknown or repeated parameter, a bad limit, id, time or cursor is a 422
-//! that names it, never a silently wider answer.
+//! [`crate::queries`]); every query runs through `hub.reads.read(who, ..)`: on the pool
+//! `hub.reader(who)` would give, again on the primary if it failed on the replica. Query
+//! strings are parsed strictly: an unknown or repeated parameter, a bad limit, id, time or
+//! cursor is a 422 that names it, never a silently wider answer.
 
 use std::sync::{Arc, OnceLock};
 
@@ -243,11 +244,14 @@ fn list_stores(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and_then(|who: Principal, q: PageQuery, hub: Arc<Hub>| async move {
             who.admin()?;
             let limit = limit(q.limit)?;
-            let pool = hub.reader(Some(&who)).await;
-            paged(
-                queries::stores_page(pool, q.cursor.as_deref(), limit).await,
-                "stores",
-            )
+            let cursor = q.cursor.as_deref();
+            let page = hub
+                .reads
+                .read(Some(&who), |pool| async move {
+                    queries::stores_page(&pool, cursor, limit).await
+                })
+                .await;
+            paged(page, "stores")
         })
         .boxed()
 }
@@ -263,20 +267,25 @@ fn store_stock_page(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 let store = store_param(store)?;
                 who.may_act_on(&store)?;
                 let limit = limit(q.limit)?;
-                let pool = hub.reader(Some(&who)).await;
-                match crate::stores::exists(pool, &store).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(
-                            ApiError::not_found(format!("store {store} is not registered")).into(),
-                        )
+                let (id, cursor) = (&store, q.cursor.as_deref());
+                let page = hub
+                    .reads
+                    .read(Some(&who), |pool| async move {
+                        if !crate::stores::exists(&pool, id).await? {
+                            return Ok(None);
+                        }
+                        queries::stock_page(&pool, id.as_str(), cursor, limit)
+                            .await
+                            .map(Some)
+                    })
+                    .await;
+                match page {
+                    Ok(Some(page)) => paged(Ok(page), "stock"),
+                    Ok(None) => {
+                        Err(ApiError::not_found(format!("store {store} is not registered")).into())
                     }
-                    Err(e) => return Err(ApiError::internal("could not read stores", e).into()),
+                    Err(e) => paged::<crate::stores::StockFigure>(Err(e), "stock"),
                 }
-                paged(
-                    queries::stock_page(pool, store.as_str(), q.cursor.as_deref(), limit).await,
-                    "stock",
-                )
             },
         )
         .boxed()
@@ -290,8 +299,14 @@ fn product_stock(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and_then(|sku: String, who: Principal, hub: Arc<Hub>| async move {
             who.admin()?;
             let sku: Sku = sku_param(sku)?;
-            let pool = hub.reader(Some(&who)).await;
-            match queries::product_stock(pool, sku.as_str()).await {
+            let id = sku.as_str();
+            let stock = hub
+                .reads
+                .read(Some(&who), |pool| async move {
+                    queries::product_stock(&pool, id).await
+                })
+                .await;
+            match stock {
                 Ok(Some(stock)) => Ok(warp::reply::json(&stock).into_response()),
                 Ok(None) => Err(Rejection::from(ApiError::not_found(format!(
                     "sku {sku} is unknown at this hub (no product record, no movement)"
@@ -318,11 +333,14 @@ fn movements(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                     sku: sku.map(|s| s.to_string()),
                     since: q.since,
                 };
-                let pool = hub.reader(Some(&who)).await;
-                paged(
-                    queries::movements_page(pool, &filter, q.cursor.as_deref(), limit).await,
-                    "movements",
-                )
+                let (filter, cursor) = (&filter, q.cursor.as_deref());
+                let page = hub
+                    .reads
+                    .read(Some(&who), |pool| async move {
+                        queries::movements_page(&pool, filter, cursor, limit).await
+                    })
+                    .await;
+                paged(page, "movements")
             },
         )
         .boxed()
@@ -337,9 +355,14 @@ fn recent_movements(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and_then(|who: Principal, q: RecentQuery, hub: Arc<Hub>| async move {
             let store = scope(&who, None)?;
             let limit = limit(q.limit)?;
-            let pool = hub.reader(Some(&who)).await;
-            match queries::recent_movements(pool, store.as_ref().map(StoreId::as_str), limit).await
-            {
+            let store = store.as_ref().map(StoreId::as_str);
+            let rows = hub
+                .reads
+                .read(Some(&who), |pool| async move {
+                    queries::recent_movements(&pool, store, limit).await
+                })
+                .await;
+            match rows {
                 Ok(rows) => Ok(warp::reply::json(&rows).into_response()),
                 Err(e) => Err(Rejection::from(ApiError::internal(
                     "could not read movements",
@@ -364,11 +387,14 @@ fn audit(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 action: q.action,
                 since: q.since,
             };
-            let pool = hub.reader(Some(&who)).await;
-            paged(
-                queries::audit_page(pool, &filter, q.cursor.as_deref(), limit).await,
-                "the audit log",
-            )
+            let (filter, cursor) = (&filter, q.cursor.as_deref());
+            let page = hub
+                .reads
+                .read(Some(&who), |pool| async move {
+                    queries::audit_page(&pool, filter, cursor, limit).await
+                })
+                .await;
+            paged(page, "the audit log")
         })
         .boxed()
 }
@@ -382,17 +408,14 @@ fn parked(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and_then(|who: Principal, q: ParkedQuery, hub: Arc<Hub>| async move {
             let store = scope(&who, optional_store(q.store)?)?;
             let limit = limit(q.limit)?;
-            let pool = hub.reader(Some(&who)).await;
-            paged(
-                queries::parked_page(
-                    pool,
-                    store.as_ref().map(StoreId::as_str),
-                    q.cursor.as_deref(),
-                    limit,
-                )
-                .await,
-                "parked events",
-            )
+            let (store, cursor) = (store.as_ref().map(StoreId::as_str), q.cursor.as_deref());
+            let page = hub
+                .reads
+                .read(Some(&who), |pool| async move {
+                    queries::parked_page(&pool, store, cursor, limit).await
+                })
+                .await;
+            paged(page, "parked events")
         })
         .boxed()
 }
