@@ -113,6 +113,10 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
 
 fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     base_config(brokers)
+        // The store's partition is murmur2(store) mod N, as Apache Kafka's Java client
+        // computes it (DESIGN §5): the hub finds it again to tell whether it has consumed
+        // a store's movements to the end (snapshots). librdkafka's default is CRC32.
+        .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")

@@ -347,11 +347,17 @@ impl Agent {
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with(&[])
+    }
+
+    /// `bazaar-agent run ARGS…`, e.g. `--resnapshot`.
+    pub fn start_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
         self.starts += 1;
         let log = self.data.join(format!("agent-{}.log", self.starts));
         let mut command = Command::new(binary("bazaar-agent"));
         command
             .arg("run")
+            .args(args)
             .env("BAZAAR_AGENT_DATA", &self.data)
             .env("RUST_LOG", "info,rdkafka=warn");
         for (k, v) in &self.extra_env {
@@ -519,4 +525,48 @@ impl Agent {
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(Process::pid)
     }
+}
+
+// Helpers for the bootstrap and offline-day tests.
+
+impl Agent {
+    /// `kill -9` and delete the data directory: a store server whose disk was lost.
+    pub fn wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// `GET /v1/status` of an agent, once it answers.
+pub async fn agent_status(client: &reqwest::Client, agent_url: &str) -> Option<Value> {
+    client
+        .get(format!("{agent_url}/v1/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Every store-origin seq the hub holds for `store`: (rows, distinct seqs, min, max).
+pub async fn hub_seq_summary(pool: &sqlx::MySqlPool, store: &str) -> (i64, i64, u64, u64) {
+    sqlx::query_as(
+        "SELECT count(*), count(DISTINCT seq), CAST(ifnull(min(seq), 0) AS UNSIGNED),
+                CAST(ifnull(max(seq), 0) AS UNSIGNED)
+         FROM movements WHERE store = ? AND origin = 'store'",
+    )
+    .bind(store)
+    .fetch_one(pool)
+    .await
+    .expect("the hub's ledger")
+}
+
+/// Parked messages the hub holds for `store`.
+pub async fn hub_parked(pool: &sqlx::MySqlPool, store: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM parked_events WHERE store = ?")
+        .bind(store)
+        .fetch_one(pool)
+        .await
+        .expect("parked_events")
 }
