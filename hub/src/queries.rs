@@ -21,9 +21,10 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
 /// One page of a list, and where the next one starts.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "PageOf{T}")]
 pub struct Page<T> {
     pub items: Vec<T>,
-    /// Pass it back as `cursor` for the next page; absent on the last page.
+    /// Pass it back as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -228,12 +229,13 @@ pub async fn product_stock(
 pub struct Movement {
     pub store: String,
     /// `store` (numbered by the agent) or `hub` (hub-origin, numbered by the hub).
+    #[schemars(extend("enum" = ["store", "hub"]))]
     pub origin: String,
     /// Gapless per (store, origin), from 1.
     pub seq: u64,
     /// The event's UUIDv7.
     pub id: String,
-    /// sale, return, receipt, adjustment, count, transfer_out, transfer_in.
+    #[schemars(extend("enum" = ["sale", "return", "receipt", "adjustment", "count", "transfer_out", "transfer_in"]))]
     pub kind: String,
     pub sku: String,
     /// The change to on-hand as applied at the hub (for a count: against the hub's view).
@@ -244,6 +246,7 @@ pub struct Movement {
     pub hub_watermark: u64,
     /// An adjustment's reason: damage, theft, expiry, correction.
     pub reason: Option<String>,
+    /// The till's or scanner's own reference.
     #[serde(rename = "ref")]
     pub reference: Option<String>,
     pub to_store: Option<String>,
@@ -594,6 +597,22 @@ mod tests {
         );
         let last = paged("t", vec![1, 2], 2, |n| (*n,));
         assert_eq!((last.items.len(), last.next_cursor), (2, None));
+    }
+
+    #[test]
+    fn the_documented_kinds_are_the_wire_formats() {
+        let schema = schemars::generate::SchemaSettings::openapi3()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<Movement>();
+        let documented: Vec<String> =
+            serde_json::from_value(schema.as_value()["properties"]["kind"]["enum"].clone())
+                .unwrap();
+        let wire: Vec<String> = bazaar_shared::Kind::ALL
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        assert_eq!(documented, wire);
     }
 
     #[test]

@@ -345,3 +345,4 @@ async fn the_document_is_complete_and_self_consistent() {
     );
     app.cleanup().await;
 }
+
