@@ -10,8 +10,10 @@
 //!   is resolved by the same evaluation that finds it cleared.
 //! - Evaluation runs after each ingest commit on every (store, sku) the batch touched
 //!   (duplicates included), before the batch's offsets are stored: a crash re-delivers
-//!   the batch and evaluates again. Reads are batched (a handful of queries per 500 keys,
-//!   whatever the batch size); writes happen only on a transition.
+//!   the batch and evaluates again. Reads are batched (about three queries per 250 keys:
+//!   stock with today's sales, forecast bound and derived thresholds; explicit thresholds;
+//!   open alerts — see [`thresholds::key_groups`] for their shape), whatever the batch
+//!   size; writes happen only on a transition.
 //! - Every raise and resolve writes an `alert_events` row in the same transaction. One
 //!   relay across the hubs (a Redis lease) publishes pending events on `{prefix}alerts`
 //!   in id order, key = store, and stamps them once the broker acknowledged them: delivery
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bazaar_intelligence::alerts::{evaluate, AlertFacts, AlertKind, AlertThresholds, DaySales};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
@@ -47,7 +49,6 @@ pub const KEY_KINDS: [AlertKind; 5] = [
     AlertKind::DemandAnomaly,
 ];
 
-const CHUNK: usize = 500;
 const RELAY_BATCH: u32 = 200;
 
 pub fn severity(kind: AlertKind) -> &'static str {
@@ -249,13 +250,17 @@ impl Alerting {
     ) -> Result<Transitions, sqlx::Error> {
         let keys: Vec<(String, String)> = keys.iter().cloned().collect();
         let mut all = Transitions::default();
-        for chunk in keys.chunks(CHUNK) {
+        for group in thresholds::key_groups(&keys) {
             let now = Utc::now();
-            let facts = self.read_facts(chunk, now.date_naive()).await?;
-            let open = self.open_for(chunk).await?;
+            let facts = self.read_facts(&group, now.date_naive()).await?;
+            let chunk: Vec<(String, String)> = group
+                .iter()
+                .flat_map(|(store, skus)| skus.iter().map(|sku| (store.clone(), sku.clone())))
+                .collect();
+            let open = self.open_for(&chunk).await?;
             let mut raises = Vec::new();
             let mut resolves = Vec::new();
-            for (store, sku) in chunk {
+            for (store, sku) in &chunk {
                 // A touched key with no stock row changed nothing (a duplicate, a parked
                 // message): nothing to judge.
                 let Some(f) = facts.get(&(store.clone(), sku.clone())) else {
@@ -291,29 +296,50 @@ impl Alerting {
         Ok(all)
     }
 
+    /// Stock, today's sales, today's forecast bound and the forecast-derived thresholds in
+    /// one query; the explicit thresholds in one more.
     async fn read_facts(
         &self,
-        chunk: &[(String, String)],
+        group: &[(String, Vec<String>)],
         today: NaiveDate,
     ) -> Result<HashMap<(String, String), KeyFacts>, sqlx::Error> {
-        let tuples = |q: &mut QueryBuilder<'_, MySql>| {
-            q.push_tuples(chunk, |mut b, (store, sku)| {
-                b.push_bind(store.clone()).push_bind(sku.clone());
-            });
-        };
         let mut q = QueryBuilder::<MySql>::new(
-            "SELECT store, sku, on_hand FROM stock WHERE (store, sku) IN ",
+            "SELECT s.store, s.sku, s.on_hand, d.qty AS sold_today,
+                    CAST(JSON_VALUE(f.body, CONCAT('$.hi[', DATEDIFF(",
         );
-        tuples(&mut q);
+        q.push_bind(today).push(
+            ", f.first_day), ']')) AS DOUBLE) AS forecast_hi,
+                    r.derived_reorder_point, r.derived_max_stock
+             FROM stock s
+             LEFT JOIN daily_sales d ON d.store = s.store AND d.sku = s.sku AND d.day = ",
+        );
+        q.push_bind(today).push(
+            " LEFT JOIN forecasts f ON f.store = s.store AND f.sku = s.sku AND f.first_day <= ",
+        );
+        q.push_bind(today)
+            .push(" LEFT JOIN reorder_suggestions r ON r.store = s.store AND r.sku = s.sku WHERE ");
+        thresholds::push_key_filter(&mut q, "s.store", "s.sku", group);
         let mut facts: HashMap<(String, String), KeyFacts> = HashMap::new();
+        let mut derived: HashMap<(String, String), thresholds::Levels> = HashMap::new();
         for r in q.build().fetch_all(&self.pool).await? {
+            let key: (String, String) = (r.try_get("store")?, r.try_get("sku")?);
+            if self.with_forecast {
+                derived.insert(
+                    key.clone(),
+                    thresholds::Levels {
+                        reorder_point: r.try_get("derived_reorder_point")?,
+                        max_stock: r.try_get("derived_max_stock")?,
+                    },
+                );
+            }
+            let forecast_hi: Option<f64> = r.try_get("forecast_hi")?;
             facts.insert(
-                (r.try_get("store")?, r.try_get("sku")?),
+                key,
                 KeyFacts {
                     on_hand: r.try_get("on_hand")?,
                     thresholds: thresholds::Effective::default(),
-                    sold_today: None,
-                    forecast_hi: None,
+                    sold_today: r.try_get("sold_today")?,
+                    forecast_hi: forecast_hi.filter(|h| h.is_finite()),
                 },
             );
         }
@@ -321,64 +347,43 @@ impl Alerting {
             return Ok(facts);
         }
         let present: Vec<(String, String)> = facts.keys().cloned().collect();
-        for (key, e) in thresholds::effective_for(&self.pool, &present, self.with_forecast).await? {
+        for (key, e) in thresholds::effective_given(&self.pool, &present, &derived).await? {
             if let Some(f) = facts.get_mut(&key) {
                 f.thresholds = e;
-            }
-        }
-        let mut q =
-            QueryBuilder::<MySql>::new("SELECT store, sku, qty FROM daily_sales WHERE day = ");
-        q.push_bind(today).push(" AND (store, sku) IN ");
-        tuples(&mut q);
-        for r in q.build().fetch_all(&self.pool).await? {
-            if let Some(f) = facts.get_mut(&(r.try_get("store")?, r.try_get("sku")?)) {
-                f.sold_today = Some(r.try_get("qty")?);
-            }
-        }
-        // Today's upper bound from the stored forecast, if its horizon covers today.
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT store, sku, CAST(JSON_VALUE(body, CONCAT('$.hi[', DATEDIFF(",
-        );
-        q.push_bind(today)
-            .push(", first_day), ']')) AS DOUBLE) AS hi FROM forecasts WHERE first_day <= ")
-            .push_bind(today)
-            .push(" AND (store, sku) IN ");
-        tuples(&mut q);
-        for r in q.build().fetch_all(&self.pool).await? {
-            let hi: Option<f64> = r.try_get("hi")?;
-            if let Some(f) = facts.get_mut(&(r.try_get("store")?, r.try_get("sku")?)) {
-                f.forecast_hi = hi.filter(|h| h.is_finite());
             }
         }
         Ok(facts)
     }
 
-    /// Open per-key alerts of `chunk`, by open key (found through the unique index).
+    /// Open per-key alerts of `chunk`, by open key (found through the unique index; the
+    /// lists stay below MariaDB's IN-to-subquery threshold, see [`thresholds::CHUNK`]).
     async fn open_for(
         &self,
         chunk: &[(String, String)],
     ) -> Result<HashMap<String, Open>, sqlx::Error> {
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT id, store, sku, kind, open_key FROM alerts WHERE open_key IN (",
-        );
-        let mut sep = q.separated(", ");
-        for (store, sku) in chunk {
-            for kind in KEY_KINDS {
-                sep.push_bind(open_key(kind.as_str(), store, sku));
-            }
-        }
-        q.push(")");
         let mut open = HashMap::new();
-        for r in q.build().fetch_all(&self.pool).await? {
-            open.insert(
-                r.try_get::<String, _>("open_key")?,
-                Open {
-                    id: r.try_get("id")?,
-                    store: r.try_get::<Option<String>, _>("store")?.unwrap_or_default(),
-                    sku: r.try_get("sku")?,
-                    kind: r.try_get("kind")?,
-                },
+        for part in chunk.chunks(150) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "SELECT id, store, sku, kind, open_key FROM alerts WHERE open_key IN (",
             );
+            let mut sep = q.separated(", ");
+            for (store, sku) in part {
+                for kind in KEY_KINDS {
+                    sep.push_bind(open_key(kind.as_str(), store, sku));
+                }
+            }
+            q.push(")");
+            for r in q.build().fetch_all(&self.pool).await? {
+                open.insert(
+                    r.try_get::<String, _>("open_key")?,
+                    Open {
+                        id: r.try_get("id")?,
+                        store: r.try_get::<Option<String>, _>("store")?.unwrap_or_default(),
+                        sku: r.try_get("sku")?,
+                        kind: r.try_get("kind")?,
+                    },
+                );
+            }
         }
         Ok(open)
     }
@@ -394,6 +399,8 @@ impl Alerting {
         if raises.is_empty() && resolves.is_empty() {
             return Ok(done);
         }
+        // What MySQL keeps (microseconds), so the event says what the API will.
+        let now = now.trunc_subsecs(6);
         let mut tx = self.pool.begin().await?;
         // Resolves first: a key moving from one kind to another reads in order.
         for open in resolves {
@@ -405,18 +412,25 @@ impl Alerting {
             .execute(&mut *tx)
             .await?;
             if updated.rows_affected() == 1 {
-                event(&mut tx, open.id, "resolved", now).await?;
+                let row = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
+                    .bind(open.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                event(&mut tx, &alert_of(&row)?, "resolved", now).await?;
                 done.resolved.push(open.id);
                 tracing::info!(store = %open.store, sku = ?open.sku, kind = %open.kind, "alert resolved");
             }
         }
         for raise in &raises {
-            let message = message(
+            let message: String = message(
                 raise.kind,
                 &raise.store,
                 raise.sku.as_deref(),
                 &raise.detail,
-            );
+            )
+            .chars()
+            .take(1000)
+            .collect();
             // IGNORE: another evaluation opened the same alert meanwhile (the unique open
             // key); then there is nothing to raise.
             let inserted = sqlx::query(
@@ -427,7 +441,7 @@ impl Alerting {
             .bind(&raise.sku)
             .bind(raise.kind.as_str())
             .bind(severity(raise.kind))
-            .bind(message.chars().take(1000).collect::<String>())
+            .bind(&message)
             .bind(raise.detail.to_string())
             .bind(now)
             .execute(&mut *tx)
@@ -436,7 +450,20 @@ impl Alerting {
                 continue;
             }
             let id = inserted.last_insert_id() as i64;
-            event(&mut tx, id, "raised", now).await?;
+            let alert = Alert {
+                id,
+                store: Some(raise.store.clone()),
+                sku: raise.sku.clone(),
+                kind: raise.kind.as_str().to_owned(),
+                severity: severity(raise.kind).to_owned(),
+                message,
+                detail: Some(raise.detail.clone()),
+                raised_at: now,
+                acknowledged_at: None,
+                acknowledged_by: None,
+                resolved_at: None,
+            };
+            event(&mut tx, &alert, "raised", now).await?;
             done.raised.push(id);
         }
         tx.commit().await?;
@@ -597,7 +624,7 @@ impl Alerting {
                 let id: i64 = r.try_get("id")?;
                 let store: Option<String> = r.try_get("store")?;
                 let body: Vec<u8> = r.try_get("body")?;
-                batch.push((id, store.unwrap_or_default(), body));
+                batch.push((id, store.unwrap_or_default(), with_event_id(id, &body)));
             }
             let deliveries = batch.iter().map(|(_, store, body)| {
                 producer.send(
@@ -663,41 +690,39 @@ impl Alerting {
     }
 }
 
-/// The event row for a transition, with the alert as it now stands.
+/// The event row for a transition, with the alert as it now stands. Its `event_id` is the
+/// row's id, added by the relay when it publishes ([`with_event_id`]).
 async fn event(
     tx: &mut sqlx::Transaction<'_, MySql>,
-    alert_id: i64,
+    alert: &Alert,
     kind: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
-        .bind(alert_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let alert = alert_of(&row)?;
-    let inserted = sqlx::query(
-        "INSERT INTO alert_events (alert_id, store, event, body, created_at) VALUES (?, ?, ?, '{}', ?)",
+    let body = serde_json::json!({"v": 1, "event": kind, "at": now, "alert": alert});
+    sqlx::query(
+        "INSERT INTO alert_events (alert_id, store, event, body, created_at) VALUES (?, ?, ?, ?, ?)",
     )
-    .bind(alert_id)
+    .bind(alert.id)
     .bind(&alert.store)
     .bind(kind)
+    .bind(body.to_string())
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    let event_id = inserted.last_insert_id();
-    let body = serde_json::json!({
-        "v": 1,
-        "event_id": event_id,
-        "event": kind,
-        "at": now,
-        "alert": alert,
-    });
-    sqlx::query("UPDATE alert_events SET body = ? WHERE id = ?")
-        .bind(body.to_string())
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
+}
+
+/// The published form of a stored event: its body with `event_id`, by which consumers
+/// deduplicate (delivery is at least once).
+pub fn with_event_id(id: i64, body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut event)) => {
+            event.insert("event_id".into(), id.into());
+            serde_json::Value::Object(event).to_string().into_bytes()
+        }
+        // Only this module writes bodies; keep anything else as it is.
+        _ => body.to_vec(),
+    }
 }
 
 /// A page of alerts, newest first.
@@ -811,6 +836,16 @@ mod tests {
             k(&facts(3, None, None)).is_empty(),
             "no thresholds, no low stock"
         );
+    }
+
+    #[test]
+    fn published_events_carry_their_row_id() {
+        let body = br#"{"v":1,"event":"raised","alert":{"id":7}}"#;
+        let published: serde_json::Value =
+            serde_json::from_slice(&with_event_id(42, body)).unwrap();
+        assert_eq!(published["event_id"], 42);
+        assert_eq!(published["alert"]["id"], 7);
+        assert_eq!(with_event_id(1, b"not json"), b"not json");
     }
 
     #[test]

@@ -520,22 +520,19 @@ async fn histories(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<HashMap<(String, String), Vec<f64>>, sqlx::Error> {
-    let mut q = QueryBuilder::<MySql>::new(
-        "SELECT store, sku, day, qty FROM daily_sales WHERE day BETWEEN ",
-    );
-    q.push_bind(from)
-        .push(" AND ")
-        .push_bind(to)
-        .push(" AND (store, sku) IN ");
-    q.push_tuples(keys, |mut b, (store, sku)| {
-        b.push_bind(store.clone()).push_bind(sku.clone());
-    });
-    q.push(" ORDER BY store, sku, day");
     let mut days: HashMap<(String, String), Vec<(NaiveDate, i64)>> = HashMap::new();
-    for r in q.build().fetch_all(pool).await? {
-        days.entry((r.try_get("store")?, r.try_get("sku")?))
-            .or_default()
-            .push((r.try_get("day")?, r.try_get("qty")?));
+    for group in crate::thresholds::key_groups(keys) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT store, sku, day, qty FROM daily_sales WHERE day BETWEEN ",
+        );
+        q.push_bind(from).push(" AND ").push_bind(to).push(" AND ");
+        crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
+        q.push(" ORDER BY store, sku, day");
+        for r in q.build().fetch_all(pool).await? {
+            days.entry((r.try_get("store")?, r.try_get("sku")?))
+                .or_default()
+                .push((r.try_get("day")?, r.try_get("qty")?));
+        }
     }
     Ok(days
         .into_iter()
@@ -591,22 +588,18 @@ async fn on_hand(
     pool: &MySqlPool,
     keys: &[(String, String)],
 ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
-    let mut q =
-        QueryBuilder::<MySql>::new("SELECT store, sku, on_hand FROM stock WHERE (store, sku) IN ");
-    q.push_tuples(keys, |mut b, (store, sku)| {
-        b.push_bind(store.clone()).push_bind(sku.clone());
-    });
-    q.build()
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
+    let mut found = HashMap::new();
+    for group in crate::thresholds::key_groups(keys) {
+        let mut q = QueryBuilder::<MySql>::new("SELECT store, sku, on_hand FROM stock WHERE ");
+        crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
+        for r in q.build().fetch_all(pool).await? {
+            found.insert(
                 (r.try_get("store")?, r.try_get("sku")?),
                 r.try_get("on_hand")?,
-            ))
-        })
-        .collect()
+            );
+        }
+    }
+    Ok(found)
 }
 
 fn round4(v: &[f64]) -> Vec<f64> {
@@ -628,21 +621,25 @@ async fn write_page(
     let mut tx = pool.begin().await?;
     let mut previous: HashMap<(String, String), (Option<i64>, Option<i64>)> = HashMap::new();
     if push {
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT store, sku, derived_reorder_point, derived_max_stock FROM reorder_suggestions WHERE (store, sku) IN ",
-        );
-        q.push_tuples(planned, |mut b, p| {
-            b.push_bind(p.store.clone()).push_bind(p.sku.clone());
-        });
-        q.push(" FOR UPDATE");
-        for r in q.build().fetch_all(&mut *tx).await? {
-            previous.insert(
-                (r.try_get("store")?, r.try_get("sku")?),
-                (
-                    r.try_get("derived_reorder_point")?,
-                    r.try_get("derived_max_stock")?,
-                ),
+        let keys: Vec<(String, String)> = planned
+            .iter()
+            .map(|p| (p.store.clone(), p.sku.clone()))
+            .collect();
+        for group in crate::thresholds::key_groups(&keys) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "SELECT store, sku, derived_reorder_point, derived_max_stock FROM reorder_suggestions WHERE ",
             );
+            crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
+            q.push(" FOR UPDATE");
+            for r in q.build().fetch_all(&mut *tx).await? {
+                previous.insert(
+                    (r.try_get("store")?, r.try_get("sku")?),
+                    (
+                        r.try_get("derived_reorder_point")?,
+                        r.try_get("derived_max_stock")?,
+                    ),
+                );
+            }
         }
     }
     let mut q = QueryBuilder::<MySql>::new(

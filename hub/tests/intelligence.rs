@@ -1000,3 +1000,74 @@ async fn surplus_moves_to_the_store_that_will_run_out() {
     );
     app.cleanup().await;
 }
+
+/// A full ingest batch (2000 movements, 2000 keys) is judged in a handful of queries per
+/// 500 keys: every key crossing its reorder point raises one alert; judging the same keys
+/// again writes nothing. Prints the timings (`--nocapture`) next to the batch's own.
+#[tokio::test]
+async fn a_full_batch_is_judged_in_bulk() {
+    let mut app = spawn_app().await;
+    app.register("S1").await;
+    let (status, _) = app
+        .call(
+            "PUT",
+            "/v1/thresholds",
+            Some(ADMIN),
+            Some(json!({"store": "S1", "reorder_point": 5})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let key = app.keys["S1"].1.clone();
+    let batch: Vec<RawMessage> = (1..=ingest::MAX_BATCH as u64)
+        .map(|seq| {
+            let envelope = Envelope::movement(
+                StoreId::parse("S1").unwrap(),
+                Origin::Store,
+                seq,
+                Kind::Receipt,
+                Sku::parse(format!("SKU-{seq}")).unwrap(),
+                3,
+            );
+            RawMessage {
+                position: Position {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: seq as i64,
+                },
+                payload: envelope.to_signed_bytes(&key).unwrap(),
+            }
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let outcome = ingest::apply_batch(&app.hub.pool, &batch).await.unwrap();
+    let applied = started.elapsed();
+    let started = std::time::Instant::now();
+    let first = app
+        .hub
+        .alerting
+        .evaluate_keys(&outcome.touched)
+        .await
+        .unwrap();
+    let judged = started.elapsed();
+    let started = std::time::Instant::now();
+    let again = app
+        .hub
+        .alerting
+        .evaluate_keys(&outcome.touched)
+        .await
+        .unwrap();
+    let rejudged = started.elapsed();
+    eprintln!(
+        "batch of {}: apply {applied:?}; alerts: first evaluation {judged:?} ({} raised), steady state {rejudged:?}",
+        batch.len(),
+        first.raised.len()
+    );
+    assert_eq!(first.raised.len(), ingest::MAX_BATCH, "3 ≤ 5 everywhere");
+    assert!(again.raised.is_empty() && again.resolved.is_empty());
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM alerts WHERE kind = 'low_stock' AND resolved_at IS NULL")
+            .await,
+        ingest::MAX_BATCH as i64
+    );
+    app.cleanup().await;
+}
