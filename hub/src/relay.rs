@@ -193,6 +193,7 @@ impl Relay {
                 }
             };
             if rows.is_empty() {
+                self.stats.depth.store(0, Ordering::Relaxed);
                 if pause(IDLE_POLL, &mut lost, stop).await {
                     break;
                 }
