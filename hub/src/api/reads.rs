@@ -121,7 +121,7 @@ pub fn docs() -> Vec<Operation> {
             .error(404, "The sku is unknown at this hub (no product record, no movement)")
             .error(422, "Not a valid sku"),
         Operation::get("/v1/movements", "listMovements", "The immutable movement ledger")
-            .describe("In the order the hub applied them (received_at, then store, origin, seq), filtered. Pages never skip or repeat a movement, whatever is applied meanwhile; new movements appear on later pages.")
+            .describe("In the order the hub applied them (received_at, then store, origin, seq), filtered. Every movement that existed when the first page was read is served exactly once, whatever is applied meanwhile. A movement applied while you page comes on a later page, unless its batch started before your position (several hubs applying at once): to tail the ledger, read again from a `since` a few seconds back and drop the ids you have.")
             .tag("ledger")
             .access(Access::AnyToken)
             .query::<MovementsQuery>()
