@@ -1,8 +1,8 @@
 //! Bootstrap: what the agent learns from the hub before its first send (DESIGN §6).
 //!
 //! An agent that has never heard from the hub (new, re-installed or wiped), or one told to
-//! re-snapshot (`run --resnapshot`, kept in `meta` until done so a crash cannot skip it),
-//! downloads the store's snapshot — stock, `last_seq`, `last_hub_seq` — and installs it.
+//! re-snapshot (`run --resnapshot`, or a hub command while it runs; kept in `meta` until
+//! done so a crash cannot skip it), downloads the store's snapshot — stock, `last_seq`, `last_hub_seq` — and installs it.
 //! Until then it accepts movements and sends none, and follows no hub command.
 //!
 //! Invariants:
@@ -50,6 +50,8 @@ const MAX_RESTARTS: u32 = 5;
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 const REFUSED_WAIT: Duration = Duration::from_secs(30);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// How often a running agent looks for a re-snapshot request (one indexed meta read).
+const REQUEST_POLL: Duration = Duration::from_secs(2);
 
 /// One page as the hub serves it (`GET /v1/stores/{store}/snapshot`).
 #[derive(Debug, Clone, Deserialize)]
@@ -497,6 +499,10 @@ pub fn install(
         "DELETE FROM meta WHERE key = ?1",
         [META_RESNAPSHOT_REQUESTED],
     )?;
+    conn.execute(
+        "UPDATE alerts SET resolved_at = ?2 WHERE kind = ?1 AND resolved_at IS NULL",
+        params![crate::commands::RESNAPSHOT_ALERT, now],
+    )?;
     Ok(Installed {
         shift,
         replayed,
@@ -504,6 +510,27 @@ pub fn install(
         skus: on_hand.len() as u64,
         hub_watermark,
     })
+}
+
+/// Resolves true once a re-snapshot is asked for while the agent runs (by a hub command
+/// or another process writing the flag), false when the agent stops.
+pub async fn requested(agent: &Arc<Agent>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REQUEST_POLL) => {}
+            _ = shutdown.changed() => return false,
+        }
+        if *shutdown.borrow() {
+            return false;
+        }
+        let wanted = agent
+            .read(|conn| Ok(get_meta(conn, META_RESNAPSHOT_REQUESTED)?.is_some()))
+            .await;
+        if matches!(wanted, Ok(true)) {
+            agent.bootstrap.set(Phase::WaitingForHub, None);
+            return true;
+        }
+    }
 }
 
 /// Runs until the ledger may send: at once when it needs no snapshot, else once one is
@@ -733,6 +760,15 @@ mod tests {
         }
         set_meta(&conn, crate::commands::META_OFFSET, "4").unwrap();
         request_resnapshot(&conn).unwrap();
+        crate::housekeeping::raise_alert(
+            &conn,
+            crate::commands::RESNAPSHOT_ALERT,
+            None,
+            "warning",
+            "asked",
+            NOW,
+        )
+        .unwrap();
         assert!(needed(&conn).unwrap());
 
         // The hub has applied seq 1..=4 (A = 40) and hub movements 1..=3 (B = 3), and
@@ -762,6 +798,12 @@ mod tests {
             "a follower ahead of the snapshot keeps its position"
         );
         assert!(!needed(&conn).unwrap());
+        assert!(
+            crate::housekeeping::alerts(&conn, false, 10)
+                .unwrap()
+                .is_empty(),
+            "the request's alert is resolved once the snapshot is in"
+        );
         assert_eq!(record(&conn, Kind::Sale, "A", Quantity::Delta(-1)), 6);
     }
 

@@ -265,12 +265,27 @@ pub async fn run_with(
         let agent = agent.clone();
         let mut stop = stop_rx.clone();
         async move {
-            if !crate::bootstrap::ensure(&agent, &mut stop).await {
-                return;
+            loop {
+                if !crate::bootstrap::ensure(&agent, &mut stop).await {
+                    return;
+                }
+                // One round of sending and following, until the agent stops or a
+                // re-snapshot is asked for (a hub command, say): then both pause, the
+                // snapshot is installed, and a new round begins.
+                let (round_stop, round) = watch::channel(false);
+                let commands = tokio::spawn(crate::commands::run(agent.clone(), round.clone()));
+                let pump = tokio::spawn(sync::run(agent.clone(), hub.clone(), round));
+                let resnapshot = crate::bootstrap::requested(&agent, &mut stop).await;
+                let _ = round_stop.send(true);
+                let _ = pump.await;
+                let _ = commands.await;
+                if !resnapshot {
+                    return;
+                }
+                tracing::info!(
+                    "re-snapshot requested: sending and following pause until it is installed"
+                );
             }
-            let commands = tokio::spawn(crate::commands::run(agent.clone(), stop.clone()));
-            sync::run(agent, hub, stop).await;
-            let _ = commands.await;
         }
     });
     let housekeeping = tokio::spawn(crate::housekeeping::run(agent.clone(), stop_rx.clone()));
