@@ -19,7 +19,7 @@ use bazaar_shared::envelope::MAX_QUANTITY;
 use bazaar_shared::http::ApiError;
 use bazaar_shared::{Envelope, Kind, Origin, Reason, Sku, StoreId};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{MySqlConnection, MySqlPool, Row};
@@ -29,18 +29,79 @@ use crate::outbox::{Counter, OutboxError};
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The body of `POST /v1/stores/{store}/movements`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MovementRequest {
+    /// receipt, adjustment, count, transfer_out or transfer_in.
     pub kind: String,
     pub sku: String,
+    /// Units, positive (the kind gives the sign); an adjustment's signed delta.
     pub qty: Option<i64>,
+    /// A count's figure (≥ 0) instead of `qty`: the delta is counted − the hub's on-hand.
     pub counted: Option<i64>,
+    /// An adjustment's reason: damage, theft, expiry or correction.
+    pub reason: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// A transfer_out's receiving store (registered here): it gets an expected-transfer notice.
+    pub to_store: Option<String>,
+    /// A transfer_in's sending store.
+    pub from_store: Option<String>,
+}
+
+/// A hub-origin movement as the hub applied it.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HubMovement {
+    pub store: String,
+    /// Always `hub`.
+    pub origin: String,
+    /// The store's hub_seq: this movement's place in what the store follows.
+    pub hub_seq: u64,
+    pub id: String,
+    pub kind: String,
+    pub sku: String,
+    pub delta: i64,
+    pub counted: Option<i64>,
+    pub hub_watermark: u64,
     pub reason: Option<String>,
     #[serde(rename = "ref")]
     pub reference: Option<String>,
     pub to_store: Option<String>,
     pub from_store: Option<String>,
+    pub occurred_at: String,
+}
+
+/// The store's figure after the movement.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StockAfter {
+    pub on_hand: i64,
+    pub version: i64,
+}
+
+/// The expected-transfer notice a transfer_out sent to its receiving store.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NoticeSent {
+    pub store: String,
+    pub hub_seq: u64,
+}
+
+/// `202` of `POST /v1/stores/{store}/movements` (the same on an idempotent retry).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MovementReply {
+    pub movement: HubMovement,
+    pub stock: StockAfter,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_transfer_notice: Option<NoticeSent>,
+}
+
+/// `200` of the seed's `POST /update-stock/{store_id}/{product_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SeedUpdateReply {
+    pub store_id: String,
+    pub product_id: String,
+    /// On-hand now.
+    pub quantity: i64,
+    pub movement: HubMovement,
 }
 
 /// A request checked and ready to apply: everything but the numbers only the locked
@@ -101,9 +162,11 @@ pub fn plan(store: &StoreId, request: &MovementRequest) -> Result<Planned, ApiEr
         (Kind::Adjustment, Some(q), None) if q != 0 && q.abs() <= MAX_QUANTITY => {
             Quantity::Delta(q)
         }
-        (Kind::Adjustment, Some(q), None) => return Err(invalid(format!(
+        (Kind::Adjustment, Some(q), None) => {
+            return Err(invalid(format!(
             "an adjustment's qty is its signed delta: non-zero and within ±{MAX_QUANTITY}, not {q}"
-        ))),
+        )))
+        }
         (_, Some(q), None) if (1..=MAX_QUANTITY).contains(&q) => {
             Quantity::Delta(kind.sign_of_quantity().unwrap_or(1) * q)
         }
@@ -388,20 +451,38 @@ async fn apply_in(
             );
         }
     }
-    let movement = json!({
-        "store": store.as_str(), "origin": "hub", "hub_seq": e.seq, "id": e.id.to_string(),
-        "kind": e.kind.as_str(), "sku": e.sku.as_str(), "delta": e.delta, "counted": e.counted,
-        "hub_watermark": e.hub_watermark, "reason": e.reason.map(|r| r.as_str()),
-        "ref": e.reference, "to_store": e.to_store.as_ref().map(|s| s.as_str()),
-        "from_store": e.from_store.as_ref().map(|s| s.as_str()),
-        "occurred_at": e.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-    });
-    let after = json!({"on_hand": on_hand + e.delta, "version": version + 1});
-    let mut body = json!({"movement": movement, "stock": after});
-    if let Some(seq) = notice_seq {
-        body["expected_transfer_notice"] =
-            json!({"store": e.to_store.as_ref().map(|s| s.as_str()), "hub_seq": seq});
-    }
+    let reply = MovementReply {
+        movement: HubMovement {
+            store: store.to_string(),
+            origin: Origin::Hub.as_str().into(),
+            hub_seq: e.seq,
+            id: e.id.to_string(),
+            kind: e.kind.as_str().into(),
+            sku: e.sku.to_string(),
+            delta: e.delta,
+            counted: e.counted,
+            hub_watermark: e.hub_watermark,
+            reason: e.reason.map(|r| r.as_str().into()),
+            reference: e.reference.clone(),
+            to_store: e.to_store.as_ref().map(|s| s.to_string()),
+            from_store: e.from_store.as_ref().map(|s| s.to_string()),
+            occurred_at: e
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        },
+        stock: StockAfter {
+            on_hand: on_hand + e.delta,
+            version: version + 1,
+        },
+        expected_transfer_notice: notice_seq.zip(e.to_store.as_ref()).map(|(hub_seq, to)| {
+            NoticeSent {
+                store: to.to_string(),
+                hub_seq,
+            }
+        }),
+    };
+    let body = serde_json::to_value(&reply)
+        .map_err(|err| Failure::Refused(ApiError::internal("could not encode the reply", err)))?;
     sqlx::query(
         "INSERT INTO audit_log (actor, action, target, before_json, after_json, at, from_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )

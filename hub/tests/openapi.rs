@@ -36,6 +36,10 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/v1/parked"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    // api/commands.rs
+    ("POST", "/v1/stores/{store}/movements"),
+    ("POST", "/update-stock/{store_id}/{product_id}"),
+    ("GET", "/v1/stores/{store}/commands"),
 ];
 
 /// Paths the design names (DESIGN §7) and neighbours of the served ones: whatever answers

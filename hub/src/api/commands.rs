@@ -15,11 +15,69 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::{auth, sku_param, store_param, with_hub, Principal, MAX_BODY_BYTES};
-use crate::hub_movements::{self, Actor, Applied, MovementRequest, Planned, Quantity};
+use crate::hub_movements::{
+    self, Actor, Applied, MovementReply, MovementRequest, Planned, Quantity, SeedUpdateReply,
+};
+use crate::openapi::{Access, Operation};
 use crate::startup::Hub;
 
 /// The most commands one range fetch returns.
 pub const MAX_COMMANDS_PAGE: u32 = 1000;
+
+/// One page of the missing-range fetch.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct CommandsPage {
+    pub store: String,
+    pub after: u64,
+    /// The store's counter now (rows past the page may exist).
+    pub last_hub_seq: u64,
+    pub commands: Vec<CommandRow>,
+}
+
+/// One signed message, byte for byte as the relay publishes it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct CommandRow {
+    pub hub_seq: u64,
+    /// The signed JSON message (an Envelope v1 movement, or a command with `type`), as
+    /// text: verify `sig` over these exact fields.
+    pub payload: String,
+}
+
+pub fn docs() -> Vec<Operation> {
+    vec![
+        Operation::post("/v1/stores/{store}/movements", "postHubMovement", "A hub-origin movement at a store")
+            .describe("receipt, adjustment (signed qty + reason), count (counted ≥ 0; delta = counted − the hub's on-hand), transfer_out (to_store, registered: it also gets an expected-transfer notice) or transfer_in. Applied at once to stock and ledger (origin hub, seq = the store's next hub_seq) and written, signed, to the outbox in the same transaction; the relay sends it to the store. Audited.")
+            .tag("movements")
+            .access(Access::Admin)
+            .path_param("store", "The store's id")
+            .header::<String>("Idempotency-Key", false, "A retry with the same key and request returns the original reply (header `idempotent-replayed: true`); the same key with another request is 422")
+            .body::<MovementRequest>()
+            .json::<MovementReply>(202, "Applied, with its hub_seq")
+            .error(404, "The store is not registered")
+            .error(422, "A bad store id, kind, sku, quantity, reason, ref or other store; an unregistered to_store; an Idempotency-Key reused with another request"),
+        Operation::post("/update-stock/{store_id}/{product_id}", "seedUpdateStock", "The seed system's write: set on-hand")
+            .describe("Sets on-hand by a hub-origin count (delta = quantity − the hub's on-hand), applied at once and sent to the store. Audited.")
+            .tag("seed")
+            .access(Access::Admin)
+            .path_param("store_id", "The store's id")
+            .path_param("product_id", "The sku")
+            .query_param::<i64>("quantity", true, "The new on-hand, an integer ≥ 0")
+            .header::<String>("Idempotency-Key", false, "As on POST /v1/stores/{store}/movements")
+            .json::<SeedUpdateReply>(200, "On-hand set")
+            .error(404, "The store is not registered")
+            .error(422, "quantity missing, not an integer or below 0; a bad store id or sku"),
+        Operation::get("/v1/stores/{store}/commands", "storeCommands", "The store's signed commands after a hub_seq")
+            .describe("The agent's missing-range fetch: every outbox row with hub_seq > after, in order, exactly as published on store-commands.")
+            .tag("stores")
+            .access(Access::AdminOrOwnStore)
+            .path_param("store", "The store's id")
+            .query_param::<u64>("after", false, "The last hub_seq the caller has; 0 when absent")
+            .query_param::<u32>("limit", false, "1 to 1000; 1000 when absent")
+            .json::<CommandsPage>(200, "The commands, in hub_seq order")
+            .error(404, "The store is not registered")
+            .error(422, "A bad store id, after or limit"),
+    ]
+}
 
 pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
     post_movement(hub.clone())
@@ -189,12 +247,16 @@ fn update_stock(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                     actor,
                 )
                 .await?;
-                let body = json!({
-                    "store_id": store.as_str(),
-                    "product_id": sku.as_str(),
-                    "quantity": applied.body["stock"]["on_hand"],
-                    "movement": applied.body["movement"],
-                });
+                let original: MovementReply = serde_json::from_value(applied.body.clone())
+                    .map_err(|e| ApiError::internal("stored reply is damaged", e))?;
+                let body = SeedUpdateReply {
+                    store_id: store.to_string(),
+                    product_id: sku.to_string(),
+                    quantity: original.stock.on_hand,
+                    movement: original.movement,
+                };
+                let body = serde_json::to_value(&body)
+                    .map_err(|e| ApiError::internal("could not encode the reply", e))?;
                 Ok::<_, Rejection>(reply(applied, StatusCode::OK, body))
             },
         )
@@ -239,24 +301,19 @@ fn commands_range(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 let rows = crate::outbox::range(&hub.pool, &store, after, limit as u32)
                     .await
                     .map_err(|e| ApiError::internal("could not read the outbox", e))?;
-                let commands: Vec<Value> = rows
-                    .into_iter()
-                    .map(|r| {
-                        json!({
-                            "hub_seq": r.hub_seq,
-                            "payload": String::from_utf8_lossy(&r.payload),
+                let page = CommandsPage {
+                    store: store.to_string(),
+                    after,
+                    last_hub_seq: health.last_hub_seq,
+                    commands: rows
+                        .into_iter()
+                        .map(|r| CommandRow {
+                            hub_seq: r.hub_seq,
+                            payload: String::from_utf8_lossy(&r.payload).into_owned(),
                         })
-                    })
-                    .collect();
-                Ok::<_, Rejection>(
-                    warp::reply::json(&json!({
-                        "store": store.as_str(),
-                        "after": after,
-                        "last_hub_seq": health.last_hub_seq,
-                        "commands": commands,
-                    }))
-                    .into_response(),
-                )
+                        .collect(),
+                };
+                Ok::<_, Rejection>(warp::reply::json(&page).into_response())
             },
         )
         .boxed()

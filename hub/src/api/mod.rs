@@ -61,6 +61,7 @@ impl Principal {
 pub fn docs() -> Vec<Operation> {
     let mut operations = own_docs();
     operations.extend(reads::docs());
+    operations.extend(commands::docs());
     operations
 }
 
