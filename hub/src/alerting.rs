@@ -132,7 +132,7 @@ pub fn message(
 }
 
 /// One alert as the API lists it and the topic carries it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Alert {
     pub id: i64,
     pub store: Option<String>,

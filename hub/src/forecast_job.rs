@@ -168,7 +168,7 @@ impl ForecastJobs {
 }
 
 /// A run's row, for `GET /v1/forecasts/runs/{id}`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct RunStatus {
     pub id: String,
     pub status: String,
@@ -803,13 +803,13 @@ struct StoredBody {
     level: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct DayActual {
     pub date: NaiveDate,
     pub qty: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct DayForecast {
     pub date: NaiveDate,
     pub mean: f64,
@@ -817,7 +817,7 @@ pub struct DayForecast {
     pub hi: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Backtest {
     /// Root mean squared scaled error of the chosen model on held-out days (M5's measure).
     pub rmsse: Option<f64>,
@@ -826,7 +826,7 @@ pub struct Backtest {
 }
 
 /// `GET /v1/forecasts/{store}/{sku}`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ForecastView {
     pub store: String,
     pub sku: String,
@@ -903,7 +903,7 @@ fn days(body: &StoredBody) -> Vec<DayForecast> {
 }
 
 /// One store's reorder figures for one sku, against the stock on hand now.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ReorderRow {
     pub store: String,
     pub sku: String,
@@ -981,15 +981,34 @@ pub async fn reorders(
 }
 
 /// Transfers for one sku, and what each store still buys after them.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct SkuTransfers {
     pub sku: String,
-    pub transfers: Vec<bazaar_intelligence::reorder::Transfer<String>>,
+    pub transfers: Vec<TransferView>,
     /// Per store with a plan for this sku: units to buy once the transfers are done.
     pub purchases_after_transfers: Vec<Purchase>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One suggested movement of stock between two stores.
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct TransferView {
+    pub from: String,
+    pub to: String,
+    pub quantity: u64,
+}
+
+fn views(transfers: Vec<bazaar_intelligence::reorder::Transfer<String>>) -> Vec<TransferView> {
+    transfers
+        .into_iter()
+        .map(|t| TransferView {
+            from: t.from,
+            to: t.to,
+            quantity: t.quantity,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Purchase {
     pub store: String,
     pub qty: u64,
@@ -1065,7 +1084,7 @@ pub async fn transfer_suggestions(
                 .collect();
         out.push(SkuTransfers {
             sku,
-            transfers,
+            transfers: views(transfers),
             purchases_after_transfers,
         });
     }
@@ -1074,7 +1093,7 @@ pub async fn transfer_suggestions(
 
 /// `GET /v1/products/{sku}/forecast`: the sum of the stores' forecasts and the chain's
 /// reorder figures.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ChainForecast {
     pub sku: String,
     pub stores: usize,
@@ -1084,7 +1103,7 @@ pub struct ChainForecast {
     pub reorder: ChainReorder,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ChainReorder {
     pub on_hand: i64,
     /// Sum of the stores' reorder points and order-up-to levels.
@@ -1092,7 +1111,7 @@ pub struct ChainReorder {
     pub order_up_to: i64,
     /// Units to buy for the chain once surplus has moved between stores.
     pub purchase_after_transfers: u64,
-    pub transfers: Vec<bazaar_intelligence::reorder::Transfer<String>>,
+    pub transfers: Vec<TransferView>,
 }
 
 pub async fn chain_forecast(
@@ -1148,7 +1167,7 @@ pub async fn chain_forecast(
             reorder_point: plans.iter().map(|p| p.reorder_point).sum(),
             order_up_to: plans.iter().map(|p| p.order_up_to).sum(),
             purchase_after_transfers: purchases.iter().map(|p| p.1).sum(),
-            transfers,
+            transfers: views(transfers),
         },
     }))
 }

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bazaar_shared::{Sku, StoreId};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
@@ -88,7 +89,7 @@ impl Scope {
 }
 
 /// The two figures at one level; `None` = not set here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Levels {
     pub reorder_point: Option<i64>,
     pub max_stock: Option<i64>,
@@ -130,7 +131,7 @@ impl Levels {
 }
 
 /// Which level an effective figure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     StoreSku,
@@ -140,7 +141,7 @@ pub enum Source {
 }
 
 /// The figures in force for one (store, sku), with where each came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Effective {
     pub reorder_point: Option<i64>,
     pub reorder_point_source: Option<Source>,
@@ -194,7 +195,7 @@ pub enum ThresholdError {
 }
 
 /// One stored row, as `GET /v1/thresholds` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, JsonSchema)]
 pub struct ThresholdRow {
     pub scope: &'static str,
     pub store: Option<String>,
@@ -592,7 +593,7 @@ pub async fn effective_given(
 }
 
 /// One line of a store's thresholds document.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct DocumentLine {
     pub sku: String,
     pub reorder_point: Option<i64>,
@@ -601,7 +602,7 @@ pub struct DocumentLine {
 
 /// `GET /v1/stores/{store}/thresholds`: every sku with a figure in force at the store.
 /// `default` is the store-wide level, for skus the store has not stocked yet.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct StoreDocument {
     pub store: String,
     pub version: u64,

@@ -40,6 +40,19 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/stores/{store}/movements"),
     ("POST", "/update-stock/{store_id}/{product_id}"),
     ("GET", "/v1/stores/{store}/commands"),
+    // api/intelligence.rs
+    ("GET", "/v1/thresholds"),
+    ("PUT", "/v1/thresholds"),
+    ("DELETE", "/v1/thresholds"),
+    ("GET", "/v1/stores/{store}/thresholds"),
+    ("GET", "/v1/alerts"),
+    ("POST", "/v1/alerts/{id}/ack"),
+    ("POST", "/v1/forecasts/run"),
+    ("GET", "/v1/forecasts/runs/{id}"),
+    ("GET", "/v1/forecasts/{store}/{sku}"),
+    ("GET", "/v1/products/{sku}/forecast"),
+    ("GET", "/v1/reorders"),
+    ("GET", "/v1/transfers/suggestions"),
 ];
 
 /// Paths the design names (DESIGN §7) and neighbours of the served ones: whatever answers

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use bazaar_shared::http::{parse_json, ApiError};
 use bazaar_shared::{Sku, StoreId};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -22,6 +23,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::{auth, sku_param, store_param, with_hub, Principal, MAX_BODY_BYTES};
 use crate::forecast_job::{self, StartError, Trigger};
+use crate::openapi::{Access, Operation};
 use crate::startup::Hub;
 use crate::thresholds::{self, Change, Levels, Scope, ThresholdError};
 use crate::{alerting, audit};
@@ -143,7 +145,7 @@ async fn require_sku(hub: &Hub, who: &Principal, sku: &Sku) -> Result<(), Reject
 
 // ---- Thresholds ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ThresholdQuery {
     store: Option<String>,
@@ -198,18 +200,17 @@ fn get_thresholds(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                         last.sku.as_deref().unwrap_or("")
                     )
                 });
-                Ok::<_, Rejection>(json(&serde_json::json!({
-                    "thresholds": rows,
-                    "effective": effective,
-                    "precedence": ["store_sku", "sku", "store", "forecast"],
-                    "next_cursor": next_cursor,
-                })))
+                Ok::<_, Rejection>(json(&ThresholdList {
+                    thresholds: rows,
+                    effective,
+                    next_cursor,
+                }))
             },
         )
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PutThreshold {
     store: Option<String>,
@@ -275,14 +276,14 @@ async fn after_threshold_change(
 
 fn change_reply(scope: &Scope, change: &Change) -> Response {
     let (store, sku) = scope.key();
-    json(&serde_json::json!({
-        "scope": scope.name(),
-        "store": (!store.is_empty()).then_some(store),
-        "sku": (!sku.is_empty()).then_some(sku),
-        "before": change.before,
-        "after": change.after,
-        "announced_to": change.stores.len(),
-    }))
+    json(&ThresholdChange {
+        scope: scope.name(),
+        store: (!store.is_empty()).then(|| store.to_owned()),
+        sku: (!sku.is_empty()).then(|| sku.to_owned()),
+        before: change.before,
+        after: change.after,
+        announced_to: change.stores.len(),
+    })
 }
 
 /// `PUT /v1/thresholds` (admin): `{"store"?, "sku"?, "reorder_point"?, "max_stock"?}`; the
@@ -312,7 +313,7 @@ fn put_thresholds(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ScopeQuery {
     store: Option<String>,
@@ -367,7 +368,7 @@ fn store_document(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 // ---- Alerts ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AlertQuery {
     store: Option<String>,
@@ -426,9 +427,10 @@ fn list_alerts(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
             let next_cursor = (alerts.len() == limit as usize)
                 .then(|| alerts.last().map(|a| a.id.to_string()))
                 .flatten();
-            Ok::<_, Rejection>(json(
-                &serde_json::json!({"alerts": alerts, "next_cursor": next_cursor}),
-            ))
+            Ok::<_, Rejection>(json(&AlertPage {
+                alerts,
+                next_cursor,
+            }))
         })
         .boxed()
 }
@@ -507,11 +509,11 @@ fn run_forecast(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                         .await;
                         Ok::<_, Rejection>(
                             warp::reply::with_status(
-                                warp::reply::json(&serde_json::json!({
-                                    "id": id.to_string(),
-                                    "status": "running",
-                                    "progress": format!("/v1/forecasts/runs/{id}"),
-                                })),
+                                warp::reply::json(&RunStarted {
+                                    id: id.to_string(),
+                                    status: "running",
+                                    progress: format!("/v1/forecasts/runs/{id}"),
+                                }),
                                 StatusCode::ACCEPTED,
                             )
                             .into_response(),
@@ -619,7 +621,7 @@ fn chain_forecast(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReorderQuery {
     store: Option<String>,
@@ -656,15 +658,16 @@ fn list_reorders(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 let next_cursor = (rows.len() == limit as usize)
                     .then(|| rows.last().map(|r| format!("{}:{}", r.store, r.sku)))
                     .flatten();
-                Ok::<_, Rejection>(json(
-                    &serde_json::json!({"reorders": rows, "next_cursor": next_cursor}),
-                ))
+                Ok::<_, Rejection>(json(&ReorderPage {
+                    reorders: rows,
+                    next_cursor,
+                }))
             },
         )
         .boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct TransferQuery {
     sku: Option<String>,
@@ -697,10 +700,167 @@ fn transfer_suggestions(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
                 )
                 .await
                 .map_err(internal("could not compute transfer suggestions"))?;
-                Ok::<_, Rejection>(json(
-                    &serde_json::json!({"suggestions": found, "next_cursor": next_cursor}),
-                ))
+                Ok::<_, Rejection>(json(&TransferPage {
+                    suggestions: found,
+                    next_cursor,
+                }))
             },
         )
         .boxed()
+}
+
+// ---- Response shapes and the OpenAPI operations ----
+
+/// `GET /v1/thresholds`.
+#[derive(Debug, Serialize, JsonSchema)]
+struct ThresholdList {
+    /// The stored rows, by store then sku ('' scopes first).
+    thresholds: Vec<thresholds::ThresholdRow>,
+    /// With both `store` and `sku`: the figures in force and the level each came from
+    /// (precedence: store_sku, sku, store, forecast).
+    effective: Option<thresholds::Effective>,
+    next_cursor: Option<String>,
+}
+
+/// `PUT` and `DELETE /v1/thresholds`.
+#[derive(Debug, Serialize, JsonSchema)]
+struct ThresholdChange {
+    /// `store_sku`, `sku` or `store`.
+    scope: &'static str,
+    store: Option<String>,
+    sku: Option<String>,
+    before: Option<Levels>,
+    after: Option<Levels>,
+    /// Stores told that their thresholds document changed.
+    announced_to: usize,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct AlertPage {
+    /// Newest first.
+    alerts: Vec<alerting::Alert>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct RunStarted {
+    id: String,
+    status: &'static str,
+    /// Where to follow the run.
+    progress: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct ReorderPage {
+    reorders: Vec<forecast_job::ReorderRow>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct TransferPage {
+    suggestions: Vec<forecast_job::SkuTransfers>,
+    next_cursor: Option<String>,
+}
+
+/// The operations of this module, for `/openapi.json`.
+pub fn docs() -> Vec<Operation> {
+    const PAGE_422: &str = "A bad query: unknown parameter, limit outside 1..=1000, a cursor this route did not issue, or an invalid id";
+    vec![
+        Operation::get("/v1/thresholds", "listThresholds", "Threshold rows bearing on a store and/or sku")
+            .describe("Scopes: (store, sku), (sku) chain-wide, (store) every sku of the store. Each field resolves on its own, the first level that sets it winning: store_sku > sku > store > forecast-derived (with BAZAAR_HUB_PUSH_THRESHOLDS). With both store and sku, `effective` gives the figures in force and where each came from. A store token sees its own store's rows only.")
+            .tag("intelligence")
+            .access(Access::AnyToken)
+            .query::<ThresholdQuery>()
+            .json::<ThresholdList>(200, "One page of rows, by store then sku")
+            .error(403, "A store token asking for another store")
+            .error(422, PAGE_422),
+        Operation::put("/v1/thresholds", "putThreshold", "Set the reorder point and/or maximum at one scope")
+            .describe("The body names the scope (store, sku, or both); both figures are replaced (absent: not set at this level). Audited, and announced in the same transaction to every store whose thresholds document may change.")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .body::<PutThreshold>()
+            .json::<ThresholdChange>(200, "The row before and after, and how many stores were told")
+            .error(404, "The store is not registered, or the sku is unknown at this hub")
+            .error(422, "No scope named, no figure set, a negative figure, or a reorder point above the maximum"),
+        Operation::delete("/v1/thresholds", "deleteThreshold", "Remove the row at one scope")
+            .describe("Audited and announced like a change; the next level down applies.")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .query::<ScopeQuery>()
+            .json::<ThresholdChange>(200, "The row removed")
+            .error(404, "No row at that scope, an unregistered store or an unknown sku")
+            .error(422, "No scope named, or an invalid store id or sku"),
+        Operation::get("/v1/stores/{store}/thresholds", "storeThresholds", "A store's effective thresholds document")
+            .describe("What the store's agent fetches after a `thresholds` bulk-state notice. `version` is the hub_seq of the notice that announced the last change (0: never changed). `default` is the store-wide level, for skus not listed.")
+            .tag("intelligence")
+            .access(Access::AdminOrOwnStore)
+            .path_param("store", "The store's id")
+            .json::<thresholds::StoreDocument>(200, "The document")
+            .error(404, "The store is not registered")
+            .error(422, "Not a valid store id"),
+        Operation::get("/v1/alerts", "listAlerts", "Alerts, newest first")
+            .describe("Raised and resolved by the hub: low_stock, out_of_stock, negative_stock, overstock, demand_anomaly per (store, sku); stale_store per store. One open alert per (store, sku, kind). A store token sees its own store's.")
+            .tag("intelligence")
+            .access(Access::AnyToken)
+            .query::<AlertQuery>()
+            .json::<AlertPage>(200, "One page, newest first")
+            .error(403, "A store token asking for another store")
+            .error(422, PAGE_422),
+        Operation::post("/v1/alerts/{id}/ack", "ackAlert", "Acknowledge an alert")
+            .describe("Once: a repeat answers the alert as it stands, keeping the first acknowledgement. Audited. The admin, or the alert's own store.")
+            .tag("intelligence")
+            .access(Access::AdminOrOwnStore)
+            .path_param_of::<i64>("id", "The alert's id")
+            .json::<alerting::Alert>(200, "The alert, acknowledged")
+            .error(404, "No such alert")
+            .error(422, "Not a positive whole number"),
+        Operation::post("/v1/forecasts/run", "runForecasts", "Start a forecast run now")
+            .describe("Forecasts every (store, sku) with sales in the last 364 days and writes forecasts and reorder suggestions. One run at a time across every hub (a Redis lease). Audited.")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .json::<RunStarted>(202, "Started; follow it at `progress`")
+            .error(409, "A run is already in progress, on this hub or another")
+            .error(503, "Redis is unreachable, so the job lease cannot be taken"),
+        Operation::get("/v1/forecasts/runs/{id}", "forecastRun", "A forecast run's status and progress")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .path_param_of::<String>("id", "The run's id (a UUID)")
+            .json::<forecast_job::RunStatus>(200, "running, succeeded, failed or abandoned, with series done and total")
+            .error(404, "No such run")
+            .error(422, "Not a UUID"),
+        Operation::get("/v1/forecasts/{store}/{sku}", "storeForecast", "One (store, sku)'s forecast")
+            .describe("The last 56 days of sales, 28 days of daily means with prediction intervals, the model chosen by backtest and its RMSSE, and the reorder figures against the stock on hand now.")
+            .tag("intelligence")
+            .access(Access::AdminOrOwnStore)
+            .path_param("store", "The store's id")
+            .path_param("sku", "The sku")
+            .json::<forecast_job::ForecastView>(200, "The forecast")
+            .error(404, "No forecast yet, an unregistered store or an unknown sku")
+            .error(422, "Not a valid store id or sku"),
+        Operation::get("/v1/products/{sku}/forecast", "chainForecast", "A sku's forecast across the chain")
+            .describe("The stores' daily forecasts summed (intervals from independent store errors) and the chain's reorder figures: on hand, reorder points and order-up-to levels summed, transfers between stores, and what is left to buy after them.")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .path_param("sku", "The sku")
+            .json::<forecast_job::ChainForecast>(200, "The chain-wide forecast")
+            .error(404, "No forecast for the sku yet, or an unknown sku")
+            .error(422, "Not a valid sku"),
+        Operation::get("/v1/reorders", "listReorders", "What to buy now")
+            .describe("Every (store, sku) at or below its reorder point, with the order that brings it to its order-up-to level in whole packs, against the stock on hand now. A store token sees its own store's.")
+            .tag("intelligence")
+            .access(Access::AnyToken)
+            .query::<ReorderQuery>()
+            .json::<ReorderPage>(200, "One page, by store then sku")
+            .error(403, "A store token asking for another store")
+            .error(404, "The store is not registered")
+            .error(422, PAGE_422),
+        Operation::get("/v1/transfers/suggestions", "transferSuggestions", "Stock to move between stores before buying")
+            .describe("Per sku: surplus from stores above their order-up-to level to stores that will run out within the lead time (fewest days of cover first), and each store's purchase after the transfers.")
+            .tag("intelligence")
+            .access(Access::Admin)
+            .query::<TransferQuery>()
+            .json::<TransferPage>(200, "One page, by sku")
+            .error(404, "The sku is unknown at this hub")
+            .error(422, PAGE_422),
+    ]
 }

@@ -62,6 +62,7 @@ pub fn docs() -> Vec<Operation> {
     let mut operations = own_docs();
     operations.extend(reads::docs());
     operations.extend(commands::docs());
+    operations.extend(intelligence::docs());
     operations
 }
 
