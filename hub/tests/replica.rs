@@ -169,6 +169,8 @@ struct Setup {
     replica: bool,
     /// The account the hub reads the replica with (root when `None`).
     replica_user: Option<String>,
+    /// Where the replica is (the pair's by default).
+    replica_addr: String,
     max_lag_ms: u64,
     cache: bool,
 }
@@ -178,6 +180,7 @@ impl Default for Setup {
         Setup {
             replica: true,
             replica_user: None,
+            replica_addr: REPLICA.into(),
             max_lag_ms: 1000,
             cache: false,
         }
@@ -192,8 +195,9 @@ async fn hub(pair: &Pair, setup: Setup) -> Arc<Hub> {
         ))),
         mysql_replica_url: setup.replica.then(|| {
             Secret::new(format!(
-                "mysql://{}@{REPLICA}/{}",
+                "mysql://{}@{}/{}",
                 setup.replica_user.as_deref().unwrap_or("root"),
+                setup.replica_addr,
                 pair.database
             ))
         }),
@@ -602,5 +606,36 @@ async fn a_read_that_fails_on_the_replica_is_answered_by_the_primary() {
         "SET SESSION sql_log_bin = 0; DROP USER '{user}'@'127.0.0.1'"
     ))
     .await;
+    pair.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_replica_is_never_read() {
+    let pair = pair().await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let hub = hub(
+        &pair,
+        Setup {
+            replica_addr: format!("127.0.0.1:{port}"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let token = seed(&pair, &hub).await;
+    wait_ready(&hub, "down", failing_with("replica down")).await;
+
+    assert_eq!(stock(&hub, "MILK", &token).await, (200, Some(7)));
+    assert_eq!(stock(&hub, "GHOST", ADMIN).await.0, 404);
+    assert_eq!(hub.reads.reads(Route::Replica), 0);
+    assert_eq!(hub.reads.reads(Route::ReplicaDown), 2);
+    let text = metrics(&hub).await;
+    assert!(
+        text.contains("bazaar_hub_db_reads_total{target=\"primary\",reason=\"replica_down\"} 2\n"),
+        "{text}"
+    );
     pair.cleanup().await;
 }
