@@ -11,7 +11,8 @@
 //!   replica only once the replica's applied GTID position covers the primary's binlog
 //!   position read right after the write. The mark is shared by every hub instance through
 //!   Redis and kept in this process too; while Redis cannot be asked, reads by a principal
-//!   go to the primary.
+//!   go to the primary. The price is one Redis round trip per authenticated read while the
+//!   replica serves; anonymous reads (the open seed route) carry no principal and skip it.
 //!
 //! **Measuring lag.** `Seconds_Behind_Master` counts whole seconds and reads 0 while the IO
 //! thread itself is behind, so the bound is checked on GTID positions instead. Each sample
