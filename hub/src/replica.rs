@@ -918,6 +918,29 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn without_redis_a_principal_reads_the_primary() {
+        // Nothing listens on port 1: every Redis call fails at once.
+        let link = Arc::new(RedisLink::new("redis://127.0.0.1:1", "t:").expect("a Redis URL"));
+        let marks = WriteMarks::new(link, Duration::from_secs(5));
+        let replica = pos("0-1-10");
+        assert!(
+            !marks.covered(&Principal::Admin, Some(&replica)).await,
+            "another hub's writes cannot be known"
+        );
+        marks.record(&Principal::Admin, Some(pos("0-1-12"))).await;
+        assert_eq!(
+            marks
+                .local
+                .lock()
+                .expect("marks")
+                .get("admin")
+                .map(|(m, _)| m.clone()),
+            Some(BTreeMap::from([("0".to_owned(), 12)])),
+            "the mark is kept in the process"
+        );
+    }
+
     #[test]
     fn a_mark_is_covered_only_by_a_replica_that_applied_it() {
         let mark = mark_of(Some(&pos("0-1-42")));
