@@ -22,8 +22,11 @@
 //!   interval for the whole day, so only the upper side can fire on a day in progress (a
 //!   morning is always "below" the day's interval).
 //! - Stale stores: a periodic check, under a lease, raises `stale_store` for a store whose
-//!   last sign of life (a consumed movement, an authenticated call, or its registration)
-//!   is older than `BAZAAR_HUB_STALE_STORE_AFTER_SECS`, and resolves it once it is back.
+//!   last sign of life (its last consumed message, or its registration) is older than
+//!   `BAZAAR_HUB_STALE_STORE_AFTER_SECS`, and resolves it once the store is heard from.
+//!   The hub knows no opening hours: a store quiet for longer than the bound (closed
+//!   overnight, say) is reported stale until its next movement arrives, so the bound should
+//!   cover the longest normal quiet spell (or be 0, which turns the check off).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

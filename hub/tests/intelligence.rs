@@ -1071,3 +1071,44 @@ async fn a_full_batch_is_judged_in_bulk() {
     );
     app.cleanup().await;
 }
+
+/// Throughput of the forecast job on 512 series × 364 days (two pages), run on demand:
+/// `cargo nextest run -p bazaar-hub --test intelligence forecast_job_throughput --run-ignored only --no-capture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check: run it on demand"]
+async fn forecast_job_throughput() {
+    let mut app = spawn_app().await;
+    app.register("S1").await;
+    let yesterday = Utc::now().date_naive() - Days::new(1);
+    let series = 2 * bazaar_hub::forecast_job::PAGE;
+    for s in 0..series {
+        // Weekly pattern plus a per-series level, and some zero days.
+        let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
+            "INSERT INTO daily_sales (store, sku, day, qty) ",
+        );
+        q.push_values(
+            (0..364u64).filter(|d| (d + s as u64) % 11 != 0),
+            |mut b, d| {
+                b.push_bind("S1")
+                    .push_bind(format!("SKU-{s:04}"))
+                    .push_bind(yesterday - Days::new(d))
+                    .push_bind((s as u64 % 7 + 1 + d % 7) as i64);
+            },
+        );
+        q.build().execute(&app.hub.pool).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let run = app.forecast_run().await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "forecast run: {series} series × 364 days in {elapsed:?} ({:.1} series/s)",
+        series as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["series_done"].as_u64(), Some(series as u64));
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM forecasts").await,
+        series as i64
+    );
+    app.cleanup().await;
+}
