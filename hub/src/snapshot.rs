@@ -241,17 +241,19 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StockLine {
     pub sku: String,
     pub on_hand: i64,
 }
 
 /// One page of a snapshot, as the API serves it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Snapshot {
     pub store: String,
+    /// The highest store-origin seq the stock contains; the agent continues after it.
     pub last_seq: u64,
+    /// The highest hub_seq the stock contains; the agent follows commands after it.
     pub last_hub_seq: u64,
     /// When the database view was taken.
     pub as_of: DateTime<Utc>,

@@ -40,6 +40,8 @@ const SERVED: &[(&str, &str)] = &[
     ("POST", "/v1/stores/{store}/movements"),
     ("POST", "/update-stock/{store_id}/{product_id}"),
     ("GET", "/v1/stores/{store}/commands"),
+    // api/bootstrap.rs
+    ("GET", "/v1/stores/{store}/snapshot"),
     // api/intelligence.rs
     ("GET", "/v1/thresholds"),
     ("PUT", "/v1/thresholds"),

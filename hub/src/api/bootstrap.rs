@@ -17,6 +17,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::{auth, with_hub, Principal};
+use crate::openapi::{Access, Operation};
 use crate::snapshot::{self, Cursor, PageOutcome, ProbeError};
 use crate::startup::Hub;
 use crate::stores;
@@ -31,11 +32,29 @@ pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
     snapshot_route(hub).boxed()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SnapshotQuery {
+pub struct SnapshotQuery {
+    /// `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
+    /// Skus per page, 1 to 20,000; 5,000 when absent.
     limit: Option<u32>,
+}
+
+/// For `/openapi.json` (see [`crate::openapi`]).
+pub fn docs() -> Vec<Operation> {
+    vec![Operation::get("/v1/stores/{store}/snapshot", "storeSnapshot", "A store's stock and positions, for a (re-)installed agent")
+        .describe("One consistent view (REPEATABLE READ) of the store's stock with the last store-origin seq and hub_seq it contains. The first page is served only once this hub's consumer group has consumed the store's partition of the movements topic to its end (as of the request); pages after it carry the first page's positions in their cursor, and are refused if the store has moved on since.")
+        .tag("stores")
+        .access(Access::AdminOrOwnStore)
+        .path_param("store", "The store's id")
+        .query::<SnapshotQuery>()
+        .json::<snapshot::Snapshot>(200, "One page, by sku")
+        .error(404, "The store is not registered")
+        .error(409, "`snapshot_moved`: the store moved on since the cursor's first page (start again without a cursor); `held_movements`: the hub holds movements behind a gap, which an operator must resolve")
+        .error(422, "A bad store id, cursor or limit")
+        .error(503, "`catching_up`: ingest has not yet consumed the store's partition to its end; `broker_unavailable`: the broker did not answer")
+        .with_header("Retry-After", "Seconds to wait before asking again")]
 }
 
 fn snapshot_route(hub: Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {

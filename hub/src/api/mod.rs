@@ -63,6 +63,7 @@ pub fn docs() -> Vec<Operation> {
     operations.extend(reads::docs());
     operations.extend(commands::docs());
     operations.extend(intelligence::docs());
+    operations.extend(bootstrap::docs());
     operations
 }
 
