@@ -395,6 +395,17 @@ async fn two_hubs_share_one_relay_and_a_killed_one_is_replaced_without_double_ap
         || agent.log_tail(),
     )
     .await;
+    // Only the lease holder publishes.
+    assert_eq!(
+        metric(client, &other, "bazaar_hub_outbox_published_total").await,
+        Some(0)
+    );
+    assert!(
+        metric(client, &holding, "bazaar_hub_outbox_published_total")
+            .await
+            .unwrap()
+            >= 20
+    );
     holding.kill();
     let published_by_first = seen;
     posting.await.unwrap();
