@@ -69,7 +69,8 @@ pub struct KeyFacts {
     pub thresholds: thresholds::Effective,
     /// Today's sales so far.
     pub sold_today: Option<i64>,
-    /// The forecast's upper bound for today.
+    /// The forecast's prediction interval for today.
+    pub forecast_lo: Option<f64>,
     pub forecast_hi: Option<f64>,
 }
 
@@ -79,11 +80,13 @@ pub fn kinds_for(
     rules: &AlertThresholds,
     now: DateTime<Utc>,
 ) -> BTreeSet<AlertKind> {
-    let day_sales = match (facts.sold_today, facts.forecast_hi) {
-        // lo = 0: see the module docs (a day in progress fires only on the upper side).
-        (Some(actual), Some(hi)) => Some(DaySales {
+    // A day in progress is judged on the upper side only (see the module docs): the rule
+    // sees today's interval as it is, so its slack is the shared one, but only once sales
+    // are above the interval.
+    let day_sales = match (facts.sold_today, facts.forecast_lo, facts.forecast_hi) {
+        (Some(actual), Some(lo), Some(hi)) if actual as f64 > hi => Some(DaySales {
             actual: actual as f64,
-            lo: 0.0,
+            lo,
             hi,
         }),
         _ => None,
@@ -284,6 +287,7 @@ impl Alerting {
                                 "max_stock": f.thresholds.max_stock,
                                 "max_stock_source": f.thresholds.max_stock_source,
                                 "sold_today": f.sold_today,
+                                "forecast_lo": f.forecast_lo,
                                 "forecast_hi": f.forecast_hi,
                             }),
                         }),
@@ -308,6 +312,10 @@ impl Alerting {
     ) -> Result<HashMap<(String, String), KeyFacts>, sqlx::Error> {
         let mut q = QueryBuilder::<MySql>::new(
             "SELECT s.store, s.sku, s.on_hand, d.qty AS sold_today,
+                    CAST(JSON_VALUE(f.body, CONCAT('$.lo[', DATEDIFF(",
+        );
+        q.push_bind(today).push(
+            ", f.first_day), ']')) AS DOUBLE) AS forecast_lo,
                     CAST(JSON_VALUE(f.body, CONCAT('$.hi[', DATEDIFF(",
         );
         q.push_bind(today).push(
@@ -335,6 +343,7 @@ impl Alerting {
                     },
                 );
             }
+            let forecast_lo: Option<f64> = r.try_get("forecast_lo")?;
             let forecast_hi: Option<f64> = r.try_get("forecast_hi")?;
             facts.insert(
                 key,
@@ -342,6 +351,7 @@ impl Alerting {
                     on_hand: r.try_get("on_hand")?,
                     thresholds: thresholds::Effective::default(),
                     sold_today: r.try_get("sold_today")?,
+                    forecast_lo: forecast_lo.filter(|l| l.is_finite()),
                     forecast_hi: forecast_hi.filter(|h| h.is_finite()),
                 },
             );
@@ -818,6 +828,7 @@ mod tests {
                 ..Default::default()
             },
             sold_today: None,
+            forecast_lo: None,
             forecast_hi: None,
         }
     }
@@ -856,16 +867,18 @@ mod tests {
         let now = Utc::now();
         let rules = AlertThresholds::default();
         let mut f = facts(100, None, None);
+        f.forecast_lo = Some(4.0);
         f.forecast_hi = Some(12.0);
-        // Slack = max(0.5 · 12, 2) = 6: fires above 18.
+        // The shared rule's slack: max(0.5 · (12 − 4), 2) = 4, so it fires above 16; below
+        // the interval it never fires while the day is in progress.
         f.sold_today = Some(1);
         assert!(
             kinds_for(&f, &rules, now).is_empty(),
             "a slow morning is no anomaly"
         );
-        f.sold_today = Some(18);
+        f.sold_today = Some(16);
         assert!(kinds_for(&f, &rules, now).is_empty());
-        f.sold_today = Some(19);
+        f.sold_today = Some(17);
         assert_eq!(
             kinds_for(&f, &rules, now),
             [AlertKind::DemandAnomaly].into()

@@ -807,6 +807,19 @@ async fn a_forecast_run_writes_forecasts_reorders_and_pushed_thresholds() {
         notices
     );
 
+    // Demand anomaly: today's forecast is 10 with no spread (slack = the 2-unit minimum), so
+    // 12 sold today is within bounds and 13 is not.
+    app.movement("S1", Kind::Sale, "MILK", -12).await;
+    assert!(!app
+        .open_kinds("S1", "MILK")
+        .await
+        .contains("demand_anomaly"));
+    app.movement("S1", Kind::Sale, "MILK", -1).await;
+    assert_eq!(
+        app.open_kinds("S1", "MILK").await,
+        ["demand_anomaly".to_owned(), "low_stock".to_owned()].into()
+    );
+
     assert_eq!(
         app.call("GET", "/v1/forecasts/S1/BREAD", Some(ADMIN), None)
             .await
@@ -1110,5 +1123,75 @@ async fn forecast_job_throughput() {
         app.count("SELECT COUNT(*) FROM forecasts").await,
         series as i64
     );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_renews_and_is_released_only_by_it() {
+    let app = spawn_app().await;
+    let link = app.hub.redis.clone();
+    let a = Lease::new(link.clone(), "test", "hub-a", Duration::from_millis(900));
+    let b = Lease::new(link.clone(), "test", "hub-b", Duration::from_millis(900));
+    assert_eq!(a.try_acquire().await, Attempt::Held);
+    assert_eq!(
+        a.try_acquire().await,
+        Attempt::Held,
+        "its holder takes it again"
+    );
+    assert_eq!(b.try_acquire().await, Attempt::Taken);
+    assert_eq!(b.renew().await, Attempt::Taken, "only the holder renews");
+    b.release().await;
+    assert_eq!(
+        b.try_acquire().await,
+        Attempt::Taken,
+        "only the holder releases"
+    );
+    a.release().await;
+    assert_eq!(b.try_acquire().await, Attempt::Held);
+    b.release().await;
+
+    // Held in the background: renewed past its TTL, and reported lost once another holder
+    // has it.
+    let held = a.hold().await.ok().expect("free");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!held.is_lost());
+    assert_eq!(
+        b.try_acquire().await,
+        Attempt::Taken,
+        "renewed past its TTL"
+    );
+    let mut c = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}:lease:test", app.database);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("someone-else")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut lost = held.lost();
+    tokio::time::timeout(Duration::from_secs(3), lost.wait_for(|l| *l))
+        .await
+        .expect("the holder notices within a renewal period")
+        .unwrap();
+    held.release().await;
+    let left: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        left.as_deref(),
+        Some("someone-else"),
+        "a lost lease is not deleted"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     app.cleanup().await;
 }
