@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -137,7 +137,11 @@ impl IngestLag {
         };
         out.push_str("# HELP bazaar_hub_ingest_lag_messages Messages in each partition this hub consumes that it has not consumed yet (high watermark - position).\n# TYPE bazaar_hub_ingest_lag_messages gauge\n");
         for ((topic, partition), p) in &partitions {
-            let _ = writeln!(out, "bazaar_hub_ingest_lag_messages{{topic=\"{topic}\",partition=\"{partition}\"}} {}", p.lag());
+            let _ = writeln!(
+                out,
+                "bazaar_hub_ingest_lag_messages{{topic=\"{topic}\",partition=\"{partition}\"}} {}",
+                p.lag()
+            );
         }
         out.push_str("# HELP bazaar_hub_ingest_high_watermark The high watermark of each partition this hub consumes.\n# TYPE bazaar_hub_ingest_high_watermark gauge\n");
         for ((topic, partition), p) in &partitions {
@@ -153,29 +157,43 @@ impl IngestLag {
     }
 }
 
-/// The route pattern a path belongs to.
+/// The route pattern a path belongs to: the path template of the documented operation it
+/// matches ([`crate::api::docs`], the registry behind `/openapi.json`), so labels and the
+/// document never disagree and a new route is labelled once it is documented. Paths no
+/// route serves are `other`, so a scan cannot grow the series.
 pub fn route_of(path: &str) -> &'static str {
+    static TEMPLATES: OnceLock<Vec<(&'static str, Vec<&'static str>)>> = OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let paths: std::collections::BTreeSet<&'static str> =
+            crate::api::docs().iter().map(|op| op.path).collect();
+        let mut templates: Vec<(&'static str, Vec<&'static str>)> = paths
+            .into_iter()
+            .map(|p| (p, p.trim_matches('/').split('/').collect()))
+            .collect();
+        // Literal segments win over parameters, from the left: `/v1/forecasts/runs/{id}`
+        // before `/v1/forecasts/{store}/{sku}`.
+        templates.sort_by_key(|(_, segments)| {
+            segments
+                .iter()
+                .map(|s| s.starts_with('{'))
+                .collect::<Vec<bool>>()
+        });
+        templates
+    });
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        [""] => "/",
-        ["healthz"] => "/healthz",
-        ["metrics"] => "/metrics",
-        ["get-stock", _, _] => "/get-stock/{store_id}/{product_id}",
-        ["v1", "stores"] => "/v1/stores",
-        ["v1", "stores", _] => "/v1/stores/{store}",
-        ["v1", "stores", _, "stock", _] => "/v1/stores/{store}/stock/{sku}",
-        ["v1", "stores", _, "thresholds"] => "/v1/stores/{store}/thresholds",
-        ["v1", "thresholds"] => "/v1/thresholds",
-        ["v1", "alerts"] => "/v1/alerts",
-        ["v1", "alerts", _, "ack"] => "/v1/alerts/{id}/ack",
-        ["v1", "forecasts", "run"] => "/v1/forecasts/run",
-        ["v1", "forecasts", "runs", _] => "/v1/forecasts/runs/{id}",
-        ["v1", "forecasts", _, _] => "/v1/forecasts/{store}/{sku}",
-        ["v1", "reorders"] => "/v1/reorders",
-        ["v1", "transfers", "suggestions"] => "/v1/transfers/suggestions",
-        ["v1", "products", _, "forecast"] => "/v1/products/{sku}/forecast",
-        _ => "other",
-    }
+    templates
+        .iter()
+        .find(|(_, template)| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    if t.starts_with('{') {
+                        !s.is_empty()
+                    } else {
+                        t == s
+                    }
+                })
+        })
+        .map_or("other", |(template, _)| template)
 }
 
 /// One counter or gauge line with its HELP and TYPE.
@@ -284,7 +302,19 @@ mod tests {
             "/get-stock/{store_id}/{product_id}"
         );
         assert_eq!(route_of("/v1/stores"), "/v1/stores");
+        assert_eq!(route_of("/v1/movements"), "/v1/movements");
+        assert_eq!(route_of("/v1/stores/S1/stock"), "/v1/stores/{store}/stock");
+        assert_eq!(route_of("/v1/forecasts/runs/7"), "/v1/forecasts/runs/{id}");
+        assert_eq!(
+            route_of("/v1/forecasts/S1/MILK"),
+            "/v1/forecasts/{store}/{sku}"
+        );
         assert_eq!(route_of("/nope/x/y/z"), "other");
+        assert_eq!(route_of("/v1/stores//stock"), "other");
+        for op in crate::api::docs() {
+            let concrete = op.path.replace('{', "x").replace('}', "");
+            assert_eq!(route_of(&concrete), op.path, "{concrete}");
+        }
     }
 
     #[test]
@@ -294,13 +324,34 @@ mod tests {
         lag.render(&mut out);
         assert!(out.is_empty(), "nothing before the first sample");
         lag.record(BTreeMap::from([
-            (("m".to_owned(), 0), PartitionLag { high_watermark: 10, position: 4 }),
-            (("m".to_owned(), 1), PartitionLag { high_watermark: 3, position: 5 }),
+            (
+                ("m".to_owned(), 0),
+                PartitionLag {
+                    high_watermark: 10,
+                    position: 4,
+                },
+            ),
+            (
+                ("m".to_owned(), 1),
+                PartitionLag {
+                    high_watermark: 3,
+                    position: 5,
+                },
+            ),
         ]));
         lag.render(&mut out);
-        assert!(out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"0\"} 6\n"), "{out}");
-        assert!(out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"1\"} 0\n"), "{out}");
-        assert!(out.contains("bazaar_hub_ingest_high_watermark{topic=\"m\",partition=\"0\"} 10\n"), "{out}");
+        assert!(
+            out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"0\"} 6\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bazaar_hub_ingest_lag_messages{topic=\"m\",partition=\"1\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bazaar_hub_ingest_high_watermark{topic=\"m\",partition=\"0\"} 10\n"),
+            "{out}"
+        );
         assert!(out.contains("bazaar_hub_ingest_lag_age_seconds "), "{out}");
     }
 

@@ -501,6 +501,9 @@ impl Operation {
             if let Some((content_type, schema)) = content {
                 let media = match schema {
                     Some(schema) => json!({"schema": schema}),
+                    None if content_type.starts_with("application/json") => {
+                        json!({"schema": {"type": "object"}})
+                    }
                     None => json!({"schema": {"type": "string"}}),
                 };
                 response.insert("content".into(), json!({content_type: media}));
