@@ -70,9 +70,7 @@ impl ConsumerContext for IngestContext {}
 /// position is the next offset ingest will receive; before the first message since the
 /// assignment it is the committed offset, or the low watermark when the group has none
 /// (`auto.offset.reset=earliest`). Partitions whose watermark is not known yet are left out.
-pub fn lag_from_statistics(
-    statistics: &rdkafka::Statistics,
-) -> BTreeMap<(String, i32), crate::metrics::PartitionLag> {
+pub fn lag_from_statistics(statistics: &rdkafka::Statistics) -> crate::metrics::PartitionLags {
     let mut lag = BTreeMap::new();
     for (topic, t) in &statistics.topics {
         for (id, p) in &t.partitions {

@@ -107,23 +107,26 @@ impl PartitionLag {
     }
 }
 
+/// One lag sample: by (topic, partition).
+pub type PartitionLags = BTreeMap<(String, i32), PartitionLag>;
+
 /// Ingest lag per assigned partition. librdkafka samples it on its own thread (its
 /// statistics, see [`crate::ingest::IngestContext`]), so measuring never blocks or slows
 /// the ingest loop; this only keeps the latest sample for `/metrics`.
 #[derive(Clone, Default)]
 pub struct IngestLag {
-    latest: Arc<Mutex<Option<(Instant, BTreeMap<(String, i32), PartitionLag>)>>>,
+    latest: Arc<Mutex<Option<(Instant, PartitionLags)>>>,
 }
 
 impl IngestLag {
     /// Replaces the sample: partitions no longer assigned to this hub disappear.
-    pub fn record(&self, partitions: BTreeMap<(String, i32), PartitionLag>) {
+    pub fn record(&self, partitions: PartitionLags) {
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), partitions));
     }
 
     /// The latest sample and its age; `None` before the first.
-    pub fn latest(&self) -> Option<(Duration, BTreeMap<(String, i32), PartitionLag>)> {
+    pub fn latest(&self) -> Option<(Duration, PartitionLags)> {
         self.latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
