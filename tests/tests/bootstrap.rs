@@ -162,6 +162,22 @@ async fn snapshot_page(
     )
 }
 
+/// HQ posts a hub-origin movement for S1; returns its hub_seq.
+async fn hq(client: &reqwest::Client, hub: &Hub, key: &str, body: Value) -> u64 {
+    let response = client
+        .post(format!("{}/v1/stores/S1/movements", hub.url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("the hub answers");
+    let status = response.status().as_u16();
+    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 202, "{body}: {reply}");
+    reply["movement"]["hub_seq"].as_u64().expect("a hub_seq")
+}
+
 /// Every (store-origin) seq from 1 to `last` is at the hub exactly once, nothing parked,
 /// and agent and hub agree on every sku (promise 8).
 async fn assert_converged(
@@ -196,10 +212,35 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
     let pool = mysql(&s.names).await;
     post_range(&client, &s.agent.url(), "a", 0..150).await;
     wait_hub_seq(&pool, 150, || s.logs()).await;
+    // HQ's changes, followed by the agent: the store has hub-origin history too.
+    hq(
+        &client,
+        &s.hub,
+        "hq-1",
+        json!({"kind": "receipt", "sku": "SKU-00", "qty": 15}),
+    )
+    .await;
+    let hq_last = hq(
+        &client,
+        &s.hub,
+        "hq-2",
+        json!({"kind": "adjustment", "sku": "SKU-01", "qty": -2, "reason": "correction"}),
+    )
+    .await;
+    assert_eq!(hq_last, 2);
+    wait_status(
+        &client,
+        &s.agent.url(),
+        "HQ's changes applied",
+        |st| st["hub_watermark"] == 2,
+        || s.logs(),
+    )
+    .await;
 
     // The hub goes away; the agent still delivers 40 more to the broker, then loses its
     // disk. Those 40 sit in the log, unconsumed.
     s.hub.kill();
+    let killed = std::time::Instant::now();
     post_range(&client, &s.agent.url(), "b", 150..190).await;
     wait_status(
         &client,
@@ -211,6 +252,9 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
     .await;
     s.agent.wipe();
 
+    // The killed hub's group membership lapses (session timeout 10 s) before the new one
+    // joins, so the rebalance it causes does not land while ingest is held below.
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(killed.elapsed())).await;
     // Hold the store's sync row, so the restarted hub's ingest cannot apply the 40 and
     // its consumer group cannot commit past them: the hub is behind, deterministically.
     let mut lock = pool.begin().await.unwrap();
@@ -262,14 +306,30 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
         done["bootstrap"]["snapshot"]["last_seq"], 190,
         "the snapshot waited for the 40 the lost agent had delivered: {done}"
     );
+    assert_eq!(done["bootstrap"]["snapshot"]["last_hub_seq"], 2, "{done}");
     assert!(done["bootstrap"]["bootstrapped_at"].is_string());
     post_range(&client, &s.agent.url(), "d", 210..240).await;
+    // A new HQ change after the snapshot is followed; the two before it, which the agent
+    // reads again from the start of its partition, are not applied twice.
+    let hq_after = hq(
+        &client,
+        &s.hub,
+        "hq-3",
+        json!({"kind": "receipt", "sku": "SKU-02", "qty": 7}),
+    )
+    .await;
+    assert_eq!(hq_after, 3);
     wait_hub_seq(&pool, 240, || s.logs()).await;
     let st = wait_status(
         &client,
         &s.agent.url(),
-        "everything acknowledged",
-        |st| st["pending"] == 0 && st["sent"] == 0 && st["hub_applied_seq"] == 240,
+        "everything acknowledged and HQ's change applied",
+        |st| {
+            st["pending"] == 0
+                && st["sent"] == 0
+                && st["hub_applied_seq"] == 240
+                && st["hub_watermark"] == 3
+        },
         || s.logs(),
     )
     .await;
