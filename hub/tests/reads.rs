@@ -234,6 +234,23 @@ async fn stores_are_listed_in_pages_with_their_sync_health_for_the_admin_only() 
     app.refused("/v1/stores", None, 401).await;
     app.refused("/v1/stores", Some("forged"), 401).await;
     bad_queries_are_refused(&app, "/v1/stores").await;
+
+    // /metrics labels the route by its documented template, never the raw path.
+    let response = warp::test::request()
+        .path("/metrics")
+        .reply(&bazaar_hub::api::routes(app.hub.clone()))
+        .await;
+    let text = String::from_utf8_lossy(response.body());
+    for line in [
+        "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"200\"} 4",
+        "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"422\"} 9",
+        "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"403\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
     app.cleanup().await;
 }
 
