@@ -398,6 +398,46 @@ async fn run_resnapshot_repairs_a_drifted_ledger_and_keeps_what_was_not_sent() {
     .await;
     assert_converged(&client, &pool, &s.agent.url(), 140).await;
 
+    // `bazaar-agent status`: one JSON document with --json, every figure for people without.
+    let cli = |json: bool| {
+        let mut command = std::process::Command::new(binary("bazaar-agent"));
+        command
+            .arg("status")
+            .env("BAZAAR_AGENT_DATA", s.agent.data_dir());
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().expect("bazaar-agent status runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let document: Value = serde_json::from_str(&cli(true)).expect("exactly one JSON document");
+    assert_eq!(
+        (
+            &document["pending"],
+            &document["acked"],
+            &document["hub_applied_seq"]
+        ),
+        (&json!(0), &json!(140), &json!(140)),
+        "{document}"
+    );
+    assert_eq!(document["bootstrap"]["snapshot"]["last_seq"], 120);
+    let text = cli(false);
+    for line in [
+        "pending           0",
+        "acked (kept)      140",
+        "last hub ack",
+        "(seq 140)",
+        "disk budget used",
+        "bootstrap         done, snapshot at seq 120",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+
     // Done once: a plain restart installs nothing again.
     s.agent.kill();
     s.agent.start().expect("agent restarts");
@@ -486,6 +526,21 @@ async fn snapshot_pages_share_one_state_and_only_the_store_or_an_admin_reads_the
             "{query}: {body}"
         );
     }
+    // Movements held at the hub behind a gap: no new agent may continue the numbering.
+    sqlx::query(
+        "INSERT INTO held_events (store, origin, seq, id, payload, received_at)
+         VALUES ('S1', 'store', 70, '0192f0c4-0000-7000-8000-000000000070', x'00', NOW(6))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (status, _, held) = snapshot_page(&client, &s.hub.url(), &s.token, "").await;
+    assert_eq!(
+        (status, held["error"]["code"].as_str()),
+        (409, Some("held_movements")),
+        "{held}"
+    );
+
     let unknown = client
         .get(format!("{}/v1/stores/S7/snapshot", s.hub.url()))
         .bearer_auth(ADMIN_TOKEN)
