@@ -453,6 +453,45 @@ async fn run_resnapshot_repairs_a_drifted_ledger_and_keeps_what_was_not_sent() {
         again["bootstrap"]["bootstrapped_at"],
         after["bootstrap"]["bootstrapped_at"]
     );
+
+    // The hub asks for a re-snapshot (a signed command through its outbox) while the
+    // agent runs with a drifted figure: sending and following pause, the snapshot goes
+    // in, the figure is right again, and a sale taken meanwhile still reaches the hub.
+    {
+        let conn = rusqlite::Connection::open(s.agent.data_dir().join("agent.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute("UPDATE stock SET on_hand = -5 WHERE sku = 'SKU-05'", [])
+            .unwrap();
+    }
+    let mut tx = pool.begin().await.unwrap();
+    let asked = bazaar_hub::outbox::request_resnapshot(
+        &mut tx,
+        &bazaar_shared::StoreId::parse("S1").unwrap(),
+        "ledger drift found in an audit",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    post_range(&client, &s.agent.url(), "d", 140..141).await;
+    let repaired = wait_status(
+        &client,
+        &s.agent.url(),
+        "the hub's re-snapshot installed",
+        |st| {
+            st["bootstrap"]["state"] == "done"
+                && st["bootstrap"]["snapshot"]["last_hub_seq"] == asked
+                && st["hub_applied_seq"] == 141
+                && st["pending"] == 0
+        },
+        || s.logs(),
+    )
+    .await;
+    assert_ne!(
+        repaired["bootstrap"]["bootstrapped_at"],
+        after["bootstrap"]["bootstrapped_at"]
+    );
+    assert_eq!(repaired["hub_watermark"], asked);
+    assert_converged(&client, &pool, &s.agent.url(), 141).await;
     drop_database(&s.names).await;
 }
 
