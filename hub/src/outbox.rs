@@ -42,22 +42,25 @@ pub struct Counter {
 impl Counter {
     /// Locks `store`'s counter row for the rest of the transaction.
     pub async fn lock(conn: &mut MySqlConnection, store: &StoreId) -> Result<Counter, OutboxError> {
-        let row = sqlx::query(
-            "SELECT y.last_hub_seq, s.signing_key FROM store_sync y JOIN stores s ON s.id = y.store
-             WHERE y.store = ? FOR UPDATE",
-        )
-        .bind(store.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else {
+        // Only the counter row is locked; the key is a plain read (it never changes), so
+        // the `stores` row stays free for ingest's `last_seen_at`.
+        let last_hub_seq: Option<u64> =
+            sqlx::query_scalar("SELECT last_hub_seq FROM store_sync WHERE store = ? FOR UPDATE")
+                .bind(store.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+        let key: Option<String> = sqlx::query_scalar("SELECT signing_key FROM stores WHERE id = ?")
+            .bind(store.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        let (Some(last_hub_seq), Some(key)) = (last_hub_seq, key) else {
             return Err(OutboxError::UnknownStore(store.to_string()));
         };
-        let key: String = row.try_get("signing_key")?;
         let key = SigningKey::from_base64(&key)
             .map_err(|_| OutboxError::DamagedKey(store.to_string()))?;
         Ok(Counter {
             store: store.clone(),
-            last_hub_seq: row.try_get("last_hub_seq")?,
+            last_hub_seq,
             key,
         })
     }
