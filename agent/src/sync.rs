@@ -75,7 +75,7 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
 /// a ledger that has never heard from the hub sends nothing.
 pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
     let may_send = agent
-        .read(|conn| crate::bootstrap::needed(conn))
+        .read(crate::bootstrap::needed)
         .await
         .map(|needed| !needed)
         .unwrap_or(false);
