@@ -772,3 +772,135 @@ async fn ingest_announces_a_store_origin_transfer_to_the_receiving_store() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn concurrent_retries_under_one_key_apply_once() {
+    let app = spawn_app().await;
+    app.register("S1").await;
+    let hub = app.hub.clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let app = App {
+                    hub,
+                    database: String::new(),
+                };
+                app.call(
+                    "POST",
+                    "/v1/stores/S1/movements",
+                    Some(ADMIN),
+                    &[("idempotency-key", "grn-9")],
+                    Some(&receipt(7).to_string()),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let (status, body, _) = t.await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        bodies.push(body);
+    }
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "every retry sees the original"
+    );
+    let footprint = app.footprint().await;
+    assert_eq!((footprint.movements, footprint.outbox), (1, 1));
+    assert_eq!(app.on_hand("S1", "MILK").await, Some(7));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn hq_writes_and_ingest_share_one_lock_order() {
+    let app = spawn_app().await;
+    let a = app.register("A").await;
+    let b = app.register("B").await;
+    let store = |s: &str| StoreId::parse(s).unwrap();
+    // Store-origin traffic from A, half of it transfers to B (which lock B's counter too).
+    let batches: Vec<Vec<RawMessage>> = (0..10)
+        .map(|batch| {
+            (0..10)
+                .map(|i| {
+                    let seq = batch * 10 + i + 1;
+                    let mut e = Envelope::movement(
+                        store("A"),
+                        Origin::Store,
+                        seq,
+                        if i % 2 == 0 {
+                            Kind::TransferOut
+                        } else {
+                            Kind::Sale
+                        },
+                        Sku::parse("MILK").unwrap(),
+                        -1,
+                    );
+                    if i % 2 == 0 {
+                        e.to_store = Some(store("B"));
+                    }
+                    RawMessage {
+                        position: Position {
+                            topic: "m".into(),
+                            partition: 0,
+                            offset: seq as i64,
+                        },
+                        payload: e.to_signed_bytes(&a.key).unwrap(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let pool = app.hub.pool.clone();
+    let ingest = tokio::spawn(async move {
+        for batch in batches {
+            apply_batch(&pool, &batch)
+                .await
+                .expect("ingest never fails on a lock conflict");
+        }
+    });
+    let mut posts = Vec::new();
+    for i in 0..20 {
+        let hub = app.hub.clone();
+        posts.push(tokio::spawn(async move {
+            let app = App {
+                hub,
+                database: String::new(),
+            };
+            let (store, body) = if i % 2 == 0 {
+                (
+                    "B",
+                    json!({"kind": "transfer_out", "sku": "MILK", "qty": 1, "to_store": "A"}),
+                )
+            } else {
+                (
+                    "A",
+                    json!({"kind": "transfer_out", "sku": "MILK", "qty": 1, "to_store": "B"}),
+                )
+            };
+            let (status, reply) = app.post(store, body).await;
+            assert_eq!(status, 202, "{reply}");
+        }));
+    }
+    ingest.await.unwrap();
+    for p in posts {
+        p.await.unwrap();
+    }
+    // A: 10 hub transfers out + 10 notices from B's transfers. B: 10 hub transfers out,
+    // 10 notices from A's hub transfers and 50 from A's store-origin transfers.
+    let seqs =
+        |outbox: Vec<(u64, HubMessage)>| outbox.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(app.outbox("A", &a.key).await),
+        (1..=20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(app.outbox("B", &b.key).await),
+        (1..=70).collect::<Vec<_>>()
+    );
+    // Notices move no stock: the receiving store records transfer_in itself.
+    assert_eq!(app.on_hand("A", "MILK").await, Some(-100 - 10));
+    assert_eq!(app.on_hand("B", "MILK").await, Some(-10));
+    app.cleanup().await;
+}
