@@ -486,6 +486,111 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn status_shows_the_outbox_the_hubs_acknowledgement_the_disk_and_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        for i in 0..3 {
+            post(
+                &agent,
+                Some(&format!("k{i}")),
+                r#"{"kind":"receipt","sku":"A","qty":5}"#,
+            )
+            .await;
+        }
+        let status = |agent: Arc<Agent>| async move {
+            let response = warp::test::request()
+                .path("/v1/status")
+                .reply(&routes(agent))
+                .await;
+            assert_eq!(response.status(), 200);
+            serde_json::from_slice::<serde_json::Value>(response.body()).unwrap()
+        };
+        let before = status(agent.clone()).await;
+        for field in [
+            "store",
+            "online",
+            "pending",
+            "sent",
+            "acked",
+            "parked",
+            "oldest_pending_age_s",
+            "last_delivery_at",
+            "hub_applied_seq",
+            "last_ack_at",
+            "disk_bytes",
+            "disk_budget_bytes",
+            "disk_budget_used",
+            "bootstrap",
+        ] {
+            assert!(before.get(field).is_some(), "{field} missing from {before}");
+        }
+        assert_eq!(
+            (&before["pending"], &before["acked"], &before["last_seq"]),
+            (
+                &serde_json::json!(3),
+                &serde_json::json!(0),
+                &serde_json::json!(3)
+            )
+        );
+        assert_eq!(before["bootstrap"]["state"], "waiting_for_hub");
+        assert_eq!(
+            before["bootstrap"]["bootstrapped_at"],
+            serde_json::Value::Null
+        );
+        assert!(before["oldest_pending_age_s"]
+            .as_i64()
+            .is_some_and(|a| a >= 0));
+        assert!(before["disk_budget_used"]
+            .as_f64()
+            .is_some_and(|u| u > 0.0 && u < 1.0));
+
+        // The hub's snapshot arrives (it already holds seq 1 and 2), then the pump
+        // delivers seq 3 and the hub acknowledges it.
+        agent
+            .writer
+            .write(|conn| {
+                let snapshot = crate::bootstrap::Snapshot {
+                    last_seq: 0,
+                    last_hub_seq: 0,
+                    as_of: "2026-11-26T09:00:00Z".into(),
+                    stock: vec![],
+                };
+                crate::bootstrap::install(conn, &snapshot, "2026-11-26T09:00:01.000Z")?;
+                ledger::mark_sent(conn, &[1, 2, 3], "2026-11-26T09:00:02.000Z")?;
+                ledger::mark_acked(conn, 2, "2026-11-26T09:00:03.000Z")?;
+                Ok::<_, crate::bootstrap::InstallError>(())
+            })
+            .await
+            .unwrap();
+        agent.bootstrap.set(crate::bootstrap::Phase::Done, None);
+        let after = status(agent.clone()).await;
+        assert_eq!(
+            (
+                &after["pending"],
+                &after["sent"],
+                &after["acked"],
+                &after["hub_applied_seq"]
+            ),
+            (
+                &serde_json::json!(0),
+                &serde_json::json!(1),
+                &serde_json::json!(2),
+                &serde_json::json!(2)
+            ),
+            "{after}"
+        );
+        assert_eq!(after["oldest_pending_age_s"], serde_json::Value::Null);
+        assert_eq!(after["last_delivery_at"], "2026-11-26T09:00:02.000Z");
+        assert_eq!(after["last_ack_at"], "2026-11-26T09:00:03.000Z");
+        assert_eq!(after["bootstrap"]["state"], "done");
+        assert_eq!(
+            after["bootstrap"]["bootstrapped_at"],
+            "2026-11-26T09:00:01.000Z"
+        );
+        assert_eq!(after["bootstrap"]["snapshot"]["last_seq"], 0);
+    }
+
+    #[tokio::test]
     async fn a_local_token_guards_the_api_but_not_healthz() {
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path(), Some("till-secret"));
