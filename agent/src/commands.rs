@@ -189,7 +189,7 @@ fn apply_message(conn: &Connection, message: &HubMessage) -> rusqlite::Result<Op
                 RESNAPSHOT_ALERT,
                 None,
                 "warning",
-                &format!("the hub asked for a re-snapshot ({reason}); it is installed at the agent's next start"),
+                &format!("the hub asked for a re-snapshot ({reason}); sending and following pause until it is installed"),
                 &now,
             )?;
         }
