@@ -589,3 +589,65 @@ async fn snapshot_pages_share_one_state_and_only_the_store_or_an_admin_reads_the
     assert_eq!(unknown.status().as_u16(), 404);
     drop_database(&s.names).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_store_bootstraps_page_by_page_with_every_figure_exact() {
+    const LARGE: usize = 30_000;
+    let mut s = stack().await;
+    let client = http();
+    let pool = mysql(&s.names).await;
+    post_range(&client, &s.agent.url(), "a", 0..20).await;
+    wait_hub_seq(&pool, 20, || s.logs()).await;
+    // A store with a large range: 30,000 more skus at the hub (six pages of 5,000).
+    for chunk in (0..LARGE).collect::<Vec<_>>().chunks(5000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "('S1', 'BULK-{i:05}', {}, 1, NOW(6))",
+                    ((i * 37) % 1000) as i64 - 100
+                )
+            })
+            .collect();
+        sqlx::query(&format!(
+            "INSERT INTO stock (store, sku, on_hand, version, updated_at) VALUES {}",
+            values.join(", ")
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    s.agent.wipe();
+    s.agent = s.reinit_agent();
+    let started = std::time::Instant::now();
+    s.agent.start().expect("agent starts");
+    let done = wait_status(
+        &client,
+        &s.agent.url(),
+        "the large snapshot installed",
+        |st| st["bootstrap"]["state"] == "done",
+        || s.logs(),
+    )
+    .await;
+    eprintln!(
+        "bootstrap of {} skus: {:?} from agent start to installed",
+        LARGE + 12,
+        started.elapsed()
+    );
+    assert_eq!(done["bootstrap"]["snapshot"]["skus"], LARGE + 12, "{done}");
+    assert_eq!(done["bootstrap"]["snapshot"]["last_seq"], 20);
+    post_range(&client, &s.agent.url(), "b", 20..30).await;
+    wait_hub_seq(&pool, 30, || s.logs()).await;
+    wait_status(
+        &client,
+        &s.agent.url(),
+        "everything acknowledged",
+        |st| st["pending"] == 0 && st["sent"] == 0 && st["hub_applied_seq"] == 30,
+        || s.logs(),
+    )
+    .await;
+    let agent = agent_stock(&client, &s.agent.url()).await;
+    assert_eq!(agent.len(), LARGE + 12);
+    assert_eq!(agent, hub_stock(&pool, "S1").await);
+    drop_database(&s.names).await;
+}
