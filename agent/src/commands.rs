@@ -634,19 +634,26 @@ async fn fill_gap(
 async fn follow_bulk_state(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
     let wake = agent.commands.bulk_wake.clone();
     loop {
-        let pending = agent
-            .read(|conn| meta_u64(conn, META_THRESHOLDS_PENDING))
+        // A notice waiting, or no document ever installed (a new or re-snapshotted agent
+        // follows commands from after the notices that announced the current version).
+        let (pending, installed) = agent
+            .read(|conn| {
+                Ok((
+                    meta_u64(conn, META_THRESHOLDS_PENDING)?,
+                    meta_u64(conn, META_THRESHOLDS_VERSION)?,
+                ))
+            })
             .await
-            .ok()
-            .flatten();
+            .unwrap_or((None, Some(0)));
         let mut retry = false;
-        if let Some(notice) = pending {
+        if pending.is_some() || installed.is_none() {
+            let notice = pending;
             match hub.thresholds().await {
                 Ok(document) => {
                     let version = document.version;
                     match agent
                         .writer
-                        .write(move |conn| install_thresholds(conn, &document, Some(notice)))
+                        .write(move |conn| install_thresholds(conn, &document, notice))
                         .await
                     {
                         Ok(true) => tracing::info!(version, "thresholds installed"),
