@@ -279,19 +279,51 @@ fn row(r: &sqlx::mysql::MySqlRow) -> Result<OutboxRow, sqlx::Error> {
     })
 }
 
-/// The oldest unpublished rows, per store in hub_seq order: at most `limit` in all.
+/// Unpublished rows, per store in hub_seq order, at most `limit` in all, starting with the
+/// stores after `after` and wrapping round: a relay that passes the last store of each
+/// full batch back as `after` serves every store in turn, so one store's large backlog
+/// never holds the others' commands back by more than a batch.
 pub async fn unpublished(
     pool: &sqlx::MySqlPool,
+    after: Option<&str>,
     limit: u32,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT store, hub_seq, payload FROM outbox WHERE published_at IS NULL
+    let Some(after) = after else {
+        let rows = sqlx::query(
+            "SELECT store, hub_seq, payload FROM outbox WHERE published_at IS NULL
+             ORDER BY store, hub_seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        return rows.iter().map(row).collect();
+    };
+    let mut rows: Vec<OutboxRow> = sqlx::query(
+        "SELECT store, hub_seq, payload FROM outbox WHERE published_at IS NULL AND store > ?
          ORDER BY store, hub_seq LIMIT ?",
     )
+    .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(|r| row(&r)).collect()
+    .await?
+    .iter()
+    .map(row)
+    .collect::<Result<_, _>>()?;
+    let left = limit.saturating_sub(rows.len() as u32);
+    if left > 0 {
+        let wrapped = sqlx::query(
+            "SELECT store, hub_seq, payload FROM outbox WHERE published_at IS NULL AND store <= ?
+             ORDER BY store, hub_seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(left)
+        .fetch_all(pool)
+        .await?;
+        for r in &wrapped {
+            rows.push(row(r)?);
+        }
+    }
+    Ok(rows)
 }
 
 /// Marks rows published once the broker acknowledged them.

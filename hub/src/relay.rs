@@ -7,9 +7,9 @@
 //!   can take the lease, so the relay pauses (and says so once) rather than risk two
 //!   publishers. Two publishers for a moment (a lease lost with messages in flight) would
 //!   only duplicate messages, which agents skip by hub_seq.
-//! - Rows go out per store in hub_seq order, keyed by the store, to the partition named
-//!   explicitly as murmur2(store) mod N, N read from the topic's metadata: the partition
-//!   the agent computes for itself.
+//! - Rows go out per store in hub_seq order, stores served in turn, keyed by the store,
+//!   to the partition named explicitly as murmur2(store) mod N, N read from the topic's
+//!   metadata: the partition the agent computes for itself.
 //! - The producer is idempotent with `acks=all`; a row is marked published only after its
 //!   delivery report succeeded (rust-rdkafka's at-least-once pattern). After any failure
 //!   the producer is dropped and a fresh one made, so librdkafka never bumps the
@@ -174,6 +174,7 @@ impl Relay {
         let mut producer: Option<(FutureProducer, i32, Instant)> = None;
         let mut backoff = Duration::from_millis(200);
         let mut last_depth = Instant::now();
+        let mut cursor: Option<String> = None;
         loop {
             if *lost.borrow() || *stop.borrow() {
                 break;
@@ -182,8 +183,15 @@ impl Relay {
                 self.measure_depth().await;
                 last_depth = Instant::now();
             }
-            let rows = match outbox::unpublished(&self.pool, BATCH).await {
-                Ok(rows) => rows,
+            let rows = match outbox::unpublished(&self.pool, cursor.as_deref(), BATCH).await {
+                Ok(rows) => {
+                    // A full batch may have stopped inside a store's backlog: start the
+                    // next one after that store, so every store is served in turn.
+                    cursor = (rows.len() == BATCH as usize)
+                        .then(|| rows.last().map(|r| r.store.clone()))
+                        .flatten();
+                    rows
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "relay cannot read the outbox");
                     if pause(backoff, &mut lost, stop).await {

@@ -904,3 +904,59 @@ async fn hq_writes_and_ingest_share_one_lock_order() {
     assert_eq!(app.on_hand("B", "MILK").await, Some(-10));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_relay_serves_stores_in_turn_in_hub_seq_order() {
+    let app = spawn_app().await;
+    for s in ["A", "B", "C"] {
+        app.register(s).await;
+    }
+    let announce = |store: &'static str, times: usize| {
+        let pool = app.hub.pool.clone();
+        async move {
+            for _ in 0..times {
+                let mut tx = pool.begin().await.unwrap();
+                bazaar_hub::outbox::announce_bulk_state(
+                    &mut tx,
+                    &StoreId::parse(store).unwrap(),
+                    "thresholds",
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    announce("A", 5).await;
+    announce("B", 2).await;
+    announce("C", 1).await;
+    let keys = |rows: Vec<bazaar_hub::outbox::OutboxRow>| {
+        rows.into_iter()
+            .map(|r| format!("{}{}", r.store, r.hub_seq))
+            .collect::<Vec<_>>()
+    };
+    let pool = &app.hub.pool;
+    use bazaar_hub::outbox::unpublished;
+    assert_eq!(
+        keys(unpublished(pool, None, 3).await.unwrap()),
+        ["A1", "A2", "A3"]
+    );
+    // After a full batch that ended in A's backlog, the others come first.
+    assert_eq!(
+        keys(unpublished(pool, Some("A"), 4).await.unwrap()),
+        ["B1", "B2", "C1", "A1"]
+    );
+    assert_eq!(
+        keys(unpublished(pool, Some("C"), 10).await.unwrap()),
+        ["A1", "A2", "A3", "A4", "A5", "B1", "B2", "C1"]
+    );
+    bazaar_hub::outbox::mark_published(pool, "A", &[1, 2, 3])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(unpublished(pool, Some("B"), 10).await.unwrap()),
+        ["C1", "A4", "A5", "B1", "B2"]
+    );
+    assert_eq!(bazaar_hub::outbox::depth(pool).await.unwrap(), 5);
+    app.cleanup().await;
+}
