@@ -133,7 +133,9 @@ async fn serve(
                 return Err(unavailable("catching_up", e.to_string(), RETRY_BROKER_SECS))
             }
             Err(e @ ProbeError::Broker(_)) => {
-                tracing::warn!(error = %e, %store, "cannot tell whether ingest has caught up");
+                // Every waiting agent asks every few seconds: the broker outage itself is
+                // logged by ingest, so this stays quiet.
+                tracing::debug!(error = %e, %store, "cannot tell whether ingest has caught up");
                 return Err(unavailable(
                     "broker_unavailable",
                     format!("cannot tell whether this hub has caught up with the store's movements: {e}"),
