@@ -524,7 +524,7 @@ async fn follow(
                     got,
                     "gap in hub commands; fetching the missing range from the hub"
                 );
-                match fill_gap(&agent, &hub, &store, got).await {
+                match fill_gap(agent, hub, &store, got).await {
                     // Filled: the message now follows on (or was in the range).
                     Ok(()) => continue,
                     Err(why) => {

@@ -72,7 +72,7 @@ impl App {
             request = request.header(*k, *v);
         }
         if let Some(b) = body {
-            request = request.body(b.to_owned());
+            request = request.body(b);
         }
         let response = request
             .reply(&bazaar_hub::api::routes(self.hub.clone()))
