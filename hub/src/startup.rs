@@ -245,7 +245,14 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
     let brokers = hub.config.kafka_brokers.clone();
     let mut wait = Duration::from_millis(200);
     loop {
-        match ensure_topics(&brokers, &topics.all(), DEFAULT_PARTITIONS, 1).await {
+        // Raced against the stop signal: with the broker down, topic creation can wait out
+        // librdkafka's request timeout, and shutdown must not wait with it.
+        let names = topics.all();
+        let created = tokio::select! {
+            created = ensure_topics(&brokers, &names, DEFAULT_PARTITIONS, 1) => created,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match created {
             Ok(()) => break,
             Err(e) => tracing::warn!(error = %e, "broker not ready; ingest waits"),
         }
