@@ -109,6 +109,10 @@ pub fn consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        // The group leader assigns from the metadata it holds; a topic it saw as missing
+        // or empty (a broker just restarted) yields an empty assignment that is only
+        // revisited when the leader next refreshes metadata (5 minutes by default).
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(IngestContext { lag })
 }
 

@@ -570,3 +570,15 @@ pub async fn hub_parked(pool: &sqlx::MySqlPool, store: &str) -> i64 {
         .await
         .expect("parked_events")
 }
+
+/// A scratch directory for one test's processes (logs, SQLite, broker data). With
+/// `BAZAAR_E2E_KEEP=1` it survives the test and its path is printed, so a failure's full
+/// logs can be read afterwards.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().expect("a temporary directory");
+    if std::env::var_os("BAZAAR_E2E_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
+}

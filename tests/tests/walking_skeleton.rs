@@ -121,7 +121,7 @@ struct Stack {
 
 /// Broker (not started), hub (started), store S1 registered, its agent initialised.
 async fn stack() -> Stack {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = scratch_dir();
     let names = Names::fresh();
     let broker = Broker::new(dir.path());
     let mut hub = Hub::new(dir.path(), &names, &broker.address());
