@@ -86,14 +86,14 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
     let topics = Topics::with_prefix(&agent.config.topic_prefix);
     let mut backoff = Backoff::new();
     loop {
-        match ensure_topics(
-            &agent.config.kafka_brokers,
-            &topics.all(),
-            DEFAULT_PARTITIONS,
-            1,
-        )
-        .await
-        {
+        let names = topics.all();
+        // Raced against shutdown: with the broker down, topic creation can wait out
+        // librdkafka's request timeout.
+        let created = tokio::select! {
+            created = ensure_topics(&agent.config.kafka_brokers, &names, DEFAULT_PARTITIONS, 1) => created,
+            _ = shutdown.changed() => return,
+        };
+        match created {
             Ok(()) => break,
             Err(e) => {
                 agent.sync.broker_online.store(false, Ordering::Relaxed);
