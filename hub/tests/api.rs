@@ -1,13 +1,13 @@
 //! The hub's HTTP API against the real MariaDB, driven through warp::test (no socket):
 //! each test gets a fresh database (zero-to-production's spawn_app pattern).
 
+mod common;
+
 use std::sync::Arc;
 
-use bazaar_hub::config::{FileConfig, HubConfig, Secret};
-use bazaar_hub::startup::{build, Hub};
+use bazaar_hub::startup::Hub;
+use common::ADMIN;
 use serde_json::{json, Value};
-
-const ADMIN: &str = "test-admin";
 
 struct App {
     hub: Arc<Hub>,
@@ -15,26 +15,8 @@ struct App {
 }
 
 async fn spawn_app() -> App {
-    let database = format!(
-        "bz_hubapi_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let file = FileConfig {
-        mysql_url: Some(Secret::new(format!(
-            "mysql://root@127.0.0.1:3306/{database}"
-        ))),
-        admin_token: Some(Secret::new(ADMIN)),
-        // The machine's Redis, in a namespace of this test's own; no rate limit here
-        // (tests/cache_and_limits.rs covers it with a private Redis).
-        redis_prefix: Some(format!("{database}:")),
-        rate_limit_get_stock: Some(0),
-        ..FileConfig::default()
-    };
-    let config = HubConfig::from_layers(file, |_| None).unwrap();
-    App {
-        hub: build(config).await.expect("hub builds against MariaDB"),
-        database,
-    }
+    let (hub, database) = common::spawn_hub("bz_hubapi", |_| {}).await;
+    App { hub, database }
 }
 
 impl App {
@@ -45,39 +27,15 @@ impl App {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = warp::test::request().method(method).path(path);
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(b) = body {
-            request = request.body(b.to_string());
-        }
-        let response = request
-            .reply(&bazaar_hub::api::routes(self.hub.clone()))
-            .await;
-        (
-            response.status().as_u16(),
-            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
-        )
+        common::call(&self.hub, method, path, token, body).await
     }
 
     async fn register(&self, store: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/v1/stores",
-                Some(ADMIN),
-                Some(json!({"store": store})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["token"].as_str().unwrap().to_string()
+        common::register(&self.hub, store).await.token
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
-            .execute(&self.hub.pool)
-            .await;
+        common::drop_database(&self.hub, &self.database).await;
     }
 }
 

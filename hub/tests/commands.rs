@@ -1,47 +1,27 @@
 //! Hub-origin movements, the outbox and the commands range fetch, against the real MariaDB
 //! through warp::test (no socket); each test gets a fresh database.
 
+mod common;
+
 use std::sync::Arc;
 
-use bazaar_hub::config::{FileConfig, HubConfig, Secret};
 use bazaar_hub::ingest::{apply_batch, RawMessage};
 use bazaar_hub::plan::Position;
-use bazaar_hub::startup::{build, Hub};
+use bazaar_hub::startup::Hub;
 use bazaar_shared::{CommandBody, Envelope, HubMessage, Kind, Origin, SigningKey, Sku, StoreId};
 use serde_json::{json, Value};
 use sqlx::Row;
 
-const ADMIN: &str = "test-admin";
+use common::{Registered, ADMIN};
 
 struct App {
     hub: Arc<Hub>,
     database: String,
 }
 
-struct Registered {
-    token: String,
-    key: SigningKey,
-}
-
 async fn spawn_app() -> App {
-    let database = format!(
-        "bz_hubcmd_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let file = FileConfig {
-        mysql_url: Some(Secret::new(format!(
-            "mysql://root@127.0.0.1:3306/{database}"
-        ))),
-        admin_token: Some(Secret::new(ADMIN)),
-        redis_prefix: Some(format!("{database}:")),
-        rate_limit_get_stock: Some(0),
-        ..FileConfig::default()
-    };
-    let config = HubConfig::from_layers(file, |_| None).unwrap();
-    App {
-        hub: build(config).await.expect("hub builds against MariaDB"),
-        database,
-    }
+    let (hub, database) = common::spawn_hub("bz_hubcmd", |_| {}).await;
+    App { hub, database }
 }
 
 /// Everything a hub-origin write can change, to prove that a refused one changed nothing.
@@ -64,24 +44,8 @@ impl App {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> (u16, Value, warp::http::HeaderMap) {
-        let mut request = warp::test::request().method(method).path(path);
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        if let Some(b) = body {
-            request = request.body(b);
-        }
-        let response = request
-            .reply(&bazaar_hub::api::routes(self.hub.clone()))
-            .await;
-        (
-            response.status().as_u16(),
-            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
-            response.headers().clone(),
-        )
+        let reply = common::request(&self.hub, method, path, token, headers, body).await;
+        (reply.status, reply.json(), reply.headers)
     }
 
     async fn post(&self, store: &str, body: Value) -> (u16, Value) {
@@ -98,20 +62,7 @@ impl App {
     }
 
     async fn register(&self, store: &str) -> Registered {
-        let (status, body, _) = self
-            .call(
-                "POST",
-                "/v1/stores",
-                Some(ADMIN),
-                &[],
-                Some(&json!({"store": store}).to_string()),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        Registered {
-            token: body["token"].as_str().unwrap().to_owned(),
-            key: SigningKey::from_base64(body["key"].as_str().unwrap()).unwrap(),
-        }
+        common::register(&self.hub, store).await
     }
 
     async fn footprint(&self) -> Footprint {
@@ -175,9 +126,7 @@ impl App {
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
-            .execute(&self.hub.pool)
-            .await;
+        common::drop_database(&self.hub, &self.database).await;
     }
 }
 

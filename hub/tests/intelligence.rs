@@ -3,20 +3,21 @@
 //! Movements go through `ingest::apply_batch` followed by the alerting hook, the two steps
 //! the consumer loop takes after each batch.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazaar_hub::config::{FileConfig, HubConfig, Secret};
+use bazaar_hub::config::HubConfig;
 use bazaar_hub::ingest::{self, RawMessage};
 use bazaar_hub::lease::{Attempt, Lease};
 use bazaar_hub::plan::Position;
 use bazaar_hub::startup::{build, Hub};
 use bazaar_shared::{Envelope, Kind, Origin, SigningKey, Sku, StoreId};
 use chrono::{Days, Utc};
+use common::{call, ADMIN};
 use serde_json::{json, Value};
-
-const ADMIN: &str = "test-admin";
 
 struct App {
     hub: Arc<Hub>,
@@ -27,24 +28,7 @@ struct App {
 }
 
 fn config(database: &str, push: bool) -> HubConfig {
-    let file = FileConfig {
-        mysql_url: Some(Secret::new(format!(
-            "mysql://root@127.0.0.1:3306/{database}"
-        ))),
-        admin_token: Some(Secret::new(ADMIN)),
-        redis_prefix: Some(format!("{database}:")),
-        rate_limit_get_stock: Some(0),
-        push_thresholds: Some(push),
-        ..FileConfig::default()
-    };
-    HubConfig::from_layers(file, |_| None).unwrap()
-}
-
-fn fresh_name() -> String {
-    format!(
-        "bz_intel_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    )
+    common::config(database, |f| f.push_thresholds = Some(push))
 }
 
 async fn spawn_app_with(push: bool) -> App {
@@ -52,11 +36,9 @@ async fn spawn_app_with(push: bool) -> App {
         .with_env_filter("warn,bazaar_hub=info")
         .with_test_writer()
         .try_init();
-    let database = fresh_name();
+    let (hub, database) = common::spawn_hub("bz_intel", |f| f.push_thresholds = Some(push)).await;
     App {
-        hub: build(config(&database, push))
-            .await
-            .expect("hub builds against MariaDB"),
+        hub,
         database,
         keys: Default::default(),
         seqs: Default::default(),
@@ -80,19 +62,10 @@ impl App {
     }
 
     async fn register(&mut self, store: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/v1/stores",
-                Some(ADMIN),
-                Some(json!({"store": store})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let token = body["token"].as_str().unwrap().to_string();
-        let key = SigningKey::from_base64(body["key"].as_str().unwrap()).unwrap();
-        self.keys.insert(store.into(), (token.clone(), key));
-        token
+        let registered = common::register(&self.hub, store).await;
+        self.keys
+            .insert(store.into(), (registered.token.clone(), registered.key));
+        registered.token
     }
 
     async fn product(&self, sku: &str, lead_time_days: i32, pack_size: i32) {
@@ -212,31 +185,8 @@ impl App {
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
-            .execute(&self.hub.pool)
-            .await;
+        common::drop_database(&self.hub, &self.database).await;
     }
-}
-
-async fn call(
-    hub: &Arc<Hub>,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = warp::test::request().method(method).path(path);
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(b) = body {
-        request = request.body(b.to_string());
-    }
-    let response = request.reply(&bazaar_hub::api::routes(hub.clone())).await;
-    (
-        response.status().as_u16(),
-        serde_json::from_slice(response.body()).unwrap_or(Value::Null),
-    )
 }
 
 async fn wait_for_run(hub: &Arc<Hub>, id: &str) -> Value {

@@ -8,14 +8,14 @@
 //! token and no body, so a route that is reached answers with its own status (400, 404,
 //! 422, ...), never the router's 404 or 405.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bazaar_hub::config::{FileConfig, HubConfig, Secret};
-use bazaar_hub::startup::{build, Hub};
+use bazaar_hub::startup::Hub;
+use common::ADMIN;
 use serde_json::Value;
-
-const ADMIN: &str = "test-admin";
 
 /// Every route `api::routes` serves: (method, OpenAPI path template).
 const SERVED: &[(&str, &str)] = &[
@@ -55,6 +55,10 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/v1/products/{sku}/forecast"),
     ("GET", "/v1/reorders"),
     ("GET", "/v1/transfers/suggestions"),
+    // api/dashboard.rs
+    ("GET", "/"),
+    ("GET", "/static/app.js"),
+    ("GET", "/static/style.css"),
 ];
 
 /// Paths the design names (DESIGN §7) and neighbours of the served ones: whatever answers
@@ -93,26 +97,12 @@ struct App {
 }
 
 async fn spawn_app() -> App {
-    let database = format!(
-        "bz_openapi_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
-    let file = FileConfig {
-        mysql_url: Some(Secret::new(format!(
-            "mysql://root@127.0.0.1:3306/{database}"
-        ))),
-        admin_token: Some(Secret::new(ADMIN)),
-        redis_prefix: Some(format!("{database}:")),
-        rate_limit_get_stock: Some(0),
+    let (hub, database) = common::spawn_hub("bz_openapi", |f| {
         // No broker: /readyz reports it and still answers.
-        kafka_brokers: Some("127.0.0.1:1".into()),
-        ..FileConfig::default()
-    };
-    let config = HubConfig::from_layers(file, |_| None).expect("configuration");
-    App {
-        hub: build(config).await.expect("hub builds against MariaDB"),
-        database,
-    }
+        f.kafka_brokers = Some("127.0.0.1:1".into());
+    })
+    .await;
+    App { hub, database }
 }
 
 /// A concrete path for a template: identifiers get valid values, anything else `1`.
@@ -131,24 +121,22 @@ fn sample(template: &str) -> String {
 
 impl App {
     async fn request(&self, method: &str, path: &str) -> (u16, String, Vec<u8>) {
-        let response = warp::test::request()
-            .method(method)
-            .path(path)
-            .header("authorization", format!("Bearer {ADMIN}"))
-            .header("content-length", "0")
-            .reply(&bazaar_hub::api::routes(self.hub.clone()))
-            .await;
-        let content_type = response
-            .headers()
+        let reply = common::request(
+            &self.hub,
+            method,
+            path,
+            Some(ADMIN),
+            &[("content-length", "0")],
+            None,
+        )
+        .await;
+        let content_type = reply
+            .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        (
-            response.status().as_u16(),
-            content_type,
-            response.body().to_vec(),
-        )
+        (reply.status, content_type, reply.body)
     }
 
     /// Whether some route took the request (rather than the router refusing it).
@@ -167,9 +155,7 @@ impl App {
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
-            .execute(&self.hub.pool)
-            .await;
+        common::drop_database(&self.hub, &self.database).await;
     }
 }
 
@@ -364,4 +350,3 @@ async fn the_document_is_complete_and_self_consistent() {
     );
     app.cleanup().await;
 }
-

@@ -3,6 +3,8 @@
 //! `ingest::apply_batch`, the consumer's own transaction; `/readyz` is checked against a
 //! private tansu broker and against a Redis that is not there.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,15 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bazaar_hub::config::{FileConfig, HubConfig, Secret};
+use bazaar_hub::config::FileConfig;
 use bazaar_hub::ingest::{self, RawMessage};
 use bazaar_hub::plan::Position;
-use bazaar_hub::startup::{build, Hub};
+use bazaar_hub::startup::Hub;
 use bazaar_shared::{Envelope, Kind, Origin, SigningKey, Sku, StoreId};
 use chrono::{DateTime, Utc};
+use common::{config, ADMIN};
 use serde_json::{json, Value};
-
-const ADMIN: &str = "test-admin";
 
 struct App {
     hub: Arc<Hub>,
@@ -29,29 +30,10 @@ struct App {
     offset: i64,
 }
 
-fn config(database: &str, tweak: impl FnOnce(&mut FileConfig)) -> HubConfig {
-    let mut file = FileConfig {
-        mysql_url: Some(Secret::new(format!(
-            "mysql://root@127.0.0.1:3306/{database}"
-        ))),
-        admin_token: Some(Secret::new(ADMIN)),
-        redis_prefix: Some(format!("{database}:")),
-        rate_limit_get_stock: Some(0),
-        ..FileConfig::default()
-    };
-    tweak(&mut file);
-    HubConfig::from_layers(file, |_| None).expect("a valid configuration")
-}
-
 async fn spawn_app_with(tweak: impl FnOnce(&mut FileConfig)) -> App {
-    let database = format!(
-        "bz_reads_{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    );
+    let (hub, database) = common::spawn_hub("bz_reads", tweak).await;
     App {
-        hub: build(config(&database, tweak))
-            .await
-            .expect("hub builds against MariaDB"),
+        hub,
         database,
         keys: HashMap::new(),
         tokens: HashMap::new(),
@@ -66,17 +48,7 @@ async fn spawn_app() -> App {
 
 impl App {
     async fn call(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = warp::test::request().method("GET").path(path);
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
-        }
-        let response = request
-            .reply(&bazaar_hub::api::routes(self.hub.clone()))
-            .await;
-        (
-            response.status().as_u16(),
-            serde_json::from_slice(response.body()).unwrap_or(Value::Null),
-        )
+        common::call(&self.hub, "GET", path, token, None).await
     }
 
     /// Asserts a JSON error with `status` and returns its message.
@@ -90,20 +62,11 @@ impl App {
     }
 
     async fn register(&mut self, store: &str) -> String {
-        let response = warp::test::request()
-            .method("POST")
-            .path("/v1/stores")
-            .header("authorization", format!("Bearer {ADMIN}"))
-            .body(json!({ "store": store }).to_string())
-            .reply(&bazaar_hub::api::routes(self.hub.clone()))
-            .await;
-        assert_eq!(response.status(), 201);
-        let body: Value = serde_json::from_slice(response.body()).expect("JSON");
-        let key = SigningKey::from_base64(body["key"].as_str().expect("key")).expect("a key");
-        let token = body["token"].as_str().expect("token").to_owned();
-        self.keys.insert(store.to_owned(), key);
-        self.tokens.insert(store.to_owned(), token.clone());
-        token
+        let registered = common::register(&self.hub, store).await;
+        self.keys.insert(store.to_owned(), registered.key);
+        self.tokens
+            .insert(store.to_owned(), registered.token.clone());
+        registered.token
     }
 
     fn message(&mut self, store: &str, sku: &str, delta: i64) -> RawMessage {
@@ -158,9 +121,7 @@ impl App {
     }
 
     async fn cleanup(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.database))
-            .execute(&self.hub.pool)
-            .await;
+        common::drop_database(&self.hub, &self.database).await;
     }
 }
 
