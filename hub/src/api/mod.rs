@@ -4,11 +4,13 @@
 //! Submodules group the routes by what they serve: `commands` (hub-origin movements and
 //! what agents fetch to follow them), `reads` (ledger, stock and store listings, audit,
 //! parked, OpenAPI, readiness), `intelligence` (thresholds, alerts, forecasts,
-//! suggestions) and `bootstrap` (store snapshots). Each exposes `routes(hub)` as one boxed
-//! filter, which keeps the composed type (and compile times) small.
+//! suggestions), `bootstrap` (store snapshots) and `dashboard` (the HQ page at `/`). Each
+//! exposes `routes` as one boxed filter, which keeps the composed type (and compile times)
+//! small.
 
 pub mod bootstrap;
 pub mod commands;
+pub mod dashboard;
 pub mod intelligence;
 pub mod reads;
 
@@ -64,6 +66,7 @@ pub fn docs() -> Vec<Operation> {
     operations.extend(commands::docs());
     operations.extend(intelligence::docs());
     operations.extend(bootstrap::docs());
+    operations.extend(dashboard::docs());
     operations
 }
 
@@ -129,6 +132,7 @@ pub fn routes(
         .or(reads::routes(hub.clone()))
         .or(intelligence::routes(hub.clone()))
         .or(bootstrap::routes(hub))
+        .or(dashboard::routes())
         .recover(recover)
         .with(warp::log("bazaar_hub::http"))
         .with(warp::log::custom(move |info| {
