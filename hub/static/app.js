@@ -322,6 +322,8 @@ async function refresh() {
     $("board-error").textContent = failed ? failed.reason.message : "";
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } finally {
+    // An acknowledge refreshes out of turn: one pending timer, whoever finishes last.
+    clearTimeout(timer);
     if (token()) timer = setTimeout(refresh, REFRESH_MS);
   }
 }
