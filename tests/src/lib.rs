@@ -582,3 +582,85 @@ pub fn scratch_dir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// One store's processes, the set-up most end-to-end tests begin from: a broker, a hub
+/// with the store registered, and the store's agent initialised with its credentials, in a
+/// scratch directory of their own with fresh names. [`Stack::new`] starts nothing, so a
+/// test can begin from any partial state (broker down, agent not yet run);
+/// [`Stack::started`] runs broker, hub and agent, in that order.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub names: Names,
+    pub broker: Broker,
+    pub hub: Hub,
+    pub agent: Agent,
+    /// The store's token and signing key, as `bazaar-hub store add` printed them.
+    pub token: String,
+    pub key: String,
+}
+
+impl Stack {
+    pub fn new(store: &str) -> Stack {
+        let dir = scratch_dir();
+        let names = Names::fresh();
+        let broker = Broker::new(dir.path());
+        let hub = Hub::new(dir.path(), &names, &broker.address());
+        let (token, key) = hub.add_store(store).expect("store add");
+        let agent = Agent::init(
+            dir.path(),
+            store,
+            &hub,
+            &broker.address(),
+            &names.prefix,
+            &token,
+            &key,
+        )
+        .expect("agent init");
+        Stack {
+            dir,
+            names,
+            broker,
+            hub,
+            agent,
+            token,
+            key,
+        }
+    }
+
+    pub fn started(store: &str) -> Stack {
+        let mut stack = Stack::new(store);
+        stack.start();
+        stack
+    }
+
+    /// Broker, hub and agent, in that order.
+    pub fn start(&mut self) {
+        self.broker.start().expect("broker starts");
+        self.hub.start().expect("hub starts");
+        self.agent.start().expect("agent starts");
+    }
+
+    /// `agent init` again for the stack's store, with its credentials, over the same data
+    /// directory: what store IT does on a server that lost its disk.
+    pub fn reinit_agent(&self) -> Agent {
+        Agent::init(
+            self.dir.path(),
+            &self.agent.store,
+            &self.hub,
+            &self.broker.address(),
+            &self.names.prefix,
+            &self.token,
+            &self.key,
+        )
+        .expect("agent init")
+    }
+
+    /// The tails of the agent's and the hub's logs, for a failure message.
+    pub fn logs(&self) -> String {
+        format!(
+            "agent:\n{}\nhub:\n{}",
+            self.agent.log_tail(),
+            self.hub.log_tail()
+        )
+    }
+}

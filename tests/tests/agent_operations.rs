@@ -8,24 +8,17 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_its_disk_budget_the_agent_still_sells_and_raises_a_critical_alert() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::fresh();
-    let broker = Broker::new(dir.path());
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").unwrap();
+    let Stack {
+        dir: _dir,
+        names,
+        broker: _broker,
+        mut hub,
+        agent,
+        ..
+    } = Stack::new("S1");
     hub.start().unwrap();
     // A budget of 0 MiB: any database is over it.
-    let mut agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .unwrap()
-    .env("BAZAAR_AGENT_DISK_BUDGET_MB", "0");
+    let mut agent = agent.env("BAZAAR_AGENT_DISK_BUDGET_MB", "0");
     agent.start().unwrap();
     let client = http();
     let (status, _) = post_movement(
@@ -52,14 +45,7 @@ async fn over_its_disk_budget_the_agent_still_sells_and_raises_a_critical_alert(
             let client = client.clone();
             let url = agent.url();
             async move {
-                let s: Value = client
-                    .get(format!("{url}/v1/status"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let s = agent_status(&client, &url).await?;
                 (s["over_budget"] == true).then_some(s)
             }
         },
@@ -91,21 +77,14 @@ async fn over_its_disk_budget_the_agent_still_sells_and_raises_a_critical_alert(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_names_what_is_down_and_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::fresh();
-    let mut broker = Broker::new(dir.path());
-    let hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").unwrap();
-    let agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .unwrap();
+    let Stack {
+        dir: _dir,
+        names,
+        mut broker,
+        hub,
+        agent,
+        ..
+    } = Stack::new("S1");
     let doctor = || {
         Command::new(binary("bazaar-agent"))
             .args(["doctor", "--json"])

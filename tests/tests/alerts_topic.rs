@@ -45,24 +45,14 @@ fn events_of<'a>(seen: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_stock_is_published_on_the_alerts_topic_and_resolved() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::fresh();
-    let mut broker = Broker::new(dir.path());
-    broker.start().unwrap();
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").unwrap();
-    hub.start().unwrap();
-    let mut agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .unwrap();
-    agent.start().unwrap();
+    let Stack {
+        dir: _dir,
+        names,
+        mut broker,
+        mut hub,
+        mut agent,
+        ..
+    } = Stack::started("S1");
     let client = http();
 
     let topic = Topics::with_prefix(&names.prefix).alerts;

@@ -9,70 +9,6 @@ use std::time::Duration;
 use bazaar_e2e::*;
 use serde_json::{json, Value};
 
-struct Stack {
-    dir: tempfile::TempDir,
-    names: Names,
-    broker: Broker,
-    hub: Hub,
-    agent: Agent,
-    token: String,
-    key: String,
-}
-
-/// Broker and hub running, store S1 registered, its agent running.
-async fn stack() -> Stack {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let names = Names::fresh();
-    let mut broker = Broker::new(dir.path());
-    broker.start().expect("broker starts");
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").expect("store add");
-    hub.start().expect("hub starts");
-    let mut agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .expect("agent init");
-    agent.start().expect("agent starts");
-    Stack {
-        dir,
-        names,
-        broker,
-        hub,
-        agent,
-        token,
-        key,
-    }
-}
-
-impl Stack {
-    fn reinit_agent(&self) -> Agent {
-        Agent::init(
-            self.dir.path(),
-            "S1",
-            &self.hub,
-            &self.broker.address(),
-            &self.names.prefix,
-            &self.token,
-            &self.key,
-        )
-        .expect("agent init")
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "agent:\n{}\nhub:\n{}",
-            self.agent.log_tail(),
-            self.hub.log_tail()
-        )
-    }
-}
-
 /// Movement `i` of a deterministic mix over 12 skus: receipts, sales, returns,
 /// adjustments, counts and transfers both ways.
 fn movement(i: usize) -> Value {
@@ -207,7 +143,7 @@ async fn assert_converged(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_seq() {
-    let mut s = stack().await;
+    let mut s = Stack::started("S1");
     let client = http();
     let pool = mysql(&s.names).await;
     post_range(&client, &s.agent.url(), "a", 0..150).await;
@@ -344,7 +280,7 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_resnapshot_repairs_a_drifted_ledger_and_keeps_what_was_not_sent() {
-    let mut s = stack().await;
+    let mut s = Stack::started("S1");
     let client = http();
     let pool = mysql(&s.names).await;
     post_range(&client, &s.agent.url(), "a", 0..120).await;
@@ -497,7 +433,7 @@ async fn run_resnapshot_repairs_a_drifted_ledger_and_keeps_what_was_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_pages_share_one_state_and_only_the_store_or_an_admin_reads_them() {
-    let s = stack().await;
+    let s = Stack::started("S1");
     let client = http();
     let pool = mysql(&s.names).await;
     post_range(&client, &s.agent.url(), "a", 0..60).await;
@@ -593,7 +529,7 @@ async fn snapshot_pages_share_one_state_and_only_the_store_or_an_admin_reads_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_store_bootstraps_page_by_page_with_every_figure_exact() {
     const LARGE: usize = 30_000;
-    let mut s = stack().await;
+    let mut s = Stack::started("S1");
     let client = http();
     let pool = mysql(&s.names).await;
     post_range(&client, &s.agent.url(), "a", 0..20).await;

@@ -41,37 +41,17 @@ async fn publish(producer: &FutureProducer, topic: &str, payload: &[u8]) {
         .expect("delivered");
 }
 
-async fn status(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client
-        .get(format!("{url}/v1/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_movements_apply_once_in_order_and_forged_ones_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::fresh();
-    let mut broker = Broker::new(dir.path());
-    broker.start().unwrap();
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").unwrap();
-    hub.start().unwrap();
-    let mut agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .unwrap();
-    agent.start().unwrap();
+    let Stack {
+        dir: _dir,
+        names,
+        broker,
+        hub: _hub,
+        mut agent,
+        key,
+        ..
+    } = Stack::started("S1");
     let key = SigningKey::from_base64(&key).unwrap();
     let topic = Topics::with_prefix(&names.prefix).store_commands;
     bazaar_shared::kafka::ensure_topics(&broker.address(), &[&topic], 12, 1)
@@ -107,7 +87,7 @@ async fn hub_movements_apply_once_in_order_and_forged_ones_are_dropped() {
     let st = eventually(
         Duration::from_secs(60),
         || async {
-            let s = status(&client, &agent.url()).await?;
+            let s = agent_status(&client, &agent.url()).await?;
             (s["hub_watermark"] == 2 && s["commands_forged"] == 1).then_some(s)
         },
         || agent.log_tail(),
@@ -141,7 +121,7 @@ async fn hub_movements_apply_once_in_order_and_forged_ones_are_dropped() {
     eventually(
         Duration::from_secs(60),
         || async {
-            let s = status(&client, &agent.url()).await?;
+            let s = agent_status(&client, &agent.url()).await?;
             (s["hub_watermark"] == 3).then_some(())
         },
         || agent.log_tail(),

@@ -117,25 +117,17 @@ async fn hub_ledger_sums(pool: &sqlx::MySqlPool, store: &str) -> BTreeMap<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_offline_with_hq_corrections_converges_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = Names::fresh();
-    let mut broker = Broker::new(dir.path());
-    broker.start().unwrap();
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").unwrap();
-    hub.add_store("S2").unwrap();
-    hub.start().unwrap();
-    let mut agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .unwrap();
-    agent.start().unwrap();
+    let mut stack = Stack::new("S1");
+    stack.hub.add_store("S2").unwrap();
+    stack.start();
+    let Stack {
+        dir: _dir,
+        names,
+        mut broker,
+        hub,
+        agent,
+        ..
+    } = stack;
     let client = http();
     let pool = mysql(&names).await;
     let logs = || format!("agent:\n{}\nhub:\n{}", agent.log_tail(), hub.log_tail());

@@ -63,14 +63,9 @@ async fn post_workload(
 }
 
 async fn status(client: &reqwest::Client, agent_url: &str) -> Value {
-    client
-        .get(format!("{agent_url}/v1/status"))
-        .send()
+    agent_status(client, agent_url)
         .await
-        .expect("agent answers")
-        .json()
-        .await
-        .expect("status JSON")
+        .expect("the agent answers with its status JSON")
 }
 
 /// Every (store, seq) once, 1..=n, nothing else.
@@ -110,46 +105,16 @@ async fn wait_for_hub_seq(
     .await;
 }
 
-struct Stack {
-    _dir: tempfile::TempDir,
-    names: Names,
-    broker: Broker,
-    hub: Hub,
-    agent: Agent,
-    key: String,
-}
-
 /// Broker (not started), hub (started), store S1 registered, its agent initialised.
-async fn stack() -> Stack {
-    let dir = scratch_dir();
-    let names = Names::fresh();
-    let broker = Broker::new(dir.path());
-    let mut hub = Hub::new(dir.path(), &names, &broker.address());
-    let (token, key) = hub.add_store("S1").expect("store add");
-    hub.start().expect("hub starts");
-    let agent = Agent::init(
-        dir.path(),
-        "S1",
-        &hub,
-        &broker.address(),
-        &names.prefix,
-        &token,
-        &key,
-    )
-    .expect("agent init");
-    Stack {
-        _dir: dir,
-        names,
-        broker,
-        hub,
-        agent,
-        key,
-    }
+fn stack() -> Stack {
+    let mut s = Stack::new("S1");
+    s.hub.start().expect("hub starts");
+    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_nothing_and_the_hub_converges() {
-    let mut s = stack().await;
+    let mut s = stack();
     s.agent.start().expect("agent starts");
     let client = http();
     let expected = post_workload(&client, &s.agent.url(), 2000).await;
@@ -231,7 +196,7 @@ enum Crash {
 /// 5,000 movements queued during an outage, the broker back, a `kill -9` once the hub has
 /// applied some but not all of them, a restart: every seq once, every figure exact.
 async fn crash_mid_stream(crash: Crash) {
-    let mut s = stack().await;
+    let mut s = stack();
     s.agent.start().expect("agent starts");
     let client = http();
     let expected = post_workload(&client, &s.agent.url(), 5000).await;
@@ -319,7 +284,7 @@ async fn produce(producer: &FutureProducer, topic: &str, payload: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_delivered_twice_is_applied_once() {
-    let mut s = stack().await;
+    let mut s = stack();
     s.broker.start().expect("broker starts");
     let key = SigningKey::from_base64(&s.key).unwrap();
     let topic = Topics::with_prefix(&s.names.prefix).movements;
@@ -368,7 +333,7 @@ async fn the_same_message_delivered_twice_is_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_message_is_parked_and_later_messages_still_flow() {
-    let mut s = stack().await;
+    let mut s = stack();
     s.broker.start().expect("broker starts");
     let topic = Topics::with_prefix(&s.names.prefix).movements;
     let pool = mysql(&s.names).await;
@@ -439,7 +404,7 @@ async fn a_forged_message_is_parked_and_later_messages_still_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_posted_twice_gives_one_movement() {
-    let mut s = stack().await;
+    let mut s = stack();
     s.broker.start().expect("broker starts");
     s.agent.start().expect("agent starts");
     let client = http();
@@ -476,7 +441,7 @@ async fn an_idempotency_key_posted_twice_gives_one_movement() {
 async fn a_broker_crash_while_sending_heals_without_anyone_touching_the_agent() {
     // Regression: an idempotent producer whose messages time out bumps its epoch; tansu 0.6
     // panics on that epoch and stops serving. The agent must start a fresh producer instead.
-    let mut s = stack().await;
+    let mut s = stack();
     s.broker.start().expect("broker starts");
     s.agent.start().expect("agent starts");
     let client = http();
