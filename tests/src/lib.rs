@@ -664,3 +664,28 @@ impl Stack {
         )
     }
 }
+
+/// HQ posts a hub-origin movement for `store` (DESIGN §7) under `idempotency_key`; it must
+/// be accepted. Returns its hub_seq.
+pub async fn hq_movement(
+    client: &reqwest::Client,
+    hub: &Hub,
+    store: &str,
+    idempotency_key: &str,
+    body: Value,
+) -> u64 {
+    let response = client
+        .post(format!("{}/v1/stores/{store}/movements", hub.url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Idempotency-Key", idempotency_key)
+        .json(&body)
+        .send()
+        .await
+        .expect("the hub answers");
+    let status = response.status().as_u16();
+    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 202, "{body}: {reply}");
+    reply["movement"]["hub_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a hub_seq in {reply}"))
+}

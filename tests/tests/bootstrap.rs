@@ -98,22 +98,6 @@ async fn snapshot_page(
     )
 }
 
-/// HQ posts a hub-origin movement for S1; returns its hub_seq.
-async fn hq(client: &reqwest::Client, hub: &Hub, key: &str, body: Value) -> u64 {
-    let response = client
-        .post(format!("{}/v1/stores/S1/movements", hub.url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("the hub answers");
-    let status = response.status().as_u16();
-    let reply: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 202, "{body}: {reply}");
-    reply["movement"]["hub_seq"].as_u64().expect("a hub_seq")
-}
-
 /// Every (store-origin) seq from 1 to `last` is at the hub exactly once, nothing parked,
 /// and agent and hub agree on every sku (promise 8).
 async fn assert_converged(
@@ -149,16 +133,18 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
     post_range(&client, &s.agent.url(), "a", 0..150).await;
     wait_hub_seq(&pool, 150, || s.logs()).await;
     // HQ's changes, followed by the agent: the store has hub-origin history too.
-    hq(
+    hq_movement(
         &client,
         &s.hub,
+        "S1",
         "hq-1",
         json!({"kind": "receipt", "sku": "SKU-00", "qty": 15}),
     )
     .await;
-    let hq_last = hq(
+    let hq_last = hq_movement(
         &client,
         &s.hub,
+        "S1",
         "hq-2",
         json!({"kind": "adjustment", "sku": "SKU-01", "qty": -2, "reason": "correction"}),
     )
@@ -247,9 +233,10 @@ async fn a_wiped_agent_waits_for_the_hub_to_catch_up_then_continues_the_stores_s
     post_range(&client, &s.agent.url(), "d", 210..240).await;
     // A new HQ change after the snapshot is followed; the two before it, which the agent
     // reads again from the start of its partition, are not applied twice.
-    let hq_after = hq(
+    let hq_after = hq_movement(
         &client,
         &s.hub,
+        "S1",
         "hq-3",
         json!({"kind": "receipt", "sku": "SKU-02", "qty": 7}),
     )

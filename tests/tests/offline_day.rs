@@ -64,24 +64,6 @@ async fn post_till(
     accepted.load(Ordering::Relaxed)
 }
 
-/// HQ posts a hub-origin movement for S1; returns its hub_seq.
-async fn hq(client: &reqwest::Client, hub: &Hub, key: &str, body: Value) -> u64 {
-    let response = client
-        .post(format!("{}/v1/stores/S1/movements", hub.url()))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("the hub answers");
-    let status = response.status().as_u16();
-    let reply: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 202, "{body}: {reply}");
-    reply["movement"]["hub_seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("a hub_seq in {reply}"))
-}
-
 async fn agent_on_hand(client: &reqwest::Client, agent: &Agent, sku: &str) -> i64 {
     let v: Value = client
         .get(format!("{}/v1/stock/{sku}", agent.url()))
@@ -138,9 +120,10 @@ async fn a_day_offline_with_hq_corrections_converges_exactly() {
         .collect();
     morning.push(json!({"kind": "receipt", "sku": RACED, "qty": 100}));
     let morning_count = post_till(&client, &agent.url(), "morning", morning).await;
-    let correction = hq(
+    let correction = hq_movement(
         &client,
         &hub,
+        "S1",
         "hq-morning",
         json!({"kind": "adjustment", "sku": sku(0), "qty": -3, "reason": "correction"}),
     )
@@ -164,9 +147,10 @@ async fn a_day_offline_with_hq_corrections_converges_exactly() {
     // HQ books a receipt of 24 for RACED at the hub; the store cannot hear of it. The
     // store then sells 7, counts 90 on the shelf (its view: 100 - 7 = 93, so -3), and
     // sells 5 more.
-    let receipt = hq(
+    let receipt = hq_movement(
         &client,
         &hub,
+        "S1",
         "hq-raced-receipt",
         json!({"kind": "receipt", "sku": RACED, "qty": 24}),
     )
@@ -217,7 +201,7 @@ async fn a_day_offline_with_hq_corrections_converges_exactly() {
     .into_iter()
     .enumerate()
     {
-        hq_last = hq(&client, &hub, &format!("hq-day-{i}"), body).await;
+        hq_last = hq_movement(&client, &hub, "S1", &format!("hq-day-{i}"), body).await;
     }
     offline += post_till(&client, &agent.url(), "day-b", second_half.to_vec()).await;
     let st = agent_status(&client, &agent.url()).await.unwrap();
