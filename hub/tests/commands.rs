@@ -92,12 +92,7 @@ impl App {
     }
 
     async fn on_hand(&self, store: &str, sku: &str) -> Option<i64> {
-        sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
-            .bind(store)
-            .bind(sku)
-            .fetch_optional(&self.hub.pool)
-            .await
-            .unwrap()
+        common::on_hand(&self.hub, store, sku).await
     }
 
     /// The store's outbox, decoded and verified with its key, in hub_seq order.

@@ -111,12 +111,9 @@ impl App {
     }
 
     async fn on_hand(&self, store: &str, sku: &str) -> i64 {
-        sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
-            .bind(store)
-            .bind(sku)
-            .fetch_one(&self.hub.pool)
+        common::on_hand(&self.hub, store, sku)
             .await
-            .unwrap()
+            .unwrap_or_else(|| panic!("no stock row for ({store}, {sku})"))
     }
 
     /// (kind, open?) of every alert of (store, sku), oldest first.

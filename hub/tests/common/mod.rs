@@ -134,3 +134,13 @@ pub async fn drop_database(hub: &Hub, database: &str) {
         .execute(&hub.pool)
         .await;
 }
+
+/// The hub's on-hand figure for (store, sku), if it has a stock row.
+pub async fn on_hand(hub: &Hub, store: &str, sku: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
+        .bind(store)
+        .bind(sku)
+        .fetch_optional(&hub.pool)
+        .await
+        .expect("the stock table")
+}
