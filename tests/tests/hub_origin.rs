@@ -75,6 +75,23 @@ async fn redis(args: &[&str]) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Takes the relay's lease from whichever hub holds it and keeps it for ten minutes, so
+/// hub-origin writes stay in the outbox until the test lets go (DEL).
+async fn hold_relay_lease(lease: &str, hub: &Hub) {
+    eventually(
+        WAIT,
+        || async {
+            let _ = redis(&["DEL", lease]).await;
+            redis(&["SET", lease, "test", "NX", "PX", "600000"])
+                .await
+                .starts_with("+OK")
+                .then_some(())
+        },
+        || hub.log_tail(),
+    )
+    .await;
+}
+
 struct Stack {
     _dir: tempfile::TempDir,
     names: Names,
@@ -479,18 +496,7 @@ async fn a_gap_is_filled_by_the_range_fetch_and_alerted_only_while_the_hub_canno
 
     // Hold the relay's lease by hand, so what follows stays in the outbox.
     let lease = format!("{}lease:relay", stack.names.prefix);
-    eventually(
-        WAIT,
-        || async {
-            let _ = redis(&["DEL", &lease]).await;
-            redis(&["SET", &lease, "test", "NX", "PX", "600000"])
-                .await
-                .starts_with("+OK")
-                .then_some(())
-        },
-        || hub.log_tail(),
-    )
-    .await;
+    hold_relay_lease(&lease, &hub).await;
     // Let a relay that was mid-batch notice it lost the lease.
     tokio::time::sleep(Duration::from_secs(7)).await;
     for qty in [2, 4] {
@@ -525,18 +531,7 @@ async fn a_gap_is_filled_by_the_range_fetch_and_alerted_only_while_the_hub_canno
     );
 
     // Now a gap the hub cannot supply: hub_seq 4 is gone from its outbox too.
-    eventually(
-        WAIT,
-        || async {
-            let _ = redis(&["DEL", &lease]).await;
-            redis(&["SET", &lease, "test", "NX", "PX", "600000"])
-                .await
-                .starts_with("+OK")
-                .then_some(())
-        },
-        || hub.log_tail(),
-    )
-    .await;
+    hold_relay_lease(&lease, &hub).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     for qty in [8, 16] {
         assert_eq!(admin_post(client, &url, None, receipt(qty)).await.0, 202);
