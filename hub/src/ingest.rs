@@ -125,9 +125,29 @@ pub async fn run(
     cache: crate::cache::StockCache,
     alerting: std::sync::Arc<crate::alerting::Alerting>,
 ) {
+    let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
+    assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stalled_checks = 0u32;
+    let mut last_progress = None;
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
+            _ = assignment_check.tick() => {
+                let progress = idle_progress(&consumer);
+                stalled_checks = match (progress, last_progress) {
+                    (Some(now), Some(before)) if now.waiting && now == before => stalled_checks + 1,
+                    _ => 0,
+                };
+                last_progress = progress;
+                // Several checks in a row, so a rebalance or a slow peer is never mistaken
+                // for a stranded group.
+                if stalled_checks >= STALLED_CHECKS {
+                    rejoin(&consumer);
+                    stalled_checks = 0;
+                    last_progress = None;
+                }
+                continue;
+            }
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let mut batch = Vec::new();
@@ -172,6 +192,83 @@ pub async fn run(
     }
     // Commit what was stored before leaving the group.
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+}
+
+/// How often a member with no partition checks that someone consumes the topic.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(5);
+/// Checks without progress before this member joins its group again (about 15 s).
+const STALLED_CHECKS: u32 = 3;
+
+/// What an idle member sees of its group's progress: the sum of the group's committed
+/// offsets, and whether any partition still holds messages beyond them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupProgress {
+    committed: i64,
+    waiting: bool,
+}
+
+/// `Some` when this member holds no partition; `None` when it holds some or the broker
+/// cannot say. A member that holds nothing while messages wait and the group's offsets do
+/// not move over several checks is stranded: nobody is consuming. Seen on tansu 0.6 after
+/// a broker restart, where the group re-formed with an empty assignment and stayed so.
+/// (tansu answers no ListGroups/DescribeGroups, so the group's members cannot be asked.)
+/// Only runs while this consumer has nothing to read, so its blocking calls (short
+/// timeouts) cost no throughput.
+fn idle_progress(consumer: &StreamConsumer<IngestContext>) -> Option<GroupProgress> {
+    let timeout = Duration::from_secs(1);
+    if consumer.assignment().map(|a| a.count()).unwrap_or(1) > 0 {
+        return None;
+    }
+    let topic = consumer
+        .subscription()
+        .ok()?
+        .elements()
+        .first()
+        .map(|e| e.topic().to_owned())?;
+    let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()) as i32;
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        wanted
+            .add_partition_offset(&topic, p, rdkafka::Offset::Invalid)
+            .ok()?;
+    }
+    let committed = consumer.committed_offsets(wanted, timeout).ok()?;
+    let mut progress = GroupProgress {
+        committed: 0,
+        waiting: false,
+    };
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, p, timeout).ok()?;
+        let position = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => low,
+        };
+        progress.committed += position;
+        progress.waiting |= high > position;
+    }
+    Some(progress)
+}
+
+fn rejoin(consumer: &StreamConsumer<IngestContext>) {
+    let Ok(subscription) = consumer.subscription() else {
+        return;
+    };
+    let topics: Vec<String> = subscription
+        .elements()
+        .iter()
+        .map(|e| e.topic().to_owned())
+        .collect();
+    tracing::warn!(?topics, "this hub holds no partition while messages wait and the group makes no progress; joining the group again");
+    consumer.unsubscribe();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&names) {
+        tracing::error!(error = %e, "could not subscribe again");
+    }
 }
 
 fn raw(m: &rdkafka::message::BorrowedMessage<'_>) -> RawMessage {
@@ -472,9 +569,13 @@ async fn announce_transfers(
     for (e, _) in rows.iter().filter(|(e, _)| e.kind == Kind::TransferOut) {
         match crate::outbox::announce_transfer(&mut **tx, e).await {
             Ok(Some(_)) => {}
-            Ok(None) => tracing::info!(store = %e.store, to_store = ?e.to_store, "transfer to a store this hub does not know; no notice sent"),
+            Ok(None) => {
+                tracing::info!(store = %e.store, to_store = ?e.to_store, "transfer to a store this hub does not know; no notice sent")
+            }
             Err(crate::outbox::OutboxError::Database(db)) => return Err(db),
-            Err(other) => tracing::error!(error = %other, "cannot announce a transfer to its receiving store"),
+            Err(other) => {
+                tracing::error!(error = %other, "cannot announce a transfer to its receiving store")
+            }
         }
     }
     Ok(())

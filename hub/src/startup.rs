@@ -262,13 +262,14 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    let consumer = match ingest::consumer(&brokers, &hub.config.kafka_group, hub.ingest.lag().clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the Kafka consumer");
-            return;
-        }
-    };
+    let consumer =
+        match ingest::consumer(&brokers, &hub.config.kafka_group, hub.ingest.lag().clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the Kafka consumer");
+                return;
+            }
+        };
     if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()])
     {
         tracing::error!(error = %e, topic = %topics.movements, "cannot subscribe");
