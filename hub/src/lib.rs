@@ -1,12 +1,17 @@
 //! `bazaar-hub`: the chain's central service (DESIGN §7).
 //!
-//! Layout: `plan` (pure per-store decisions: apply, hold, park, skip), `ingest` (Kafka
-//! consumer group → one MySQL transaction per batch), `stores` (registration, credentials,
-//! sync state, stock reads), `api` (thin warp routes), `audit`, `config`, `db`,
-//! `redis_link` (the one Redis connection, with its fallback), `cache` (stock in Redis),
-//! `ratelimit` (GCRA per client IP), `metrics` (`/metrics`), and `startup` (the builder
-//! `main` and the tests share).
-
+//! Layout:
+//! - store → hub: `plan` (pure per-store decisions: apply, hold, park, skip), `ingest`
+//!   (Kafka consumer group → one MySQL transaction per batch);
+//! - hub → stores: `hub_movements` (HQ's movements, applied at once), `outbox` (the
+//!   gapless hub_seq counter and signed rows, in the change's transaction), `relay` (one
+//!   leased publisher), `snapshot` (bootstrap);
+//! - reads: `stores`, `queries` (keyset-paged lists), `replica` (read routing), `cache` and
+//!   `redis_link` (stock in Redis);
+//! - intelligence: `thresholds`, `alerting`, `forecast_job`, `lease`;
+//! - HTTP: `api` (thin warp routes and the dashboard), `openapi`, `readiness`, `ratelimit`,
+//!   `metrics`, `audit`;
+//! - `config`, `db`, and `startup` (the builder `main` and the tests share).
 pub mod alerting;
 pub mod api;
 pub mod audit;
