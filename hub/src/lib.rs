@@ -12,6 +12,7 @@
 //! - HTTP: `api` (thin warp routes and the dashboard), `openapi`, `readiness`, `ratelimit`,
 //!   `metrics`, `audit`;
 //! - `config`, `db`, and `startup` (the builder `main` and the tests share).
+
 pub mod alerting;
 pub mod api;
 pub mod audit;
