@@ -173,7 +173,9 @@ impl HubConfig {
         };
         let replica_max_lag_ms = match var("REPLICA_MAX_LAG_MS") {
             Some(raw) => raw.parse().with_context(|| {
-                format!("BAZAAR_HUB_REPLICA_MAX_LAG_MS={raw:?} is not a whole number of milliseconds")
+                format!(
+                    "BAZAAR_HUB_REPLICA_MAX_LAG_MS={raw:?} is not a whole number of milliseconds"
+                )
             })?,
             None => file.replica_max_lag_ms.unwrap_or(1000),
         };
@@ -294,7 +296,10 @@ mod tests {
             (n == "BAZAAR_HUB_REPLICA_MAX_LAG_MS").then(|| "1s".into())
         })
         .unwrap_err();
-        assert!(err.to_string().contains("BAZAAR_HUB_REPLICA_MAX_LAG_MS"), "{err}");
+        assert!(
+            err.to_string().contains("BAZAAR_HUB_REPLICA_MAX_LAG_MS"),
+            "{err}"
+        );
     }
 
     #[test]

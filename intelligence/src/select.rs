@@ -896,7 +896,10 @@ mod tests {
         check_invariants(&f, 28);
         for h in 0..28 {
             assert!((f.mean[h] - 10.0).abs() < 1e-9, "{f:?}");
-            assert!(f.sd[h].abs() < 1e-9 && (f.hi[h] - f.lo[h]).abs() < 1e-9, "{f:?}");
+            assert!(
+                f.sd[h].abs() < 1e-9 && (f.hi[h] - f.lo[h]).abs() < 1e-9,
+                "{f:?}"
+            );
         }
     }
 

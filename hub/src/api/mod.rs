@@ -173,7 +173,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) fn auth(hub: Arc<Hub>) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+pub(crate) fn auth(
+    hub: Arc<Hub>,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(with_hub(hub))
         .and_then(|header: Option<String>, hub: Arc<Hub>| async move {
