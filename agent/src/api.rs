@@ -1,5 +1,18 @@
 //! The store's local HTTP API (DESIGN §6). Handlers are thin: parse, hand to the ledger
 //! through the writer or a read connection, shape the reply.
+//!
+//! The API runs on a shared store PC, where any web page the browser opens can send it
+//! requests. So, before any route (`local_only`):
+//! - a `Host` that is not an address the agent listens on is refused (421): a DNS-rebound
+//!   name never reads stock or status. A loopback listener answers to `127.0.0.1`,
+//!   `localhost` and `[::1]`, with or without its port; one bound to all interfaces
+//!   answers to any host, the local token (required there) guarding it;
+//! - a request from a browser page of another origin (`Origin` not one of the agent's own,
+//!   `Origin: null` included) is refused (403);
+//! - a POST whose body is not declared `application/json` is refused (415), so no form
+//!   post or `no-cors` fetch (which can only send text/plain, form or multipart bodies) is
+//!   ever read, let alone recorded;
+//! - the local token, when configured, is compared in constant time (SHA-256 digests).
 
 use std::sync::Arc;
 
@@ -27,11 +40,121 @@ pub fn routes(
         .or(get_status(agent.clone()))
         .or(get_alerts(agent.clone()))
         .or(get_expected_transfers(agent.clone()));
-    let authorised = local_auth(agent).and(api).map(|(), reply| reply);
-    healthz()
-        .or(authorised)
+    let api = api.or(get_parked(agent.clone()));
+    let authorised = local_auth(agent.clone()).and(api).map(|(), reply| reply);
+    local_only(agent)
+        .and(healthz().or(authorised))
+        .map(|(), reply| reply)
         .recover(recover)
         .with(warp::log("bazaar_agent::http"))
+}
+
+/// The `Host` values the agent answers to; `None` when it listens on every interface.
+fn own_hosts(listen: std::net::SocketAddr) -> Option<Vec<String>> {
+    let ip = listen.ip();
+    if ip.is_unspecified() {
+        return None;
+    }
+    let names: Vec<String> = if ip.is_loopback() {
+        vec!["127.0.0.1".into(), "localhost".into(), "[::1]".into()]
+    } else {
+        match ip {
+            std::net::IpAddr::V4(v4) => vec![v4.to_string()],
+            std::net::IpAddr::V6(v6) => vec![format!("[{v6}]")],
+        }
+    };
+    let port = listen.port();
+    Some(
+        names
+            .into_iter()
+            .flat_map(|n| [format!("{n}:{port}"), n])
+            .collect(),
+    )
+}
+
+/// Whether a `Content-Type` is JSON (`application/json`, parameters allowed).
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// What a request must be to reach any route: see the module's header.
+fn check_local(
+    listen: std::net::SocketAddr,
+    method: &warp::http::Method,
+    host: Option<&str>,
+    origin: Option<&str>,
+    content_type: Option<&str>,
+) -> Result<(), ApiError> {
+    let own = own_hosts(listen);
+    let host = host.map(str::trim).unwrap_or_default().to_ascii_lowercase();
+    if let Some(own) = &own {
+        if !own.contains(&host) {
+            return Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "wrong_host",
+                format!(
+                    "this agent answers only to {}, not to Host {host:?}; use http://{listen}",
+                    own.join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(origin) = origin {
+        let origin = origin.trim().to_ascii_lowercase();
+        let trusted = match &own {
+            Some(own) => own.iter().any(|h| origin == format!("http://{h}")),
+            None => origin == format!("http://{host}"),
+        };
+        if !trusted {
+            return Err(ApiError::forbidden(format!(
+                "requests from web pages of origin {origin:?} are refused: the local API serves the \
+                 store's tills and scanners, not other sites"
+            )));
+        }
+    }
+    if method == warp::http::Method::POST && !is_json(content_type) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the body as JSON with `Content-Type: application/json` (got {})",
+                content_type.map_or_else(|| "no Content-Type".to_owned(), |c| format!("{c:?}"))
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn local_only(agent: Arc<Agent>) -> impl Filter<Extract = ((),), Error = Rejection> + Clone {
+    let listen = agent.config.listen;
+    warp::method()
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and_then(
+            move |method: warp::http::Method,
+                  host: Option<String>,
+                  origin: Option<String>,
+                  content_type: Option<String>| async move {
+                check_local(
+                    listen,
+                    &method,
+                    host.as_deref(),
+                    origin.as_deref(),
+                    content_type.as_deref(),
+                )
+                .map_err(Rejection::from)
+            },
+        )
+}
+
+/// Equal secrets, in time that does not depend on where they differ: the digests are
+/// compared byte by byte without stopping early.
+fn same_secret(given: &str, expected: &str) -> bool {
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn with_agent(
@@ -47,7 +170,12 @@ fn local_auth(agent: Arc<Agent>) -> impl Filter<Extract = ((),), Error = Rejecti
         async move {
             match &agent.config.local_token {
                 None => Ok(()),
-                Some(token) if bearer(header.as_deref()) == Some(token.expose()) => Ok(()),
+                Some(token)
+                    if bearer(header.as_deref())
+                        .is_some_and(|given| same_secret(given, token.expose())) =>
+                {
+                    Ok(())
+                }
                 Some(_) => Err(Rejection::from(ApiError::unauthorized(
                     "this agent listens beyond localhost: send `Authorization: Bearer <local_token>`",
                 ))),
@@ -318,6 +446,38 @@ fn get_alerts(
         })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParkedQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// Movements parked here (never sent, or refused by the hub), oldest first, paged by
+/// `after` = the last page's `next_after`. Each one's stock change was reversed and a void
+/// took its seq.
+fn get_parked(
+    agent: Arc<Agent>,
+) -> impl Filter<Extract = (warp::reply::Json,), Error = Rejection> + Clone {
+    warp::path!("v1" / "parked")
+        .and(warp::get())
+        .and(warp::query::<ParkedQuery>())
+        .and(with_agent(agent))
+        .and_then(|q: ParkedQuery, agent: Arc<Agent>| async move {
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let after = q.after.unwrap_or(0);
+            let items = agent
+                .read(move |conn| ledger::parked_page(conn, after, limit))
+                .await?;
+            let next = (items.len() == limit as usize)
+                .then(|| items.last().map(|i| i.parked_id))
+                .flatten();
+            Ok::<_, Rejection>(warp::reply::json(
+                &serde_json::json!({"parked": items, "next_after": next}),
+            ))
+        })
+}
+
 /// Transfers the hub announced as on their way here, not yet received (all with
 /// `?all=true`), newest first. Record the goods with `transfer_in` and `ref` = transfer_id.
 fn get_expected_transfers(
@@ -356,15 +516,17 @@ mod tests {
             disk_budget_mb: None,
             resend_after_secs: None,
             retention_days: None,
+            kafka: Default::default(),
         };
         let config = AgentConfig::from_layers(file, dir.to_path_buf(), |_| None).unwrap();
         Arc::new(Agent::open(config).unwrap())
     }
 
     async fn post(agent: &Arc<Agent>, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
-        let mut request = warp::test::request()
+        let mut request = local_request()
             .method("POST")
             .path("/v1/movements")
+            .header("content-type", "application/json")
             .body(body.to_owned());
         if let Some(k) = key {
             request = request.header("idempotency-key", k);
@@ -374,6 +536,11 @@ mod tests {
             response.status().as_u16(),
             serde_json::from_slice(response.body()).unwrap_or_default(),
         )
+    }
+
+    /// A request as a till on this machine sends it (the agent listens on 127.0.0.1:7171).
+    fn local_request() -> warp::test::RequestBuilder {
+        warp::test::request().header("host", "127.0.0.1:7171")
     }
 
     async fn pending(agent: &Arc<Agent>) -> u64 {
@@ -397,7 +564,7 @@ mod tests {
         );
         let (status, again) = post(&agent, Some("k1"), body).await;
         assert_eq!((status, &again), (200, &first));
-        let response = warp::test::request()
+        let response = local_request()
             .path("/v1/stock/A")
             .reply(&routes(agent.clone()))
             .await;
@@ -473,12 +640,12 @@ mod tests {
             1,
             "no rejected request recorded anything"
         );
-        let response = warp::test::request()
+        let response = local_request()
             .path("/v1/nowhere")
             .reply(&routes(agent.clone()))
             .await;
         assert_eq!(response.status(), 404);
-        let response = warp::test::request()
+        let response = local_request()
             .path("/v1/stock/NOPE")
             .reply(&routes(agent.clone()))
             .await;
@@ -498,7 +665,7 @@ mod tests {
             .await;
         }
         let status = |agent: Arc<Agent>| async move {
-            let response = warp::test::request()
+            let response = local_request()
                 .path("/v1/status")
                 .reply(&routes(agent))
                 .await;
@@ -594,18 +761,18 @@ mod tests {
     async fn a_local_token_guards_the_api_but_not_healthz() {
         let dir = tempfile::tempdir().unwrap();
         let agent = agent(dir.path(), Some("till-secret"));
-        let denied = warp::test::request()
+        let denied = local_request()
             .path("/v1/status")
             .reply(&routes(agent.clone()))
             .await;
         assert_eq!(denied.status(), 401);
-        let allowed = warp::test::request()
+        let allowed = local_request()
             .path("/v1/status")
             .header("authorization", "Bearer till-secret")
             .reply(&routes(agent.clone()))
             .await;
         assert_eq!(allowed.status(), 200);
-        let health = warp::test::request()
+        let health = local_request()
             .path("/healthz")
             .reply(&routes(agent.clone()))
             .await;

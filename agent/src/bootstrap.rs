@@ -23,6 +23,9 @@
 //!   two sides agree on every sku after sync.
 //! - A hub that reports less than this agent already had acknowledged (restored from an
 //!   old backup) is refused: nothing is renumbered, nothing sent.
+//! - A ledger found to be a restored older copy or a clone (`ledger::check_copy`) keeps
+//!   every movement past its last acknowledgement: they are renumbered, in order and
+//!   gapless, after the snapshot's `last_seq` and replayed on it; the stop flag clears.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -396,11 +399,13 @@ pub fn install(
                 hub: last_seq,
             });
         }
-        0
+        // A copy found diverged (restored or cloned): what it numbered past its last
+        // acknowledgement was never applied as its own, so it goes after the hub's seq.
+        ledger::renumber_after_divergence(conn, last_seq, now)?
     } else {
         ledger::rebase_on_first_contact(conn, last_seq)?
     };
-    ledger::mark_acked(conn, last_seq, now)?;
+    ledger::acknowledge_through(conn, last_seq, now)?;
     // Sent but not in the snapshot: the hub has consumed past them without applying them,
     // so they go again at once rather than after the resend timeout.
     ledger::requeue_unacknowledged(conn, last_seq)?;
@@ -577,6 +582,8 @@ pub async fn ensure(agent: &Arc<Agent>, shutdown: &mut watch::Receiver<bool>) ->
                             "snapshot installed; sending begins"
                         );
                         agent.bootstrap.set(Phase::Done, None);
+                        // The install renumbered a diverged copy's movements after the hub.
+                        agent.sync.diverged.store(false, Ordering::Relaxed);
                         agent.sync.hub_online.store(true, Ordering::Relaxed);
                         agent.sync.first_contact_done.store(true, Ordering::Relaxed);
                         agent.sync.set_error(None);

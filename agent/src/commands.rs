@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazaar_shared::kafka::base_config;
 use bazaar_shared::partition::partition_for_key;
 use bazaar_shared::{CommandBody, Document, Envelope, HubMessage, Topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -426,11 +425,11 @@ async fn follow(
         if *shutdown.borrow() {
             return;
         }
-        let brokers = agent.config.kafka_brokers.clone();
+        let mut client = agent.config.kafka_config();
         let group = format!("bazaar-agent-{store}");
         let topic_for_setup = topic.clone();
         let setup = tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = base_config(&brokers)
+            let consumer: BaseConsumer = client
                 .set("group.id", &group)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")

@@ -1,9 +1,17 @@
 //! Agent configuration: a TOML file written by `init` under the data directory (or
 //! `/etc/bazaar/agent.toml` when installed), each setting overridable by a
 //! `BAZAAR_AGENT_*` variable. Secrets are wrapped so they never print.
+//!
+//! librdkafka properties (TLS, SASL, ...) pass through from a `[kafka]` table of string
+//! values and `BAZAAR_AGENT_KAFKA_PROPERTIES` (`key=value,key=value`, winning key by key).
+//! They are checked against librdkafka when the configuration loads, so a misspelt name
+//! fails at start, and go on every Kafka client the agent makes (`kafka_config`). Their
+//! values never print: `Debug` and [`KafkaProperties::describe`] show the keys only.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use bazaar_shared::topics::DEFAULT_PREFIX;
@@ -41,6 +49,96 @@ pub struct FileConfig {
     pub resend_after_secs: Option<u64>,
     #[serde(default)]
     pub retention_days: Option<u64>,
+    /// librdkafka properties for every Kafka client (string values), e.g.
+    /// `security.protocol = "SASL_SSL"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kafka: BTreeMap<String, String>,
+}
+
+/// librdkafka properties passed through to every client; values are never shown.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(Vec<(String, String)>);
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KafkaProperties[{}]", self.describe())
+    }
+}
+
+impl KafkaProperties {
+    /// `key=value` items separated by commas (a value may hold `=`).
+    pub fn parse(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| match item.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+                // Only the part before any `:` is shown, in case a secret was pasted.
+                _ => bail!(
+                    "BAZAAR_AGENT_KAFKA_PROPERTIES item {:?} is not key=value (e.g. security.protocol=SASL_SSL)",
+                    item.split([':', '=']).next().unwrap_or_default()
+                ),
+            })
+            .collect()
+    }
+
+    /// The file's table with the environment's items over it, key by key; each name is
+    /// checked against librdkafka.
+    pub fn layered(
+        file: &BTreeMap<String, String>,
+        env: &[(String, String)],
+    ) -> anyhow::Result<KafkaProperties> {
+        let mut pairs: Vec<(String, String)> = file.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in env {
+            pairs.retain(|(key, _)| key != k);
+            pairs.push((k.clone(), v.clone()));
+        }
+        for (key, _) in &pairs {
+            if key == "bootstrap.servers" || key == "metadata.broker.list" {
+                bail!("Kafka property {key}: set the brokers with `kafka_brokers` or BAZAAR_AGENT_KAFKA_BROKERS");
+            }
+        }
+        let props = KafkaProperties(pairs);
+        let mut probe = rdkafka::ClientConfig::new();
+        props.apply(&mut probe);
+        if let Err(e) = probe.create_native_config() {
+            bail!(
+                "the Kafka properties ({}) are not accepted by librdkafka: {e}; check the names in \
+                 the [kafka] table and BAZAAR_AGENT_KAFKA_PROPERTIES",
+                props.describe()
+            );
+        }
+        Ok(props)
+    }
+
+    pub fn apply(&self, config: &mut rdkafka::ClientConfig) {
+        for (key, value) in &self.0 {
+            config.set(key, value);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys, for logs and `doctor`; a key that names a secret says so.
+    pub fn describe(&self) -> String {
+        if self.0.is_empty() {
+            return "none".into();
+        }
+        self.0
+            .iter()
+            .map(|(k, _)| {
+                let lower = k.to_ascii_lowercase();
+                if ["password", "secret", "key", "token"].iter().any(|w| lower.contains(w)) {
+                    format!("{k}=<redacted>")
+                } else {
+                    k.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The settings `run` works with, parsed and checked.
@@ -54,6 +152,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     pub local_token: Option<Secret>,
     pub kafka_brokers: String,
+    /// librdkafka properties on every client (TLS, SASL, ...).
+    pub kafka_properties: KafkaProperties,
     pub topic_prefix: String,
     pub disk_budget_bytes: u64,
     pub resend_after: std::time::Duration,
@@ -64,6 +164,14 @@ pub struct AgentConfig {
 impl AgentConfig {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join(DATABASE_FILE)
+    }
+
+    /// The base configuration every Kafka client of the agent starts from: the brokers,
+    /// the shared defaults, then the operator's properties.
+    pub fn kafka_config(&self) -> rdkafka::ClientConfig {
+        let mut config = bazaar_shared::kafka::base_config(&self.kafka_brokers);
+        self.kafka_properties.apply(&mut config);
+        config
     }
 
     /// Where `run` finds its file: `--config`, else `$BAZAAR_AGENT_DATA/agent.toml`, else
@@ -143,8 +251,14 @@ impl AgentConfig {
                 None => Ok(value.unwrap_or(default)),
             }
         };
+        let env_properties = match env("BAZAAR_AGENT_KAFKA_PROPERTIES") {
+            Some(raw) => KafkaProperties::parse(&raw)?,
+            None => Vec::new(),
+        };
+        let kafka_properties = KafkaProperties::layered(&file.kafka, &env_properties)?;
         Ok(AgentConfig {
             store,
+            kafka_properties,
             hub_url: hub_url.trim_end_matches('/').to_owned(),
             token,
             key,
@@ -186,7 +300,52 @@ mod tests {
             disk_budget_mb: None,
             resend_after_secs: None,
             retention_days: None,
+            kafka: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn kafka_properties_reach_every_client_config_and_never_print() {
+        let mut with_table = file();
+        with_table.kafka = [
+            ("security.protocol".to_string(), "SASL_PLAINTEXT".to_string()),
+            ("sasl.mechanism".to_string(), "SCRAM-SHA-256".to_string()),
+        ]
+        .into();
+        let cfg = AgentConfig::from_layers(with_table, "/d".into(), |name| {
+            (name == "BAZAAR_AGENT_KAFKA_PROPERTIES").then(|| {
+                "sasl.mechanism=PLAIN, sasl.username=store1,sasl.password=pa=ss-w0rd".into()
+            })
+        })
+        .unwrap();
+        let client = cfg.kafka_config();
+        assert_eq!(client.get("security.protocol"), Some("SASL_PLAINTEXT"));
+        assert_eq!(client.get("sasl.mechanism"), Some("PLAIN"), "the environment wins");
+        assert_eq!(client.get("sasl.username"), Some("store1"));
+        assert_eq!(client.get("sasl.password"), Some("pa=ss-w0rd"));
+        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        let shown = format!("{cfg:?} {}", cfg.kafka_properties.describe());
+        assert!(!shown.contains("pa=ss") && !shown.contains("w0rd"), "{shown}");
+        assert!(shown.contains("sasl.password=<redacted>"), "{shown}");
+        assert!(shown.contains("security.protocol"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_kafka_property_fails_at_start_with_a_clear_error() {
+        let err = AgentConfig::from_layers(file(), "/d".into(), |name| {
+            (name == "BAZAAR_AGENT_KAFKA_PROPERTIES").then(|| "securty.protocol=SSL".into())
+        })
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("securty.protocol") && text.contains("librdkafka"), "{text}");
+        let err = AgentConfig::from_layers(file(), "/d".into(), |name| {
+            (name == "BAZAAR_AGENT_KAFKA_PROPERTIES").then(|| "sasl.password".into())
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("key=value"), "{err:#}");
+        let mut table = file();
+        table.kafka = [("bootstrap.servers".to_string(), "x:1".to_string())].into();
+        assert!(AgentConfig::from_layers(table, "/d".into(), |_| None).is_err());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bazaar_shared::kafka::base_config;
 use bazaar_shared::Topics;
 use rdkafka::producer::{BaseProducer, Producer};
 use rusqlite::OpenFlags;
@@ -218,10 +217,10 @@ async fn hub(config: &AgentConfig) -> Vec<Check> {
 }
 
 async fn broker(config: &AgentConfig) -> Check {
-    let brokers = config.kafka_brokers.clone();
+    let client = config.kafka_config();
     let topic = Topics::with_prefix(&config.topic_prefix).movements;
     let outcome = tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = base_config(&brokers).create().map_err(|e| e.to_string())?;
+        let producer: BaseProducer = client.create().map_err(|e| e.to_string())?;
         let metadata = producer
             .client()
             .fetch_metadata(Some(&topic), Duration::from_secs(5))
@@ -238,8 +237,9 @@ async fn broker(config: &AgentConfig) -> Check {
         Ok(Ok((topic, n))) if n > 0 => pass(
             "broker",
             format!(
-                "{} answers; {topic} has {n} partitions",
-                config.kafka_brokers
+                "{} answers; {topic} has {n} partitions; Kafka properties: {}",
+                config.kafka_brokers,
+                config.kafka_properties.describe()
             ),
         ),
         Ok(Ok((topic, _))) => fail(
@@ -249,7 +249,11 @@ async fn broker(config: &AgentConfig) -> Check {
         ),
         Ok(Err(e)) => fail(
             "broker",
-            format!("{}: {e}", config.kafka_brokers),
+            format!(
+                "{}: {e} (Kafka properties: {})",
+                config.kafka_brokers,
+                config.kafka_properties.describe()
+            ),
             "check the network to the broker and `kafka_brokers`; movements queue safely meanwhile",
         ),
         Err(e) => fail("broker", e.to_string(), "retry"),

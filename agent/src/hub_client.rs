@@ -16,12 +16,41 @@ pub struct StoreState {
     pub last_seq: u64,
     #[serde(default)]
     pub last_hub_seq: u64,
+    /// The id of the store-origin movement at `last_seq` (null when there is none): lets
+    /// the agent tell its own movements from another copy's.
+    #[serde(default)]
+    pub last_id: Option<String>,
+    /// Parked messages of this store not yet resolved at the hub.
+    #[serde(default)]
+    pub parked: i64,
+}
+
+/// One page of the hub's parked messages for this store (`GET /v1/parked?store=`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ParkedPage {
+    pub items: Vec<HubParked>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HubParked {
+    #[serde(default)]
+    pub store: Option<String>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub event_id: Option<String>,
+    pub reason: String,
+    #[serde(default)]
+    pub detail: String,
 }
 
 #[derive(Clone)]
 pub struct HubClient {
     http: reqwest::Client,
     url: String,
+    parked_url: String,
     token: String,
 }
 
@@ -36,6 +65,7 @@ impl HubClient {
         Ok(Self {
             http,
             url: format!("{}/v1/stores/{}", config.hub_url, config.store),
+            parked_url: format!("{}/v1/parked?store={}&limit=1000", config.hub_url, config.store),
             token: config.token.expose().to_owned(),
         })
     }
@@ -55,8 +85,26 @@ impl HubClient {
         self.get_json("/thresholds").await
     }
 
+    /// One page of this store's parked messages at the hub, oldest first.
+    pub async fn parked(&self, cursor: Option<&str>) -> anyhow::Result<ParkedPage> {
+        let mut url = self.parked_url.clone();
+        if let Some(c) = cursor {
+            url.push_str("&cursor=");
+            url.push_str(c);
+        }
+        self.get_url(url, false).await
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, rest: &str) -> anyhow::Result<T> {
-        let url = format!("{}{rest}", self.url);
+        self.get_url(format!("{}{rest}", self.url), rest.is_empty())
+            .await
+    }
+
+    async fn get_url<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        store_route: bool,
+    ) -> anyhow::Result<T> {
         let response = self
             .http
             .get(&url)
@@ -65,7 +113,7 @@ impl HubClient {
             .await
             .with_context(|| format!("the hub at {url} did not answer"))?;
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND && rest.is_empty() {
+        if status == reqwest::StatusCode::NOT_FOUND && store_route {
             bail!("the hub does not know this store: register it with `bazaar-hub store add ID` and re-run `bazaar-agent init` with the token and key it prints");
         }
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {

@@ -13,6 +13,15 @@
 //!   only when the hub reports it applied that seq, and `sent → pending` only when the hub
 //!   has not acknowledged it in time (re-sent from the lowest; the hub deduplicates).
 //! - Nothing here reads a whole table: outbox reads are bounded batches on a partial index.
+//! - Every accepted movement can be put on the wire: `|delta| ≤ MAX_QUANTITY` and the
+//!   on-hand it leaves within `±MAX_QUANTITY` (`check_bounds`); anything else is refused
+//!   and nothing is written.
+//! - A row that still cannot be sent, or that the hub refused and voided, never stalls the
+//!   rows after it: `void_row` moves it to `parked`, a `void` (delta 0) takes its seq, and
+//!   its stock change is reversed, all in one transaction.
+//! - `pending → acked` never happens on the hub's word alone (`mark_acked` moves `sent`
+//!   rows only): a seq the hub applied that this ledger did not deliver belongs to another
+//!   copy of it, which `check_copy` finds and `mark_diverged` stops sending for.
 
 use std::path::Path;
 
@@ -27,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/agent/0001_init.sql"),
     include_str!("../../migrations/agent/0002_outbox_indexes.sql"),
     include_str!("../../migrations/agent/0003_commands.sql"),
+    include_str!("../../migrations/agent/0004_parked.sql"),
 ];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -208,12 +218,10 @@ pub fn record(
         .unwrap_or(0);
     let (delta, counted) = match new.quantity {
         Quantity::Delta(d) => (d, None),
-        Quantity::Counted(c) => (c - on_hand, Some(c)),
+        Quantity::Counted(c) => (c.saturating_sub(on_hand), Some(c)),
     };
-    let new_on_hand = on_hand
-        .checked_add(delta)
-        .filter(|v| v.abs() <= MAX_QUANTITY * 1000)
-        .ok_or_else(|| RecordError::Invalid("the resulting on-hand is out of range".into()))?;
+    check_bounds(new, on_hand, delta)?;
+    let new_on_hand = on_hand + delta;
 
     // Past both the ledger's own last seq and the hub's applied seq: compaction may have
     // deleted every acknowledged row, and a bootstrapped ledger starts empty after the
@@ -281,6 +289,36 @@ pub fn record(
     })
 }
 
+/// Every accepted movement is one the wire can carry (DESIGN §5): `|delta| ≤ MAX_QUANTITY`
+/// and the on-hand it leaves within `±MAX_QUANTITY` (the hub parks a movement that would
+/// take its own on-hand past the same bound). Anything else is refused before a row is
+/// written, with the figures that break the bound, so the outbox never holds a row it
+/// cannot send.
+fn check_bounds(new: &NewMovement, on_hand: i64, delta: i64) -> Result<(), RecordError> {
+    let kind = new.kind.as_str();
+    let sku = new.sku.as_str();
+    if delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
+        let why = match new.quantity {
+            Quantity::Counted(c) => format!(
+                "counting {c} against the local on-hand of {on_hand} would move {delta} units"
+            ),
+            Quantity::Delta(_) => format!("this {kind} would move {delta} units"),
+        };
+        return Err(RecordError::Invalid(format!(
+            "{why} of {sku}, beyond the ±{MAX_QUANTITY} one movement can carry; nothing was \
+             recorded: correct the on-hand with adjustments first"
+        )));
+    }
+    match on_hand.checked_add(delta) {
+        Some(after) if after.unsigned_abs() <= MAX_QUANTITY.unsigned_abs() => Ok(()),
+        after => Err(RecordError::Invalid(format!(
+            "this {kind} would take the on-hand of {sku} from {on_hand} to {}, beyond the \
+             ±{MAX_QUANTITY} an on-hand may hold; nothing was recorded",
+            after.map_or_else(|| "out of range".to_owned(), |a| a.to_string())
+        ))),
+    }
+}
+
 pub fn movement_by_id(conn: &Connection, id: &str) -> rusqlite::Result<MovementView> {
     conn.prepare_cached(&format!(
         "SELECT {MOVEMENT_COLUMNS} FROM movements WHERE id = ?1"
@@ -339,6 +377,8 @@ pub struct OutboxRow {
     pub to_store: Option<StoreId>,
     pub from_store: Option<StoreId>,
     pub occurred_at: DateTime<Utc>,
+    /// On a void: the id of the parked movement whose seq it took over.
+    pub voids: Option<Uuid>,
 }
 
 impl OutboxRow {
@@ -359,6 +399,7 @@ impl OutboxRow {
             reason: self.reason,
             to_store: self.to_store.clone(),
             from_store: self.from_store.clone(),
+            voids: self.voids,
         }
     }
 }
@@ -385,7 +426,7 @@ fn outbox_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
         seq: row.get(0)?,
         id: Uuid::parse_str(&id).map_err(|_| conversion_error("id", &id))?,
-        kind: Kind::parse(&kind).ok_or_else(|| conversion_error("kind", &kind))?,
+        kind: stored_kind(&kind).ok_or_else(|| conversion_error("kind", &kind))?,
         sku: Sku::parse(sku.clone()).map_err(|_| conversion_error("sku", &sku))?,
         delta: row.get(4)?,
         counted: row.get(5)?,
@@ -399,16 +440,46 @@ fn outbox_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
         occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
             .map_err(|_| conversion_error("occurred_at", &occurred_at))?
             .with_timezone(&Utc),
+        voids: opt(12)?
+            .map(|v| Uuid::parse_str(&v).map_err(|_| conversion_error("voids", &v)))
+            .transpose()?,
     })
+}
+
+/// A kind as the ledger stores it: a recordable kind, or `void`, which only the outbox
+/// writes (`Kind::parse` refuses it, so no till can post one).
+fn stored_kind(raw: &str) -> Option<Kind> {
+    if raw == Kind::Void.as_str() {
+        return Some(Kind::Void);
+    }
+    Kind::parse(raw)
+}
+
+const OUTBOX_COLUMNS: &str = "seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, \
+     to_store, from_store, occurred_at, voids";
+
+/// The next `limit` pending rows in seq order, each read on its own: a row that cannot be
+/// read back into an envelope is `Err((seq, why))` instead of failing the whole batch, so
+/// the pump can park it and go on (promise 5).
+pub fn pending_batch_checked(
+    conn: &Connection,
+    limit: u32,
+) -> rusqlite::Result<Vec<Result<OutboxRow, (u64, String)>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM movements WHERE state = 'pending' ORDER BY seq LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit], |row| {
+        let seq: u64 = row.get(0)?;
+        Ok(outbox_row(row).map_err(|e| (seq, e.to_string())))
+    })?;
+    rows.collect()
 }
 
 /// The next `limit` pending rows in seq order.
 pub fn pending_batch(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<OutboxRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store,
-                from_store, occurred_at
-         FROM movements WHERE state = 'pending' ORDER BY seq LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM movements WHERE state = 'pending' ORDER BY seq LIMIT ?1"
+    ))?;
     let rows = stmt.query_map([limit], outbox_row)?;
     rows.collect()
 }
@@ -439,10 +510,14 @@ pub fn record_send_failure(conn: &Connection, seq: u64, error: &str) -> rusqlite
     Ok(())
 }
 
-/// The hub applied every seq up to `hub_last_seq`: those rows are acknowledged.
+/// The hub applied every seq up to `hub_last_seq`: the rows this agent delivered up to
+/// there are acknowledged. Only `sent` rows move: a `pending` row was never delivered by
+/// this agent, so the hub's figure cannot be about it (a clone or an older copy of this
+/// data directory numbered the same seq; see `check_copy`). Bootstrap, which knows the
+/// snapshot holds them, acknowledges with [`acknowledge_through`].
 pub fn mark_acked(conn: &Connection, hub_last_seq: u64, at: &str) -> rusqlite::Result<usize> {
     let changed = conn.execute(
-        "UPDATE movements SET state = 'acked' WHERE state IN ('pending', 'sent') AND seq <= ?1",
+        "UPDATE movements SET state = 'acked' WHERE state = 'sent' AND seq <= ?1",
         [hub_last_seq],
     )?;
     let previous = meta_u64(conn, META_HUB_APPLIED_SEQ)?;
@@ -453,10 +528,11 @@ pub fn mark_acked(conn: &Connection, hub_last_seq: u64, at: &str) -> rusqlite::R
     Ok(changed)
 }
 
-/// Whether any row at or below `hub_last_seq` still waits for its acknowledgement.
+/// Whether any row delivered at or below `hub_last_seq` still waits for its
+/// acknowledgement.
 pub fn has_unacknowledged_up_to(conn: &Connection, hub_last_seq: u64) -> rusqlite::Result<bool> {
     conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM movements WHERE state IN ('pending', 'sent') AND seq <= ?1)",
+        "SELECT EXISTS (SELECT 1 FROM movements WHERE state = 'sent' AND seq <= ?1)",
     )?
     .query_row([hub_last_seq], |r| r.get(0))
 }
@@ -523,6 +599,307 @@ pub fn rebase_on_first_contact(conn: &Connection, hub_last_seq: u64) -> Result<u
     Ok(shift)
 }
 
+/// Bootstrap only: the snapshot holds every seq up to `last_seq`, so the rows there are
+/// acknowledged whether or not this agent saw their delivery report.
+pub fn acknowledge_through(conn: &Connection, last_seq: u64, at: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE movements SET state = 'sent' WHERE state = 'pending' AND origin = 'store' AND seq <= ?1",
+        [last_seq],
+    )?;
+    mark_acked(conn, last_seq, at)
+}
+
+// --- parked movements and voids (promise 5) -------------------------------------------
+
+/// The local alert raised when a movement is parked.
+pub const PARKED_ALERT: &str = "movement_parked";
+
+/// How the void that takes a parked movement's seq over starts out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoidState {
+    /// The hub has not seen the seq: the void is sent in the original's place.
+    Pending,
+    /// The hub already consumed the seq with a void of its own.
+    Acked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Voided {
+    pub seq: u64,
+    pub original_id: String,
+    pub void_id: String,
+    pub sku: String,
+    /// The stock change reversed.
+    pub reversed: i64,
+}
+
+/// Parks store movement `seq`, in the caller's transaction: the original row moves to
+/// `parked`, a void (fresh id, delta 0, `voids` = the original's id) takes its seq in
+/// `movements`, the original's stock effect is reversed, an idempotency key that named it
+/// names the void, and a critical `movement_parked` alert says what happened. `None` when
+/// there is no such row or it is a void already (parking twice changes nothing).
+pub fn void_row(
+    conn: &Connection,
+    seq: u64,
+    reason: &str,
+    detail: &str,
+    state: VoidState,
+) -> rusqlite::Result<Option<Voided>> {
+    type Original = (String, String, String, i64, Option<i64>, Option<String>);
+    let original: Option<Original> = conn
+        .query_row(
+            "SELECT id, kind, sku, delta, counted, ref FROM movements
+             WHERE origin = 'store' AND seq = ?1 AND kind <> 'void'",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .optional()?;
+    let Some((id, kind, sku, delta, counted, reference)) = original else {
+        return Ok(None);
+    };
+    let now = now_rfc3339();
+    let void_id = Uuid::now_v7().to_string();
+    conn.execute(
+        "INSERT INTO parked (seq, id, kind, sku, delta, counted, hub_watermark, movement_reason,
+             ref, to_store, from_store, occurred_at, recorded_at, reason, detail, void_id, parked_at)
+         SELECT seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store,
+             from_store, occurred_at, recorded_at, ?2, ?3, ?4, ?5
+         FROM movements WHERE origin = 'store' AND seq = ?1",
+        params![seq, reason, detail, void_id, now],
+    )?;
+    // The key is re-pointed through a delete and an insert: the foreign key on
+    // idempotency.movement_id would refuse the row's id changing under it.
+    let keys: Vec<(String, String, String)> = conn
+        .prepare_cached("SELECT key, request_hash, created_at FROM idempotency WHERE movement_id = ?1")?
+        .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    conn.execute("DELETE FROM idempotency WHERE movement_id = ?1", [&id])?;
+    conn.execute(
+        "UPDATE movements SET id = ?2, kind = 'void', delta = 0, counted = NULL, reason = NULL,
+             ref = NULL, to_store = NULL, from_store = NULL, voids = ?3, state = ?4,
+             attempts = 0, last_error = NULL
+         WHERE origin = 'store' AND seq = ?1",
+        params![
+            seq,
+            void_id,
+            id,
+            match state {
+                VoidState::Pending => "pending",
+                VoidState::Acked => "acked",
+            }
+        ],
+    )?;
+    for (key, hash, created_at) in keys {
+        conn.execute(
+            "INSERT INTO idempotency (key, request_hash, movement_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![key, hash, void_id, created_at],
+        )?;
+    }
+    let on_hand: i64 = conn
+        .query_row("SELECT on_hand FROM stock WHERE sku = ?1", [&sku], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let after = on_hand.saturating_sub(delta);
+    conn.execute(
+        "INSERT INTO stock (sku, on_hand, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, updated_at = excluded.updated_at",
+        params![sku, after, now],
+    )?;
+    crate::stock_alerts::refresh(conn, &sku, after, &now)?;
+    let what = match counted {
+        Some(c) => format!("count of {c} (delta {delta})"),
+        None => format!("{kind} of {delta}"),
+    };
+    let by_ref = reference.map(|r| format!(", ref {r:?}")).unwrap_or_default();
+    crate::housekeeping::raise_alert(
+        conn,
+        PARKED_ALERT,
+        Some(&sku),
+        "critical",
+        &format!(
+            "movement seq {seq} ({what} {sku}{by_ref}, id {id}) was parked: {detail}. Its stock \
+             change was reversed here and a void took its seq, so later movements still reach \
+             the hub and both sides agree without it. See GET /v1/parked; if the movement \
+             really happened, record it again correctly."
+        ),
+        &now,
+    )?;
+    tracing::warn!(seq, id = %id, reason, detail, "movement parked; a void takes its seq");
+    Ok(Some(Voided {
+        seq,
+        original_id: id,
+        void_id,
+        sku,
+        reversed: delta,
+    }))
+}
+
+/// A parked movement as `GET /v1/parked` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedView {
+    /// Keyset position for paging.
+    pub parked_id: i64,
+    pub seq: u64,
+    pub id: String,
+    pub kind: String,
+    pub sku: String,
+    pub delta: i64,
+    pub counted: Option<i64>,
+    /// An adjustment's reason (damage, theft, ...).
+    pub movement_reason: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub to_store: Option<String>,
+    pub from_store: Option<String>,
+    pub occurred_at: String,
+    /// Why it was parked: `unencodable`, or `hub:<reason>`.
+    pub reason: String,
+    pub detail: String,
+    pub void_id: String,
+    pub parked_at: String,
+}
+
+/// One page of parked movements, oldest first, after `after` (a `parked_id`).
+pub fn parked_page(conn: &Connection, after: i64, limit: u32) -> rusqlite::Result<Vec<ParkedView>> {
+    conn.prepare_cached(
+        "SELECT parked_id, seq, id, kind, sku, delta, counted, movement_reason, ref, to_store,
+                from_store, occurred_at, reason, detail, void_id, parked_at
+         FROM parked WHERE parked_id > ?1 ORDER BY parked_id LIMIT ?2",
+    )?
+    .query_map(params![after, limit], |r| {
+        Ok(ParkedView {
+            parked_id: r.get(0)?,
+            seq: r.get(1)?,
+            id: r.get(2)?,
+            kind: r.get(3)?,
+            sku: r.get(4)?,
+            delta: r.get(5)?,
+            counted: r.get(6)?,
+            movement_reason: r.get(7)?,
+            reference: r.get(8)?,
+            to_store: r.get(9)?,
+            from_store: r.get(10)?,
+            occurred_at: r.get(11)?,
+            reason: r.get(12)?,
+            detail: r.get(13)?,
+            void_id: r.get(14)?,
+            parked_at: r.get(15)?,
+        })
+    })?
+    .collect()
+}
+
+/// The id and kind of store row `seq`, if this ledger still has it.
+pub fn store_row(conn: &Connection, seq: u64) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached("SELECT id, kind FROM movements WHERE origin = 'store' AND seq = ?1")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+// --- copies of the data directory (restored or cloned) ----------------------------------
+
+/// Set when this ledger is found to be a restored older copy or a clone: nothing is sent
+/// until `run --resnapshot` (kept across restarts). The value says what was found.
+pub const META_DIVERGED: &str = "diverged_copy";
+pub const DIVERGED_ALERT: &str = "diverged_copy";
+
+/// What the hub's store state says about this ledger being the one that numbers the
+/// store's seqs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyCheck {
+    /// Nothing new at the hub, or its newest movement is this ledger's own.
+    Ours,
+    /// Another copy of this data directory numbered seqs the hub applied.
+    Diverged(String),
+}
+
+/// The hub applied up to `hub_last_seq`, the movement there having id `hub_last_id`. When
+/// that is past what this ledger had seen acknowledged, the row at that seq must be ours:
+/// it exists and carries that id (or is a void: the hub consumed the seq with one of its
+/// own). Otherwise another copy sent it.
+pub fn check_copy(
+    conn: &Connection,
+    hub_last_seq: u64,
+    hub_last_id: Option<&str>,
+) -> rusqlite::Result<CopyCheck> {
+    let acknowledged = meta_u64(conn, META_HUB_APPLIED_SEQ)?;
+    let Some(hub_id) = hub_last_id else {
+        // A hub that does not name its last id cannot be checked against.
+        return Ok(CopyCheck::Ours);
+    };
+    if hub_last_seq <= acknowledged {
+        return Ok(CopyCheck::Ours);
+    }
+    Ok(match store_row(conn, hub_last_seq)? {
+        Some((id, _)) if id == hub_id => CopyCheck::Ours,
+        Some((_, kind)) if kind == Kind::Void.as_str() => CopyCheck::Ours,
+        Some((id, _)) => CopyCheck::Diverged(format!(
+            "the hub applied seq {hub_last_seq} with id {hub_id}, but this agent's seq \
+             {hub_last_seq} is {id}: another server runs a copy of this data directory"
+        )),
+        None => CopyCheck::Diverged(format!(
+            "the hub applied this store up to seq {hub_last_seq} (id {hub_id}), but this agent \
+             had seen seq {acknowledged} acknowledged and never numbered seq {hub_last_seq}: \
+             this data directory was restored from an older copy, or another server runs one"
+        )),
+    })
+}
+
+/// Stops sending (kept in `meta` across restarts) and raises the critical alert.
+pub fn mark_diverged(conn: &Connection, finding: &str) -> rusqlite::Result<()> {
+    let now = now_rfc3339();
+    set_meta(conn, META_DIVERGED, finding)?;
+    crate::housekeeping::raise_alert(
+        conn,
+        DIVERGED_ALERT,
+        None,
+        "critical",
+        &format!(
+            "{finding}. Sending is stopped so no seq is used twice; tills are still served. \
+             Make sure only one agent runs for this store, then run `bazaar-agent run --resnapshot` \
+             on the one that stays: it takes the hub's stock and sends this agent's unsent \
+             movements after the hub's last seq."
+        ),
+        &now,
+    )
+}
+
+pub fn diverged(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    get_meta(conn, META_DIVERGED)
+}
+
+/// A re-snapshot after divergence: every store row past what this ledger saw
+/// acknowledged is treated as unsent and renumbered, in order and gapless, after the
+/// hub's `last_seq`; the flag and its alert go. Returns how far rows moved.
+pub fn renumber_after_divergence(conn: &Connection, hub_last_seq: u64, now: &str) -> rusqlite::Result<u64> {
+    if diverged(conn)?.is_none() {
+        return Ok(0);
+    }
+    let acknowledged = meta_u64(conn, META_HUB_APPLIED_SEQ)?;
+    let shift = hub_last_seq.saturating_sub(acknowledged);
+    conn.execute(
+        "UPDATE movements SET state = 'pending' WHERE origin = 'store' AND seq > ?1 AND state <> 'pending'",
+        [acknowledged],
+    )?;
+    if shift > 0 {
+        // Two steps so the unique index on seq never sees a transient duplicate.
+        conn.execute(
+            "UPDATE movements SET seq = -seq WHERE origin = 'store' AND seq > ?1",
+            [acknowledged],
+        )?;
+        conn.execute(
+            "UPDATE movements SET seq = -seq + ?1 WHERE origin = 'store' AND seq < 0",
+            [shift],
+        )?;
+    }
+    conn.execute("DELETE FROM meta WHERE key = ?1", [META_DIVERGED])?;
+    conn.execute(
+        "UPDATE alerts SET resolved_at = ?2 WHERE kind = ?1 AND resolved_at IS NULL",
+        params![DIVERGED_ALERT, now],
+    )?;
+    Ok(shift)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxCounts {
     pub pending: u64,
@@ -550,7 +927,7 @@ pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
                      (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0)",
             )?
             .query_row([META_HUB_APPLIED_SEQ], |r| r.get(0))?,
-        parked: count("SELECT count(*) FROM movements WHERE state = 'parked'")?,
+        parked: count("SELECT count(*) FROM parked")?,
         oldest_pending_at: conn
             .query_row(
                 "SELECT recorded_at FROM movements WHERE state = 'pending' ORDER BY seq LIMIT 1",

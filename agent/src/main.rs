@@ -240,6 +240,7 @@ fn init(
         disk_budget_mb: None,
         resend_after_secs: None,
         retention_days: None,
+        kafka: Default::default(),
     };
     // Check the whole configuration as `run` will see it before writing anything.
     let checked = AgentConfig::from_layers(file.clone(), data.clone(), |_| None)?;

@@ -58,6 +58,11 @@ pub struct Status {
     /// Commands dropped because they did not verify with this store's key.
     pub commands_forged: u64,
     pub open_alerts: u64,
+    /// This data directory was found to be a restored older copy or a clone: nothing is
+    /// sent until `bazaar-agent run --resnapshot` (tills are still served).
+    pub sending_stopped: bool,
+    /// What was found, when sending is stopped.
+    pub diverged_copy: Option<String>,
     pub last_error: Option<String>,
     pub bootstrap: crate::bootstrap::BootstrapStatus,
 }
@@ -92,6 +97,9 @@ impl Agent {
                 agent.config.data_dir.display()
             ),
             _ => {}
+        }
+        if agent.read_blocking(ledger::diverged)?.is_some() {
+            agent.sync.diverged.store(true, Ordering::Relaxed);
         }
         if !agent.read_blocking(crate::bootstrap::needed)? {
             agent.bootstrap.set(crate::bootstrap::Phase::Done, None);
@@ -155,6 +163,7 @@ impl Agent {
             watermark,
             forged,
             bootstrap,
+            diverged,
         ) = self
             .read(move |c| {
                 // One read transaction: every figure from the same snapshot, so pending and
@@ -170,6 +179,7 @@ impl Agent {
                     ledger::get_meta(c, ledger::META_HUB_WATERMARK)?,
                     ledger::get_meta(c, crate::commands::META_FORGED)?,
                     crate::bootstrap::status(c, progress)?,
+                    ledger::diverged(c)?,
                 ))
             })
             .await?;
@@ -205,6 +215,8 @@ impl Agent {
                 .iter()
                 .any(|a| a.kind == crate::housekeeping::OVER_BUDGET),
             open_alerts: open_alerts.len() as u64,
+            sending_stopped: diverged.is_some(),
+            diverged_copy: diverged,
             hub_watermark: watermark.and_then(|v| v.parse().ok()).unwrap_or(0),
             commands_forged: forged.and_then(|v| v.parse().ok()).unwrap_or(0),
             last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
@@ -290,7 +302,12 @@ pub async fn run_with(
     });
     let housekeeping = tokio::spawn(crate::housekeeping::run(agent.clone(), stop_rx.clone()));
     let address = listener.local_addr()?;
-    tracing::info!(%address, store = %agent.config.store, "agent listening");
+    tracing::info!(
+        %address,
+        store = %agent.config.store,
+        kafka_properties = %agent.config.kafka_properties.describe(),
+        "agent listening"
+    );
     let mut server_stop = stop_rx.clone();
     let server = warp::serve(crate::api::routes(agent.clone()))
         .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), async move {

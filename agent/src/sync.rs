@@ -10,15 +10,25 @@
 //!   acknowledged within `resend_after` while the hub's figure stands still go back to
 //!   `pending` and are sent again from the lowest.
 //! - With the broker or hub away the pump backs off (capped) and resumes in order.
+//! - A row that cannot be encoded never stalls the rows after it: it is parked and a void
+//!   takes its seq (`ledger::void_row`), sent in its place. A row the hub refused and
+//!   consumed with a void of its own (listed at the hub's `/v1/parked`) is parked here
+//!   too, already acknowledged, so both sides leave it out of stock.
+//! - Nothing is sent in a run until one poll of the hub's store state has shown this
+//!   ledger is the one that numbers the store's seqs (`ledger::check_copy`); a restored
+//!   older copy or a clone stops sending for good (until `run --resnapshot`), with a
+//!   critical alert, and keeps serving the tills.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bazaar_shared::kafka::{base_config, ensure_topics};
 use bazaar_shared::topics::DEFAULT_PARTITIONS;
 use bazaar_shared::Topics;
 use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
@@ -40,6 +50,10 @@ pub struct SyncStatus {
     pub broker_online: AtomicBool,
     pub hub_online: AtomicBool,
     pub first_contact_done: AtomicBool,
+    /// One poll of the hub's store state found this ledger's seqs to be its own.
+    pub copy_verified: AtomicBool,
+    /// This ledger is a restored or cloned copy: nothing is sent (see `ledger::META_DIVERGED`).
+    pub diverged: AtomicBool,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -90,7 +104,7 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
         // Raced against shutdown: with the broker down, topic creation can wait out
         // librdkafka's request timeout.
         let created = tokio::select! {
-            created = ensure_topics(&agent.config.kafka_brokers, &names, DEFAULT_PARTITIONS, 1) => created,
+            created = ensure_topics(&agent.config, &names, DEFAULT_PARTITIONS) => created,
             _ = shutdown.changed() => return,
         };
         match created {
@@ -106,13 +120,50 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
             _ = shutdown.changed() => return,
         }
     }
+    agent.sync.copy_verified.store(false, Ordering::Relaxed);
     let acks = tokio::spawn(acknowledgements(agent.clone(), hub, shutdown.clone()));
     pump(&agent, &topics.movements, &mut shutdown).await;
     acks.abort();
 }
 
-fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    base_config(brokers)
+/// Creates each topic that does not exist yet (DESIGN §5), through an admin client that
+/// carries the operator's Kafka properties like every other client here.
+async fn ensure_topics(
+    config: &crate::config::AgentConfig,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), String> {
+    let brokers = &config.kafka_brokers;
+    let admin: AdminClient<DefaultClientContext> = config
+        .kafka_config()
+        .create()
+        .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .map_err(|e| format!("cannot create topics on {brokers}: {e}"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("cannot create topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// The operator's properties (TLS, SASL) come from `kafka_config`; the settings the
+/// outbox's guarantees rest on are set over them.
+fn producer(
+    config: &crate::config::AgentConfig,
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    let mut client = config.kafka_config();
+    client
         // The store's partition is murmur2(store) mod N, as Apache Kafka's Java client
         // computes it (DESIGN §5): the hub finds it again to tell whether it has consumed
         // a store's movements to the end (snapshots). librdkafka's default is CRC32.
@@ -122,8 +173,8 @@ fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError>
         .set("max.in.flight.requests.per.connection", "5")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "15000")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
+        .set("queue.buffering.max.messages", "200000");
+    client.create()
 }
 
 /// A producer lives only as long as its deliveries succeed. After any failure it is
@@ -134,7 +185,6 @@ fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError>
 /// is lost: failed rows are still `pending` and go again from the lowest.
 async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bool>) {
     let store = agent.config.store.clone();
-    let brokers = agent.config.kafka_brokers.clone();
     let mut backoff = Backoff::new();
     let mut producer: Option<FutureProducer> = None;
     while !stopping(shutdown) {
@@ -142,8 +192,15 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         let notified = committed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let batch = match agent
-            .read_for_pump(|conn| ledger::pending_batch(conn, BATCH))
+        if !may_send(agent) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let checked = match agent
+            .read_for_pump(|conn| ledger::pending_batch_checked(conn, BATCH))
             .await
         {
             Ok(b) => b,
@@ -153,6 +210,11 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
                 continue;
             }
         };
+        let (batch, unreadable) = readable_prefix(checked);
+        if let Some((seq, why)) = unreadable.filter(|_| batch.is_empty()) {
+            park_unsendable(agent, seq, format!("the stored row cannot be read back: {why}")).await;
+            continue;
+        }
         if batch.is_empty() {
             tokio::select! {
                 _ = &mut notified => {}
@@ -163,7 +225,7 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         }
         let active = match producer.take() {
             Some(p) => p,
-            None => match connect(&brokers, topic).await {
+            None => match connect(&agent.config, topic).await {
                 Ok(p) => p,
                 Err(e) => {
                     agent.sync.broker_online.store(false, Ordering::Relaxed);
@@ -176,7 +238,10 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
                 }
             },
         };
-        let failure = send_batch(agent, &active, topic, &store, &batch).await;
+        let (failure, unencodable) = send_batch(agent, &active, topic, &store, &batch).await;
+        if let Some((seq, why)) = unencodable {
+            park_unsendable(agent, seq, format!("it cannot be encoded for the wire: {why}")).await;
+        }
         match failure {
             None => {
                 agent.sync.broker_online.store(true, Ordering::Relaxed);
@@ -207,9 +272,59 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
     }
 }
 
+/// Whether this run may send: the hub's state showed the seqs are this ledger's own, and
+/// no earlier run found it to be a copy.
+fn may_send(agent: &Agent) -> bool {
+    agent.sync.copy_verified.load(Ordering::Relaxed) && !agent.sync.diverged.load(Ordering::Relaxed)
+}
+
+/// The rows up to the first that cannot be read back, and that one's seq and error.
+fn readable_prefix(
+    checked: Vec<Result<ledger::OutboxRow, (u64, String)>>,
+) -> (Vec<ledger::OutboxRow>, Option<(u64, String)>) {
+    let mut rows = Vec::with_capacity(checked.len());
+    for row in checked {
+        match row {
+            Ok(r) => rows.push(r),
+            Err(bad) => return (rows, Some(bad)),
+        }
+    }
+    (rows, None)
+}
+
+/// Parks a row the pump cannot send: a void takes its seq and goes in its place.
+pub(crate) async fn park_unsendable(agent: &Arc<Agent>, seq: u64, why: String) {
+    tracing::error!(seq, why = %why, "parking a movement the outbox cannot send");
+    let outcome = agent
+        .writer
+        .write(move |conn| {
+            ledger::void_row(conn, seq, "unencodable", &why, ledger::VoidState::Pending)
+        })
+        .await;
+    match outcome {
+        Ok(Some(_)) => {}
+        // A void that cannot be sent either: nothing more can be done here; the error
+        // stays on the row and in the log.
+        Ok(None) => {
+            let _ = agent
+                .writer
+                .write(move |conn| ledger::record_send_failure(conn, seq, "the void for this seq cannot be sent"))
+                .await;
+            tokio::time::sleep(MAX_BACKOFF).await;
+        }
+        Err(e) => {
+            tracing::error!(seq, error = %e, "cannot park the movement");
+            tokio::time::sleep(MAX_BACKOFF).await;
+        }
+    }
+}
+
 /// A new producer, once the broker answers for `topic`.
-async fn connect(brokers: &str, topic: &str) -> Result<FutureProducer, String> {
-    let producer = producer(brokers).map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+async fn connect(
+    config: &crate::config::AgentConfig,
+    topic: &str,
+) -> Result<FutureProducer, String> {
+    let producer = producer(config).map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         producer
@@ -222,21 +337,23 @@ async fn connect(brokers: &str, topic: &str) -> Result<FutureProducer, String> {
     .map_err(|e| e.to_string())?
 }
 
-/// Produces one batch and records what was delivered; returns the lowest failure.
+/// Produces one batch, up to its first row that cannot be encoded, and records what was
+/// delivered; returns the lowest delivery failure and the row that could not be encoded.
 async fn send_batch(
     agent: &Arc<Agent>,
     producer: &FutureProducer,
     topic: &str,
     store: &bazaar_shared::StoreId,
     batch: &[ledger::OutboxRow],
-) -> Option<(u64, String)> {
+) -> (Option<(u64, String)>, Option<(u64, String)>) {
     let mut deliveries = Vec::with_capacity(batch.len());
     let mut failures: Vec<(u64, String)> = Vec::new();
+    let mut unencodable = None;
     for row in batch {
         let payload = match row.envelope(store).to_signed_bytes(&agent.config.key) {
             Ok(p) => p,
             Err(e) => {
-                failures.push((row.seq, format!("cannot encode: {e}")));
+                unencodable = Some((row.seq, e.to_string()));
                 break;
             }
         };
@@ -290,18 +407,23 @@ async fn send_batch(
     if let Err(e) = written {
         tracing::error!(error = %e, "cannot mark delivered rows");
     }
-    first_failure
+    (first_failure, unencodable)
 }
 
 /// Polls the hub's applied seq: marks rows acked and re-queues what the hub never got.
 async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receiver<bool>) {
     let resend_after = agent.config.resend_after;
     let mut last_seen: Option<(u64, Instant)> = None;
+    let mut parked_seen: Option<i64> = None;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ACK_POLL) => {}
-            _ = shutdown.changed() => return,
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(ACK_POLL) => {}
+                _ = shutdown.changed() => return,
+            }
         }
+        first = false;
         let state = match hub.store_state().await {
             Ok(s) => s,
             Err(e) => {
@@ -311,7 +433,29 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
             }
         };
         agent.sync.hub_online.store(true, Ordering::Relaxed);
+        if agent.sync.diverged.load(Ordering::Relaxed) {
+            // A copy: the hub's figures are another ledger's; acknowledge nothing.
+            continue;
+        }
         let hub_last = state.last_seq;
+        // Parked at the hub: follow what it voided before judging its last seq, as a void
+        // of its own stands at a seq this ledger numbered.
+        if parked_seen.map_or(state.parked > 0, |seen| state.parked > seen) {
+            match follow_hub_parked(&agent, &hub, hub_last).await {
+                Ok(()) => parked_seen = Some(state.parked),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the hub's parked movements"),
+            }
+        } else if parked_seen.is_some() {
+            parked_seen = Some(state.parked);
+        }
+        match verify_copy(&agent, &hub, hub_last, state.last_id.clone()).await {
+            Ok(true) => agent.sync.copy_verified.store(true, Ordering::Relaxed),
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check the hub's last seq against this ledger");
+                continue;
+            }
+        }
         let advanced = last_seen.map(|(seen, _)| seen) != Some(hub_last);
         if advanced {
             last_seen = Some((hub_last, Instant::now()));
@@ -355,6 +499,105 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
             Ok(_) if stalled => last_seen = Some((hub_last, Instant::now())),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "cannot record the hub's acknowledgement"),
+        }
+    }
+}
+
+/// Whether the hub's last seq is this ledger's own; when it is not, even after following
+/// the hub's voids, sending stops (`ledger::mark_diverged`) and false is returned.
+async fn verify_copy(
+    agent: &Arc<Agent>,
+    hub: &HubClient,
+    hub_last: u64,
+    hub_last_id: Option<String>,
+) -> Result<bool, String> {
+    let check = |agent: Arc<Agent>, id: Option<String>| async move {
+        agent
+            .read(move |conn| ledger::check_copy(conn, hub_last, id.as_deref()))
+            .await
+            .map_err(|e| e.message)
+    };
+    if check(agent.clone(), hub_last_id.clone()).await? == ledger::CopyCheck::Ours {
+        return Ok(true);
+    }
+    // The hub may have voided that seq a moment ago: follow its parked list, then judge.
+    if let Err(e) = follow_hub_parked(agent, hub, hub_last).await {
+        return Err(format!("cannot read the hub's parked movements: {e:#}"));
+    }
+    let ledger::CopyCheck::Diverged(finding) = check(agent.clone(), hub_last_id).await? else {
+        return Ok(true);
+    };
+    tracing::error!(finding = %finding, "this data directory is a copy: sending stops; run `bazaar-agent run --resnapshot`");
+    agent.sync.diverged.store(true, Ordering::Relaxed);
+    agent.sync.set_error(Some(format!("sending stopped: {finding}")));
+    let shown = finding.clone();
+    agent
+        .writer
+        .write(move |conn| ledger::mark_diverged(conn, &shown))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(false)
+}
+
+/// Park reasons under which the hub did not use up the message's seq: nothing to void
+/// here (a conflict is another copy's seq, found by `ledger::check_copy`).
+const NOT_CONSUMED: [&str; 5] = [
+    "bad_signature",
+    "malformed",
+    "unknown_store",
+    "unexpected_origin",
+    "conflict",
+];
+
+/// Every movement of this ledger the hub parked and consumed its seq for (a void of its
+/// own, at or below its last seq) is parked here too, already acknowledged, so neither
+/// side counts it.
+pub(crate) async fn follow_hub_parked(
+    agent: &Arc<Agent>,
+    hub: &HubClient,
+    hub_last: u64,
+) -> anyhow::Result<()> {
+    let store = agent.config.store.to_string();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = hub.parked(cursor.as_deref()).await?;
+        let ours: Vec<(u64, String, String, String)> = page
+            .items
+            .into_iter()
+            .filter(|p| p.store.as_deref() == Some(store.as_str()))
+            .filter(|p| !NOT_CONSUMED.contains(&p.reason.as_str()))
+            .filter_map(|p| match (p.seq, p.event_id) {
+                (Some(seq), Some(id)) if seq <= hub_last => Some((seq, id, p.reason, p.detail)),
+                _ => None,
+            })
+            .collect();
+        if !ours.is_empty() {
+            let voided = agent
+                .writer
+                .write(move |conn| {
+                    let mut voided = 0;
+                    for (seq, event_id, reason, detail) in &ours {
+                        let own = matches!(ledger::store_row(conn, *seq)?,
+                            Some((id, kind)) if id == *event_id && kind != "void");
+                        if own {
+                            let why = format!("the hub refused it ({reason}): {detail}");
+                            let tag = format!("hub:{reason}");
+                            if ledger::void_row(conn, *seq, &tag, &why, ledger::VoidState::Acked)?.is_some() {
+                                voided += 1;
+                            }
+                        }
+                    }
+                    Ok::<_, rusqlite::Error>(voided)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if voided > 0 {
+                tracing::warn!(voided, "movements the hub refused are parked here too");
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
         }
     }
 }

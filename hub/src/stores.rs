@@ -82,6 +82,9 @@ pub async fn store_for_token(
 pub struct SyncHealth {
     pub store: String,
     pub last_seq: u64,
+    /// The id of the store-origin movement at `last_seq`; null when `last_seq` is 0. An
+    /// agent checks it is its own (a restored or cloned data directory is not).
+    pub last_id: Option<String>,
     pub last_hub_seq: u64,
     pub last_event_at: Option<DateTime<Utc>>,
     pub last_applied_at: Option<DateTime<Utc>>,
@@ -97,7 +100,9 @@ pub async fn sync_health(
     store: &StoreId,
 ) -> Result<Option<SyncHealth>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT s.id, y.last_seq, y.last_hub_seq, y.last_event_at, y.last_applied_at, s.last_seen_at,
+        "SELECT s.id, y.last_seq,
+                (SELECT m.id FROM movements m WHERE m.store = s.id AND m.origin = 'store' AND m.seq = y.last_seq) AS last_id,
+                y.last_hub_seq, y.last_event_at, y.last_applied_at, s.last_seen_at,
                 (SELECT count(*) FROM held_events h WHERE h.store = s.id) AS held,
                 (SELECT count(*) FROM parked_events p WHERE p.store = s.id AND p.resolved_at IS NULL) AS parked
          FROM stores s JOIN store_sync y ON y.store = s.id WHERE s.id = ?",
@@ -109,6 +114,7 @@ pub async fn sync_health(
         Ok(SyncHealth {
             store: r.try_get("id")?,
             last_seq: r.try_get("last_seq")?,
+            last_id: r.try_get("last_id")?,
             last_hub_seq: r.try_get("last_hub_seq")?,
             last_event_at: r.try_get("last_event_at")?,
             last_applied_at: r.try_get("last_applied_at")?,
