@@ -703,6 +703,55 @@ impl Alerting {
     }
 }
 
+/// An alert about the hub's own operation (a parked movement, a bound reached) rather
+/// than a stock rule: raised inside the caller's transaction, so it stands or falls with
+/// the change it reports; one open per (kind, store); an operator acknowledges it.
+pub struct Operational<'a> {
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub store: Option<&'a str>,
+    pub message: String,
+    pub detail: serde_json::Value,
+}
+
+pub async fn raise_operational(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    alert: Operational<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let now = now.trunc_subsecs(6);
+    let message: String = alert.message.chars().take(1000).collect();
+    let inserted = sqlx::query(
+        "INSERT IGNORE INTO alerts (store, sku, kind, severity, message, detail, raised_at)
+         VALUES (?, NULL, ?, ?, ?, ?, ?)",
+    )
+    .bind(alert.store)
+    .bind(alert.kind)
+    .bind(alert.severity)
+    .bind(&message)
+    .bind(alert.detail.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        let raised = Alert {
+            id: inserted.last_insert_id() as i64,
+            store: alert.store.map(str::to_owned),
+            sku: None,
+            kind: alert.kind.to_owned(),
+            severity: alert.severity.to_owned(),
+            message,
+            detail: Some(alert.detail),
+            raised_at: now,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            resolved_at: None,
+        };
+        event(tx, &raised, "raised", now).await?;
+    }
+    Ok(())
+}
+
 /// The event row for a transition, with the alert as it now stands. Its `event_id` is the
 /// row's id, added by the relay when it publishes ([`with_event_id`]).
 async fn event(
@@ -807,12 +856,11 @@ pub async fn acknowledge(
 }
 
 /// The producer of `{prefix}alerts`: idempotent, acks from every replica.
-pub fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    bazaar_shared::kafka::base_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "10000")
-        .create()
+pub fn producer(
+    brokers: &str,
+    properties: &bazaar_shared::kafka::KafkaProperties,
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    bazaar_shared::kafka::idempotent_producer(brokers, properties, Duration::from_secs(10)).create()
 }
 
 #[cfg(test)]

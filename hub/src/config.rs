@@ -31,6 +31,11 @@ pub struct FileConfig {
     pub stale_store_after_secs: Option<u64>,
     pub service_level: Option<f64>,
     pub replica_max_lag_ms: Option<u64>,
+    pub max_held_ahead: Option<u64>,
+    pub max_transfer_notices_per_day: Option<u64>,
+    pub api_statement_timeout_ms: Option<u64>,
+    /// librdkafka properties for every Kafka client of the hub (`[kafka]`).
+    pub kafka: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +60,13 @@ pub struct HubConfig {
     pub replica_max_lag_ms: u64,
     /// Intelligence settings (thresholds, alerts, the forecast job).
     pub intelligence: IntelligenceConfig,
+    /// What one store's messages can make ingest hold or do.
+    pub limits: crate::ingest::Limits,
+    /// API reads on MySQL are cut off after this (MariaDB `max_statement_time`), so a
+    /// slow read never holds the connections ingest and writes need.
+    pub api_statement_timeout_ms: u64,
+    /// librdkafka properties (SASL, TLS, ...) for every client the hub makes.
+    pub kafka_properties: bazaar_shared::kafka::KafkaProperties,
 }
 
 /// `BAZAAR_HUB_FORECAST_AT`, `BAZAAR_HUB_PUSH_THRESHOLDS`, `BAZAAR_HUB_STALE_STORE_AFTER_SECS`,
@@ -198,7 +210,47 @@ impl HubConfig {
                     })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let whole = |name: &str, from_file: Option<u64>, default: u64| -> anyhow::Result<u64> {
+            match var(name) {
+                Some(raw) => raw
+                    .parse()
+                    .with_context(|| format!("BAZAAR_HUB_{name}={raw:?} is not a whole number")),
+                None => Ok(from_file.unwrap_or(default)),
+            }
+        };
+        let defaults = crate::ingest::Limits::default();
+        let limits = crate::ingest::Limits {
+            max_held_ahead: whole(
+                "MAX_HELD_AHEAD",
+                file.max_held_ahead,
+                defaults.max_held_ahead,
+            )?
+            .max(1),
+            max_transfer_notices_per_day: whole(
+                "MAX_TRANSFER_NOTICES_PER_DAY",
+                file.max_transfer_notices_per_day,
+                defaults.max_transfer_notices_per_day,
+            )?,
+        };
+        let api_statement_timeout_ms = whole(
+            "API_STATEMENT_TIMEOUT_MS",
+            file.api_statement_timeout_ms,
+            10_000,
+        )?;
+        let file_kafka = bazaar_shared::kafka::KafkaProperties::from_pairs(
+            file.kafka.clone().unwrap_or_default(),
+        )
+        .map_err(|e| anyhow::anyhow!("[kafka] in the hub configuration: {e}"))?;
+        let kafka_properties = match var("KAFKA_PROPERTIES") {
+            Some(raw) => bazaar_shared::kafka::KafkaProperties::parse(&raw)
+                .map_err(|e| anyhow::anyhow!("BAZAAR_HUB_KAFKA_PROPERTIES: {e}"))?
+                .merged_over(&file_kafka),
+            None => file_kafka,
+        };
         Ok(HubConfig {
+            limits,
+            api_statement_timeout_ms,
+            kafka_properties,
             mysql_url: var("MYSQL_URL")
                 .map(Secret::new)
                 .or(file.mysql_url)
@@ -236,6 +288,39 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_and_kafka_properties_parse_and_bad_ones_are_named() {
+        let file: FileConfig = toml::from_str(
+            "max_held_ahead = 50\n[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.username\" = \"S1\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "BAZAAR_HUB_KAFKA_PROPERTIES" => Some("sasl.username=hub,sasl.password=pw".to_string()),
+            "BAZAAR_HUB_MAX_TRANSFER_NOTICES_PER_DAY" => Some("7".to_string()),
+            _ => None,
+        };
+        let config = HubConfig::from_layers(file, env).unwrap();
+        assert_eq!(config.limits.max_held_ahead, 50);
+        assert_eq!(config.limits.max_transfer_notices_per_day, 7);
+        assert_eq!(config.api_statement_timeout_ms, 10_000);
+        let kafka = config.kafka_properties.client_config("b:1");
+        assert_eq!(kafka.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(
+            kafka.get("sasl.username"),
+            Some("hub"),
+            "the environment wins"
+        );
+        assert!(!format!("{config:?}").contains("pw"), "secrets never print");
+        let bad = HubConfig::from_layers(FileConfig::default(), |n| {
+            (n == "BAZAAR_HUB_KAFKA_PROPERTIES").then(|| "sasl.password".to_string())
+        })
+        .unwrap_err();
+        assert!(
+            format!("{bad:#}").contains("BAZAAR_HUB_KAFKA_PROPERTIES"),
+            "{bad:#}"
+        );
+    }
 
     #[test]
     fn environment_overrides_file_and_secrets_stay_hidden() {

@@ -23,6 +23,38 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<MySqlPoo
         })
 }
 
+/// A pool whose sessions cut every statement off after `statement_timeout` (MariaDB's
+/// `max_statement_time`): the API's reads, so a slow one can never hold the connections
+/// ingest and writes need.
+pub async fn connect_with_timeout(
+    url: &str,
+    max_connections: u32,
+    statement_timeout: Duration,
+) -> anyhow::Result<MySqlPool> {
+    let seconds = statement_timeout.as_secs_f64();
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if seconds > 0.0 {
+                    sqlx::query(&format!("SET SESSION max_statement_time = {seconds:.3}"))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to MySQL at {}: is it running, and is BAZAAR_HUB_MYSQL_URL right?",
+                redact(url)
+            )
+        })
+}
+
 /// Creates the database if it does not exist, then applies every pending migration.
 pub async fn migrate(url: &str) -> anyhow::Result<MySqlPool> {
     if !MySql::database_exists(url).await.unwrap_or(false) {

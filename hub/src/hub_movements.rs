@@ -228,7 +228,7 @@ fn envelope(
 ) -> Envelope {
     let (delta, counted) = match planned.quantity {
         Quantity::Delta(d) => (d, None),
-        Quantity::Counted(c) => (c.saturating_sub(on_hand), Some(c)),
+        Quantity::Counted(c) => (bazaar_shared::envelope::count_delta(c, on_hand), Some(c)),
     };
     let mut e = Envelope::movement(
         store.clone(),

@@ -13,7 +13,7 @@
 //!   ([`crate::cache`]); Redis being down skips the refresh and ingest goes on;
 //! - the database being away stops consumption (retried with backoff); nothing is skipped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use bazaar_shared::kafka::base_config;
@@ -26,7 +26,7 @@ use sqlx::mysql::MySqlDatabaseError;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use tokio::sync::watch;
 
-use crate::plan::{plan_store, Decoded, ParkReason, Parked, Position};
+use crate::plan::{plan_store, Admitted, Decoded, ParkReason, Parked, Position, StoreInput};
 
 pub const MAX_BATCH: usize = 2000;
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
@@ -37,9 +37,25 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     pub held: usize,
     pub parked: usize,
+    /// Sub-batches split off to find messages that fail on their own.
+    pub isolations: usize,
+    /// Expected-transfer notices not sent for the per-day bound.
+    pub transfer_notices_capped: u64,
     /// Every (store, sku) the batch named or changed, duplicates included: the stock-cache
     /// entries to refresh after the commit.
     pub touched: BTreeSet<(String, String)>,
+}
+
+impl BatchOutcome {
+    pub fn merge(&mut self, other: BatchOutcome) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.held += other.held;
+        self.parked += other.parked;
+        self.isolations += other.isolations;
+        self.transfer_notices_capped += other.transfer_notices_capped;
+        self.touched.extend(other.touched);
+    }
 }
 
 /// A raw message from Kafka.
@@ -96,10 +112,12 @@ pub fn lag_from_statistics(statistics: &rdkafka::Statistics) -> crate::metrics::
 
 pub fn consumer(
     brokers: &str,
+    properties: &bazaar_shared::kafka::KafkaProperties,
     group: &str,
     lag: crate::metrics::IngestLag,
 ) -> Result<StreamConsumer<IngestContext>, rdkafka::error::KafkaError> {
-    base_config(brokers)
+    let mut config = base_config(brokers);
+    config
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
@@ -112,8 +130,9 @@ pub fn consumer(
         // The group leader assigns from the metadata it holds; a topic it saw as missing
         // or empty (a broker just restarted) yields an empty assignment that is only
         // revisited when the leader next refreshes metadata (5 minutes by default).
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .create_with_context(IngestContext { lag })
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    properties.apply(&mut config);
+    config.create_with_context(IngestContext { lag })
 }
 
 /// Consumes until `shutdown`; every batch is applied before its offsets are stored.
@@ -124,6 +143,7 @@ pub async fn run(
     metrics: crate::startup::IngestCounters,
     cache: crate::cache::StockCache,
     alerting: std::sync::Arc<crate::alerting::Alerting>,
+    limits: Limits,
 ) {
     let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
     assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -172,10 +192,12 @@ pub async fn run(
         }
         let mut backoff = Duration::from_millis(100);
         let outcome = loop {
-            match apply_batch(&pool, &batch).await {
+            match apply_batch_with(&pool, &batch, &limits).await {
                 Ok(outcome) => break outcome,
+                // Only transient errors come back: the batch is tried again as it is.
                 Err(e) => {
-                    tracing::warn!(error = %e, size = batch.len(), "batch not applied; retrying");
+                    metrics.transient_failure();
+                    tracing::warn!(error = %e, size = batch.len(), "batch not applied (the database is away or busy); retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -301,48 +323,271 @@ fn store_offsets(
 }
 
 pub(crate) fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+    mysql_error_number(e).is_some_and(|n| matches!(n, 1213 | 1205))
+}
+
+fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
     match e {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
-            .map(|m| matches!(m.number(), 1213 | 1205))
-            .unwrap_or(false),
+            .map(|m| m.number()),
+        _ => None,
+    }
+}
+
+/// An error the database or the network will get over by itself: the batch is tried again
+/// as it is. Anything else is the batch's own doing and is isolated.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Deadlock, lock wait timeout, server gone or shutting down, connection killed,
+        // too many connections, read-only during a switch-over, query interrupted.
+        sqlx::Error::Database(_) => mysql_error_number(e).is_some_and(|n| {
+            matches!(
+                n,
+                1213 | 1205
+                    | 1040
+                    | 1053
+                    | 1290
+                    | 1317
+                    | 1836
+                    | 1927
+                    | 2002
+                    | 2003
+                    | 2006
+                    | 2013
+                    | 4031
+            )
+        }),
         _ => false,
     }
 }
 
-/// Applies one batch in one transaction, retrying it whole on a deadlock.
+/// Errors that a single message causes: constraint and range violations, values the
+/// database refuses. Any other error on a lone message is first checked against the
+/// schema, so a broken database is never mistaken for a poisoned batch.
+fn is_message_specific(e: &ApplyError) -> bool {
+    match e {
+        ApplyError::Panicked(_) => true,
+        ApplyError::Db(sqlx::Error::Encode(_)) => true,
+        ApplyError::Db(db) => mysql_error_number(db).is_some_and(|n| {
+            matches!(
+                n,
+                1048 | 1062 | 1264 | 1292 | 1366 | 1406 | 1690 | 3140 | 4025
+            )
+        }),
+    }
+}
+
+/// Why a batch did not apply.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// A library panicked on this batch's data (e.g. a value it cannot encode).
+    #[error("the apply panicked: {0}")]
+    Panicked(String),
+}
+
+/// Bounds on what one store's messages can make the hub hold or do (each a setting, see
+/// `HubConfig`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages further than this ahead of a store's applied seq are parked, not held.
+    pub max_held_ahead: u64,
+    /// Expected-transfer notices one store may cause for another per UTC day; beyond it
+    /// the transfer is applied and no notice is sent (an alert says so).
+    pub max_transfer_notices_per_day: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_held_ahead: 10_000,
+            max_transfer_notices_per_day: 1_000,
+        }
+    }
+}
+
+/// Applies one batch exactly once, with the default [`Limits`].
 pub async fn apply_batch(
     pool: &MySqlPool,
     batch: &[RawMessage],
 ) -> Result<BatchOutcome, sqlx::Error> {
+    apply_batch_with(pool, batch, &Limits::default()).await
+}
+
+/// Applies one batch. A transient error is returned (the caller tries the batch again as
+/// it is); any other failure is isolated: the batch is split in halves, each applied on
+/// its own (exactly once all the same, by the ledger's key), down to the message that
+/// fails by itself, which is parked with its reason and Kafka position, its seq consumed
+/// (see `plan`). So the error of one message never stops the others.
+pub async fn apply_batch_with(
+    pool: &MySqlPool,
+    batch: &[RawMessage],
+    limits: &Limits,
+) -> Result<BatchOutcome, sqlx::Error> {
+    apply_or_isolate(pool, batch, limits).await
+}
+
+fn apply_or_isolate<'a>(
+    pool: &'a MySqlPool,
+    batch: &'a [RawMessage],
+    limits: &'a Limits,
+) -> futures::future::BoxFuture<'a, Result<BatchOutcome, sqlx::Error>> {
+    use futures::FutureExt;
+    async move {
+        let error = match apply_once(pool, batch, &HashMap::new(), limits).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(ApplyError::Db(e)) if is_transient(&e) => return Err(e),
+            Err(e) => e,
+        };
+        if let [message] = batch {
+            return park_alone(pool, message, error, limits).await;
+        }
+        tracing::warn!(error = %error, size = batch.len(), "batch failed on its own data; isolating the message(s) at fault");
+        let (left, right) = batch.split_at(batch.len() / 2);
+        let mut outcome = apply_or_isolate(pool, left, limits).await?;
+        outcome.merge(apply_or_isolate(pool, right, limits).await?);
+        outcome.isolations += 1;
+        Ok(outcome)
+    }
+    .boxed()
+}
+
+/// The message fails on its own: applied as refused (parked, its seq consumed by a void
+/// when it is the next one). A failure that is not the message's kind is first checked
+/// against the schema: a broken database is an error to wait out, not a poison.
+async fn park_alone(
+    pool: &MySqlPool,
+    message: &RawMessage,
+    error: ApplyError,
+    limits: &Limits,
+) -> Result<BatchOutcome, sqlx::Error> {
+    if !is_message_specific(&error) {
+        schema_answers(pool).await?;
+    }
+    let why: String = error.to_string().chars().take(500).collect();
+    tracing::error!(error = %why, topic = %message.position.topic, partition = message.position.partition,
+        offset = message.position.offset, "a message cannot be applied; parking it");
+    let refused = HashMap::from([(message.position.clone(), why.clone())]);
+    match apply_once(pool, std::slice::from_ref(message), &refused, limits).await {
+        Ok(mut outcome) => {
+            outcome.isolations += 1;
+            Ok(outcome)
+        }
+        Err(ApplyError::Db(e)) if is_transient(&e) => Err(e),
+        Err(again) => {
+            // Even its void cannot be written: park the bytes alone, consuming nothing.
+            let mut tx = pool.begin().await?;
+            let parked = Parked {
+                position: message.position.clone(),
+                payload: message.payload.clone(),
+                reason: ParkReason::ApplyFailed,
+                detail: format!("{why}; parking it as refused failed too: {again}"),
+                envelope: None,
+                consumed: false,
+            };
+            insert_parked(&mut tx, &[parked], Utc::now()).await?;
+            tx.commit().await?;
+            Ok(BatchOutcome {
+                parked: 1,
+                isolations: 1,
+                ..BatchOutcome::default()
+            })
+        }
+    }
+}
+
+/// Every table ingest writes answers a trivial query.
+async fn schema_answers(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    for table in [
+        "store_sync",
+        "stores",
+        "movements",
+        "stock",
+        "daily_sales",
+        "held_events",
+        "parked_events",
+        "outbox",
+    ] {
+        sqlx::query(&format!("SELECT 1 FROM {table} LIMIT 0"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One transaction for the batch, tried again on a deadlock; a panic inside (a library's
+/// `expect` on data it cannot handle) is an error of this batch, not the end of ingest.
+async fn apply_once(
+    pool: &MySqlPool,
+    batch: &[RawMessage],
+    refused: &HashMap<Position, String>,
+    limits: &Limits,
+) -> Result<BatchOutcome, ApplyError> {
+    use futures::FutureExt;
     let mut attempt = 0;
     loop {
         let mut tx = pool.begin().await?;
-        match apply_in(&mut tx, batch).await {
-            Ok(outcome) => match tx.commit().await {
-                Ok(()) => return Ok(outcome),
-                Err(e) if is_retryable_conflict(&e) && attempt < 10 => {}
-                Err(e) => return Err(e),
-            },
-            Err(e) if is_retryable_conflict(&e) && attempt < 10 => {
+        let applied = std::panic::AssertUnwindSafe(apply_in(&mut tx, batch, refused, limits))
+            .catch_unwind()
+            .await;
+        let result = match applied {
+            Ok(Ok(outcome)) => tx.commit().await.map(|()| outcome),
+            Ok(Err(e)) => {
                 let _ = tx.rollback().await;
+                Err(e)
             }
-            Err(e) => return Err(e),
+            Err(panic) => {
+                drop(tx);
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(ApplyError::Panicked(what));
+            }
+        };
+        match result {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if is_retryable_conflict(&e) && attempt < 10 => {
+                attempt += 1;
+                tracing::info!(attempt, "deadlock; retrying the batch");
+            }
+            Err(e) => return Err(e.into()),
         }
-        attempt += 1;
-        tracing::info!(attempt, "deadlock; retrying the batch");
     }
 }
 
 struct Ledger {
-    rows: Vec<(Envelope, i64)>,
+    rows: Vec<(Admitted, i64)>,
     stock: BTreeMap<(String, String), i64>,
     sales: BTreeMap<(String, String, NaiveDate), i64>,
+}
+
+/// Builds a `WHERE col IN (...)` list; callers never pass an empty list.
+fn push_in<'q, T>(q: &mut QueryBuilder<'q, MySql>, values: impl IntoIterator<Item = T>)
+where
+    T: 'q + sqlx::Encode<'q, MySql> + sqlx::Type<MySql> + Send,
+{
+    let mut sep = q.separated(", ");
+    for v in values {
+        sep.push_bind(v);
+    }
+    sep.push_unseparated(")");
 }
 
 async fn apply_in(
     tx: &mut Transaction<'_, MySql>,
     batch: &[RawMessage],
+    refused: &HashMap<Position, String>,
+    limits: &Limits,
 ) -> Result<BatchOutcome, sqlx::Error> {
     let now = Utc::now();
     let mut parked: Vec<Parked> = Vec::new();
@@ -357,6 +602,7 @@ async fn apply_in(
                     position: m.position.clone(),
                     payload: m.payload.clone(),
                     received,
+                    held: false,
                 }),
             Err(e) => parked.push(Parked {
                 position: m.position.clone(),
@@ -364,6 +610,7 @@ async fn apply_in(
                 reason: ParkReason::Malformed,
                 detail: e.to_string(),
                 envelope: None,
+                consumed: false,
             }),
         }
     }
@@ -379,6 +626,8 @@ async fn apply_in(
     let stores: Vec<String> = by_store.keys().cloned().collect();
     let mut watermarks: HashMap<String, u64> = HashMap::new();
     let mut keys: HashMap<String, String> = HashMap::new();
+    let mut held_from: HashMap<String, u64> = HashMap::new();
+    let mut taken: HashSet<uuid::Uuid> = HashSet::new();
     // The receiving stores of this batch's transfers get a notice that takes their hub_seq
     // (crate::outbox): their counter rows join the one sorted lock set.
     let lock_set: BTreeSet<String> = stores
@@ -393,22 +642,45 @@ async fn apply_in(
         // Sorted store order: every hub instance locks in the same order.
         let mut q =
             QueryBuilder::<MySql>::new("SELECT store, last_seq FROM store_sync WHERE store IN (");
-        let mut sep = q.separated(", ");
-        for s in &lock_set {
-            sep.push_bind(s);
-        }
-        q.push(") ORDER BY store FOR UPDATE");
+        push_in(&mut q, &lock_set);
+        q.push(" ORDER BY store FOR UPDATE");
         for row in q.build().fetch_all(&mut **tx).await? {
             watermarks.insert(row.try_get("store")?, row.try_get("last_seq")?);
         }
         let mut q = QueryBuilder::<MySql>::new("SELECT id, signing_key FROM stores WHERE id IN (");
-        let mut sep = q.separated(", ");
-        for s in &stores {
-            sep.push_bind(s);
-        }
-        q.push(")");
+        push_in(&mut q, &stores);
         for row in q.build().fetch_all(&mut **tx).await? {
             keys.insert(row.try_get("id")?, row.try_get("signing_key")?);
+        }
+        // Which of the batch's stores hold messages from earlier batches (usually none):
+        // one statement for the batch, whatever the number of stores.
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT store, CAST(MIN(seq) AS UNSIGNED) AS first FROM held_events WHERE origin = 'store' AND store IN (",
+        );
+        push_in(&mut q, &stores);
+        q.push(" GROUP BY store");
+        for row in q.build().fetch_all(&mut **tx).await? {
+            held_from.insert(row.try_get("store")?, row.try_get("first")?);
+        }
+        // Ids the ledger already holds among the messages that may be applied.
+        let candidates: Vec<String> = by_store
+            .iter()
+            .flat_map(|(store, ms)| {
+                let last = watermarks.get(store).copied().unwrap_or(u64::MAX);
+                ms.iter()
+                    .filter(move |m| m.received.envelope.seq > last)
+                    .map(|m| m.received.envelope.id.to_string())
+            })
+            .collect();
+        for chunk in candidates.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<MySql>::new("SELECT id FROM movements WHERE id IN (");
+            push_in(&mut q, chunk);
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let id: String = row.try_get("id")?;
+                if let Ok(id) = uuid::Uuid::parse_str(&id) {
+                    taken.insert(id);
+                }
+            }
         }
     }
 
@@ -417,8 +689,11 @@ async fn apply_in(
         stock: BTreeMap::new(),
         sales: BTreeMap::new(),
     };
+    let mut holds: Vec<(Envelope, Vec<u8>)> = Vec::new();
+    let mut drained_held: Vec<(String, u64)> = Vec::new();
     let mut new_watermarks: Vec<(String, u64, Option<DateTime<Utc>>)> = Vec::new();
-    for (store, messages) in by_store {
+    let no_refusals = HashMap::new();
+    for (store, mut messages) in by_store {
         let (Some(last_seq), Some(key)) = (watermarks.get(&store).copied(), keys.get(&store))
         else {
             parked.extend(messages.into_iter().map(|m| Parked {
@@ -427,6 +702,7 @@ async fn apply_in(
                 payload: m.payload,
                 reason: ParkReason::UnknownStore,
                 envelope: Some(m.received.envelope),
+                consumed: false,
             }));
             continue;
         };
@@ -438,99 +714,98 @@ async fn apply_in(
                 payload: m.payload,
                 reason: ParkReason::UnknownStore,
                 envelope: Some(m.received.envelope),
+                consumed: false,
             }));
             continue;
         };
+        // Held messages that may follow on now take part in the plan like new ones.
+        if held_from.contains_key(&store) {
+            messages.extend(held_messages(tx, &store, last_seq).await?);
+        }
         let low: Vec<u64> = messages
             .iter()
             .map(|m| m.received.envelope.seq)
             .filter(|s| *s <= last_seq)
             .collect();
         let applied_ids = applied_ids(tx, &store, &low).await?;
-        let plan = plan_store(last_seq, &key, messages, &applied_ids);
+        let refused_here = if refused.is_empty() {
+            &no_refusals
+        } else {
+            refused
+        };
+        let input = StoreInput {
+            last_seq,
+            key: &key,
+            applied_ids: &applied_ids,
+            now,
+            max_ahead: limits.max_held_ahead,
+            refused: refused_here,
+        };
+        let plan = plan_store(&input, messages, &mut taken);
         outcome.duplicates += plan.duplicates;
-        parked.extend(plan.park);
-        let mut last = plan.last_seq;
-        let mut latest_event: Option<DateTime<Utc>> = None;
-        for envelope in plan.apply {
-            latest_event = latest_event.max(Some(envelope.occurred_at));
-            add_to_ledger(tx, &mut ledger, envelope).await?;
-            outcome.applied += 1;
-        }
-        if !plan.hold.is_empty() {
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT IGNORE INTO held_events (store, origin, seq, id, payload, received_at) ",
-            );
-            q.push_values(&plan.hold, |mut b, (e, payload)| {
-                b.push_bind(e.store.as_str())
-                    .push_bind("store")
-                    .push_bind(e.seq)
-                    .push_bind(e.id.to_string())
-                    .push_bind(payload.as_slice())
-                    .push_bind(now);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-        // The gap may have filled: apply held messages that now follow on.
-        let held = sqlx::query(
-            "SELECT seq, payload FROM held_events WHERE store = ? AND origin = 'store' AND seq > ? ORDER BY seq LIMIT 10000",
-        )
-        .bind(&store)
-        .bind(last)
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in held {
-            let seq: u64 = row.try_get("seq")?;
-            if seq != last + 1 {
-                break;
-            }
-            let payload: Vec<u8> = row.try_get("payload")?;
-            // Held messages were decoded and verified before they were held.
-            let Ok(received) = Envelope::decode(&payload) else {
-                break;
-            };
-            latest_event = latest_event.max(Some(received.envelope.occurred_at));
-            add_to_ledger(tx, &mut ledger, received.envelope).await?;
-            outcome.applied += 1;
-            last = seq;
-        }
-        sqlx::query("DELETE FROM held_events WHERE store = ? AND origin = 'store' AND seq <= ?")
-            .bind(&store)
-            .bind(last)
-            .execute(&mut **tx)
-            .await?;
         outcome.held += plan.hold.len();
-        if last != last_seq || latest_event.is_some() {
-            new_watermarks.push((store, last, latest_event));
+        parked.extend(plan.park);
+        holds.extend(plan.hold);
+        let mut latest_event: Option<DateTime<Utc>> = None;
+        for admitted in plan.apply {
+            latest_event = latest_event.max(Some(admitted.envelope.occurred_at));
+            add_to_ledger(tx, &mut ledger, admitted).await?;
+            outcome.applied += 1;
+        }
+        if held_from.contains_key(&store) && plan.last_seq > last_seq {
+            drained_held.push((store.clone(), plan.last_seq));
+        }
+        if plan.last_seq != last_seq || latest_event.is_some() {
+            new_watermarks.push((store, plan.last_seq, latest_event));
         }
     }
 
     write_ledger(tx, &ledger, now).await?;
-    announce_transfers(tx, &ledger.rows).await?;
+    for chunk in holds.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO held_events (store, origin, seq, id, payload, received_at) ",
+        );
+        q.push_values(chunk, |mut b, (e, payload)| {
+            b.push_bind(e.store.as_str())
+                .push_bind("store")
+                .push_bind(e.seq)
+                .push_bind(e.id.to_string())
+                .push_bind(payload.as_slice())
+                .push_bind(now);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    for (store, last) in &drained_held {
+        sqlx::query("DELETE FROM held_events WHERE store = ? AND origin = 'store' AND seq <= ?")
+            .bind(store)
+            .bind(last)
+            .execute(&mut **tx)
+            .await?;
+    }
+    outcome.transfer_notices_capped = announce_transfers(tx, &ledger.rows, limits, now).await?;
     touched.extend(ledger.stock.keys().cloned());
-    for (store, last, latest_event) in &new_watermarks {
-        sqlx::query(
-            "UPDATE store_sync SET last_seq = ?, last_applied_at = ?,
-                 last_event_at = GREATEST(COALESCE(last_event_at, ?), COALESCE(?, last_event_at, ?))
-             WHERE store = ?",
-        )
-        .bind(last)
-        .bind(now)
-        .bind(latest_event.unwrap_or(now))
-        .bind(latest_event)
-        .bind(now)
-        .bind(store)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in new_watermarks.chunks(INSERT_CHUNK) {
+        // One statement for every store of the batch; the rows exist and are locked above.
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO store_sync (store, last_seq, last_applied_at, last_event_at) ",
+        );
+        q.push_values(chunk, |mut b, (store, last, latest_event)| {
+            b.push_bind(store)
+                .push_bind(*last)
+                .push_bind(now)
+                .push_bind(*latest_event);
+        });
+        q.push(
+            " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), last_applied_at = VALUES(last_applied_at),
+              last_event_at = IF(VALUES(last_event_at) IS NULL, COALESCE(last_event_at, VALUES(last_applied_at)),
+                                 GREATEST(COALESCE(last_event_at, VALUES(last_event_at)), VALUES(last_event_at)))",
+        );
+        q.build().execute(&mut **tx).await?;
     }
     if !stores.is_empty() {
         let mut q = QueryBuilder::<MySql>::new("UPDATE stores SET last_seen_at = ");
         q.push_bind(now).push(" WHERE id IN (");
-        let mut sep = q.separated(", ");
-        for s in &stores {
-            sep.push_bind(s);
-        }
-        q.push(")");
+        push_in(&mut q, &stores);
         q.build().execute(&mut **tx).await?;
     }
     outcome.parked = parked.len();
@@ -540,33 +815,161 @@ async fn apply_in(
             tracing::warn!(reason = p.reason.as_str(), detail = %p.detail, topic = %p.position.topic,
                 partition = p.position.partition, offset = p.position.offset, "parked a message");
         }
+        insert_parked(tx, &parked, now).await?;
+    }
+    Ok(outcome)
+}
+
+/// What a parked row keeps of its payload: enough to read and verify it by hand, never
+/// enough to make one INSERT outgrow `max_allowed_packet`.
+pub const PARKED_PAYLOAD_KEPT: usize = 4096;
+
+/// Parks messages (a re-delivered one is parked once: the Kafka position is unique) and
+/// opens one `parked_movement` alert per store.
+async fn insert_parked(
+    tx: &mut Transaction<'_, MySql>,
+    parked: &[Parked],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    use sha2::Digest;
+    // A few hundred bytes of columns plus the kept payload, well under 1 MiB per statement.
+    for chunk in parked.chunks(100) {
         let mut q = QueryBuilder::<MySql>::new(
-            "INSERT IGNORE INTO parked_events (store, seq, event_id, reason, detail, payload, topic, kafka_partition, kafka_offset, parked_at) ",
+            "INSERT IGNORE INTO parked_events (store, seq, event_id, reason, detail, payload, payload_len, payload_sha256, consumed_seq, topic, kafka_partition, kafka_offset, parked_at) ",
         );
-        q.push_values(&parked, |mut b, p| {
+        q.push_values(chunk, |mut b, p| {
+            let kept = &p.payload[..p.payload.len().min(PARKED_PAYLOAD_KEPT)];
             b.push_bind(p.envelope.as_ref().map(|e| e.store.to_string()))
                 .push_bind(p.envelope.as_ref().map(|e| e.seq))
                 .push_bind(p.envelope.as_ref().map(|e| e.id.to_string()))
                 .push_bind(p.reason.as_str())
                 .push_bind(p.detail.chars().take(1000).collect::<String>())
-                .push_bind(p.payload.as_slice())
-                .push_bind(&p.position.topic)
+                .push_bind(kept.to_vec())
+                .push_bind(p.payload.len() as u64)
+                .push_bind(hex::encode(sha2::Sha256::digest(&p.payload)))
+                .push_bind(p.consumed)
+                .push_bind(p.position.topic.clone())
                 .push_bind(p.position.partition)
                 .push_bind(p.position.offset)
                 .push_bind(now);
         });
         q.build().execute(&mut **tx).await?;
     }
-    Ok(outcome)
+    let mut by_store: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in parked {
+        if let Some(e) = &p.envelope {
+            *by_store.entry(e.store.as_str()).or_default() += 1;
+        }
+    }
+    for (store, n) in by_store {
+        crate::alerting::raise_operational(
+            tx,
+            crate::alerting::Operational {
+                kind: "parked_movement",
+                severity: "critical",
+                store: Some(store),
+                message: format!(
+                    "{n} message(s) of store {store} were parked; see GET /v1/parked?store={store} (a parked movement is in neither figure until dealt with)"
+                ),
+                detail: serde_json::json!({"parked": n}),
+            },
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A store's held messages from its watermark on, decoded (they were verified when held).
+async fn held_messages(
+    tx: &mut Transaction<'_, MySql>,
+    store: &str,
+    last_seq: u64,
+) -> Result<Vec<Decoded>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, payload FROM held_events WHERE store = ? AND origin = 'store' AND seq > ? ORDER BY seq LIMIT 10000",
+    )
+    .bind(store)
+    .bind(last_seq)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: u64 = row.try_get("seq")?;
+        let payload: Vec<u8> = row.try_get("payload")?;
+        if let Ok(received) = Envelope::decode(&payload) {
+            out.push(Decoded {
+                // Held rows have no Kafka position of their own any more.
+                position: Position {
+                    topic: "held_events".into(),
+                    partition: -1,
+                    offset: seq as i64,
+                },
+                payload,
+                received,
+                held: true,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Every applied transfer_out tells its receiving store, in this transaction, that goods
-/// are on their way (DESIGN §5). A transfer to a store this hub does not know sends none.
+/// are on their way (DESIGN §5), up to `max_transfer_notices_per_day` per pair of stores
+/// and day; past that the notice is not sent (so one store cannot flood another's command
+/// partition) and a `transfer_notices_capped` alert says so. A transfer to a store this
+/// hub does not know sends none. Returns the notices held back.
 async fn announce_transfers(
     tx: &mut Transaction<'_, MySql>,
-    rows: &[(Envelope, i64)],
-) -> Result<(), sqlx::Error> {
-    for (e, _) in rows.iter().filter(|(e, _)| e.kind == Kind::TransferOut) {
+    rows: &[(Admitted, i64)],
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let mut capped = 0;
+    for (a, _) in rows
+        .iter()
+        .filter(|(a, _)| a.envelope.kind == Kind::TransferOut)
+    {
+        let e = &a.envelope;
+        let Some(to) = e.to_store.as_ref() else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO transfer_notice_counts (from_store, to_store, day, notices) VALUES (?, ?, ?, 1)
+             ON DUPLICATE KEY UPDATE notices = notices + 1",
+        )
+        .bind(e.store.as_str())
+        .bind(to.as_str())
+        .bind(now.date_naive())
+        .execute(&mut **tx)
+        .await?;
+        let notices: u64 = sqlx::query_scalar(
+            "SELECT notices FROM transfer_notice_counts WHERE from_store = ? AND to_store = ? AND day = ?",
+        )
+        .bind(e.store.as_str())
+        .bind(to.as_str())
+        .bind(now.date_naive())
+        .fetch_one(&mut **tx)
+        .await?;
+        if notices > limits.max_transfer_notices_per_day {
+            capped += 1;
+            crate::alerting::raise_operational(
+                tx,
+                crate::alerting::Operational {
+                    kind: "transfer_notices_capped",
+                    severity: "warning",
+                    store: Some(e.store.as_str()),
+                    message: format!(
+                        "store {} sent more than {} transfers to {to} today; the rest are applied but {to} is not told (BAZAAR_HUB_MAX_TRANSFER_NOTICES_PER_DAY)",
+                        e.store, limits.max_transfer_notices_per_day
+                    ),
+                    detail: serde_json::json!({"to_store": to.as_str(), "notices": notices}),
+                },
+                now,
+            )
+            .await?;
+            continue;
+        }
         match crate::outbox::announce_transfer(&mut **tx, e).await {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -578,7 +981,7 @@ async fn announce_transfers(
             }
         }
     }
-    Ok(())
+    Ok(capped)
 }
 
 async fn applied_ids(
@@ -593,11 +996,7 @@ async fn applied_ids(
     let mut q = QueryBuilder::<MySql>::new("SELECT seq, id FROM movements WHERE store = ");
     q.push_bind(store)
         .push(" AND origin = 'store' AND seq IN (");
-    let mut sep = q.separated(", ");
-    for s in seqs {
-        sep.push_bind(*s);
-    }
-    q.push(")");
+    push_in(&mut q, seqs.iter().copied());
     for row in q.build().fetch_all(&mut **tx).await? {
         let id: String = row.try_get("id")?;
         if let Ok(id) = uuid::Uuid::parse_str(&id) {
@@ -609,13 +1008,19 @@ async fn applied_ids(
 
 /// Adds one movement to the batch's ledger. A count's delta is worked out here against
 /// the hub's view (DESIGN §4): on-hand less the hub-origin deltas the store had not seen.
+/// A void moves nothing.
 async fn add_to_ledger(
     tx: &mut Transaction<'_, MySql>,
     ledger: &mut Ledger,
-    envelope: Envelope,
+    admitted: Admitted,
 ) -> Result<(), sqlx::Error> {
+    let envelope = &admitted.envelope;
     let key = (envelope.store.to_string(), envelope.sku.to_string());
     let mut delta = envelope.delta;
+    if envelope.kind == Kind::Void {
+        ledger.rows.push((admitted, 0));
+        return Ok(());
+    }
     if let (Kind::Count, Some(counted)) = (envelope.kind, envelope.counted) {
         let on_hand: Option<i64> =
             sqlx::query_scalar("SELECT on_hand FROM stock WHERE store = ? AND sku = ?")
@@ -634,20 +1039,24 @@ async fn add_to_ledger(
         .await?;
         let pending_in_batch = ledger.stock.get(&key).copied().unwrap_or(0);
         let view = on_hand.unwrap_or(0) + pending_in_batch - unseen;
-        delta = counted - view;
+        delta = bazaar_shared::envelope::count_delta(counted, view);
         if delta != envelope.delta {
             tracing::info!(store = %key.0, sku = %key.1, agent_delta = envelope.delta, hub_delta = delta,
                 "count delta differs between agent and hub views; the hub's view applies");
         }
     }
-    *ledger.stock.entry(key.clone()).or_insert(0) += delta;
+    // Checked: an overflow is this message's error (isolated and parked), never a panic.
+    let slot = ledger.stock.entry(key.clone()).or_insert(0);
+    *slot = slot.checked_add(delta).ok_or_else(|| {
+        sqlx::Error::Encode(format!("stock of {}/{} would overflow", key.0, key.1).into())
+    })?;
     if matches!(envelope.kind, Kind::Sale | Kind::Return) {
         *ledger
             .sales
             .entry((key.0, key.1, envelope.occurred_at.date_naive()))
-            .or_insert(0) += -delta;
+            .or_insert(0) -= delta;
     }
-    ledger.rows.push((envelope, delta));
+    ledger.rows.push((admitted, delta));
     Ok(())
 }
 
@@ -660,9 +1069,10 @@ async fn write_ledger(
 ) -> Result<(), sqlx::Error> {
     for chunk in ledger.rows.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO movements (store, origin, seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store, from_store, occurred_at, received_at) ",
+            "INSERT INTO movements (store, origin, seq, id, kind, sku, delta, counted, hub_watermark, reason, ref, to_store, from_store, voids, occurred_at, reported_occurred_at, received_at) ",
         );
-        q.push_values(chunk, |mut b, (e, delta)| {
+        q.push_values(chunk, |mut b, (a, delta)| {
+            let e = &a.envelope;
             b.push_bind(e.store.as_str())
                 .push_bind(e.origin.as_str())
                 .push_bind(e.seq)
@@ -676,7 +1086,9 @@ async fn write_ledger(
                 .push_bind(e.reference.as_deref())
                 .push_bind(e.to_store.as_ref().map(|s| s.as_str()))
                 .push_bind(e.from_store.as_ref().map(|s| s.as_str()))
+                .push_bind(e.voids.map(|v| v.to_string()))
                 .push_bind(e.occurred_at)
+                .push_bind(a.reported_occurred_at.as_deref())
                 .push_bind(now);
         });
         q.build().execute(&mut **tx).await?;
@@ -693,6 +1105,7 @@ async fn write_ledger(
                 .push_bind(1i64)
                 .push_bind(now);
         });
+        // The table's CHECK bounds on_hand: a movement past it fails here and is isolated.
         q.push(" ON DUPLICATE KEY UPDATE on_hand = on_hand + VALUES(on_hand), version = version + 1, updated_at = VALUES(updated_at)");
         q.build().execute(&mut **tx).await?;
     }

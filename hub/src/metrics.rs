@@ -284,8 +284,61 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         &mut out,
         "bazaar_hub_movements_parked_total",
         "counter",
-        "Movements parked (bad signature, unknown store, malformed).",
+        "Movements parked (bad signature, unknown store, malformed, conflict, id reused, too far ahead, failed on their own).",
         parked,
+    );
+    let [isolations, capped, transient] = hub.ingest.more_totals();
+    scalar(
+        &mut out,
+        "bazaar_hub_ingest_isolations_total",
+        "counter",
+        "Sub-batches split off to find a message that fails on its own (it is then parked).",
+        isolations,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_transfer_notices_capped_total",
+        "counter",
+        "Expected-transfer notices not sent: one store passed BAZAAR_HUB_MAX_TRANSFER_NOTICES_PER_DAY for another.",
+        capped,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_ingest_transient_failures_total",
+        "counter",
+        "Batches tried again because the database was away or busy.",
+        transient,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_ingest_running",
+        "gauge",
+        "1 while this hub's consumer loop runs.",
+        u8::from(
+            hub.ingest
+                .running
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    );
+    let last = hub
+        .ingest
+        .last_batch_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if last > 0 {
+        scalar(
+            &mut out,
+            "bazaar_hub_ingest_last_batch_age_seconds",
+            "gauge",
+            "Seconds since this hub last applied a batch.",
+            (chrono::Utc::now().timestamp_millis() - last as i64).max(0) as f64 / 1000.0,
+        );
+    }
+    scalar(
+        &mut out,
+        "bazaar_hub_max_held_ahead",
+        "gauge",
+        "BAZAAR_HUB_MAX_HELD_AHEAD: messages further ahead of a store's applied seq are parked.",
+        hub.config.limits.max_held_ahead,
     );
     out
 }

@@ -484,10 +484,19 @@ pub struct ParkedEvent {
     pub store: Option<String>,
     pub seq: Option<u64>,
     pub event_id: Option<String>,
-    /// bad_signature, conflict, unknown_store, malformed, ...
+    /// bad_signature, conflict, unknown_store, malformed, id_reused, too_far_ahead,
+    /// apply_failed, unexpected_origin
     pub reason: String,
     pub detail: String,
-    /// The message as received, when it is UTF-8 (it is JSON when well formed).
+    /// The hub consumed this message's seq with a void: the store's later movements were
+    /// applied, this one is in neither figure (the agent parks its own copy).
+    pub consumed: bool,
+    /// The message's full length in bytes; `payload` keeps at most its first 4 KiB.
+    pub payload_len: u64,
+    /// SHA-256 of the whole message, hex.
+    pub payload_sha256: Option<String>,
+    /// The message as received (its first 4 KiB), when it is UTF-8 (it is JSON when well
+    /// formed).
     pub payload: Option<String>,
     /// The message in standard base64 when it is not UTF-8.
     pub payload_base64: Option<String>,
@@ -513,7 +522,7 @@ pub async fn parked_page(
         None => None,
     };
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT id, store, seq, event_id, reason, detail, payload, topic, kafka_partition, kafka_offset, parked_at, resolved_at FROM parked_events WHERE TRUE",
+        "SELECT id, store, seq, event_id, reason, detail, consumed_seq, payload_len, payload_sha256, payload, topic, kafka_partition, kafka_offset, parked_at, resolved_at FROM parked_events WHERE TRUE",
     );
     if let Some(store) = store {
         q.push(" AND store = ").push_bind(store.to_owned());
@@ -543,6 +552,9 @@ pub async fn parked_page(
                 event_id: r.try_get("event_id")?,
                 reason: r.try_get("reason")?,
                 detail: r.try_get("detail")?,
+                consumed: r.try_get("consumed_seq")?,
+                payload_len: r.try_get("payload_len")?,
+                payload_sha256: r.try_get("payload_sha256")?,
                 payload,
                 payload_base64,
                 topic: r.try_get("topic")?,

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazaar_shared::kafka::base_config;
+use bazaar_shared::kafka::{idempotent_producer, KafkaProperties};
 use bazaar_shared::partition::partition_for_key;
 use bazaar_shared::Topics;
 use futures::future::join_all;
@@ -101,6 +101,7 @@ pub struct Relay {
     pool: MySqlPool,
     redis: Arc<RedisLink>,
     brokers: String,
+    properties: KafkaProperties,
     topic: String,
     holder: String,
     stats: Arc<RelayStats>,
@@ -111,6 +112,7 @@ impl Relay {
         pool: MySqlPool,
         redis: Arc<RedisLink>,
         brokers: &str,
+        properties: &KafkaProperties,
         topic_prefix: &str,
         holder: &str,
         stats: Arc<RelayStats>,
@@ -118,6 +120,7 @@ impl Relay {
         Relay {
             pool,
             redis,
+            properties: properties.clone(),
             brokers: brokers.to_owned(),
             topic: Topics::with_prefix(topic_prefix).store_commands,
             holder: holder.to_owned(),
@@ -220,7 +223,7 @@ impl Relay {
                         continue;
                     }
                 },
-                None => match connect(&self.brokers, &self.topic).await {
+                None => match connect(&self.brokers, &self.properties, &self.topic).await {
                     Ok((p, n)) => (p, n, Instant::now()),
                     Err(e) => {
                         tracing::warn!(error = %e, "relay cannot reach the broker");
@@ -338,13 +341,12 @@ async fn pause(
     *lost.borrow() || *stop.borrow()
 }
 
-fn producer(brokers: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    base_config(brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
+fn producer(
+    brokers: &str,
+    properties: &KafkaProperties,
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    idempotent_producer(brokers, properties, Duration::from_secs(15))
         .set("linger.ms", "2")
-        .set("message.timeout.ms", "15000")
         .create()
 }
 
@@ -371,8 +373,13 @@ async fn partition_count(producer: &FutureProducer, topic: &str) -> Result<i32, 
 }
 
 /// A fresh producer and the topic's partition count, once the broker answers.
-async fn connect(brokers: &str, topic: &str) -> Result<(FutureProducer, i32), String> {
-    let producer = producer(brokers).map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+async fn connect(
+    brokers: &str,
+    properties: &KafkaProperties,
+    topic: &str,
+) -> Result<(FutureProducer, i32), String> {
+    let producer = producer(brokers, properties)
+        .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
     let n = partition_count(&producer, topic).await?;
     Ok((producer, n))
 }

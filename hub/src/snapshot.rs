@@ -85,14 +85,21 @@ pub enum ProbeError {
 /// it causes no rebalance of the instances that do the consuming.
 pub struct ConsumedProbe {
     brokers: String,
+    properties: bazaar_shared::kafka::KafkaProperties,
     group: String,
     topic: String,
     client: Mutex<Option<Arc<BaseConsumer>>>,
 }
 
 impl ConsumedProbe {
-    pub fn new(brokers: &str, group: &str, movements_topic: &str) -> Self {
+    pub fn new(
+        brokers: &str,
+        properties: &bazaar_shared::kafka::KafkaProperties,
+        group: &str,
+        movements_topic: &str,
+    ) -> Self {
         Self {
+            properties: properties.clone(),
             brokers: brokers.to_owned(),
             group: group.to_owned(),
             topic: movements_topic.to_owned(),
@@ -105,10 +112,13 @@ impl ConsumedProbe {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let consumer: BaseConsumer = base_config(&self.brokers)
+        let mut config = base_config(&self.brokers);
+        config
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.offset.store", "false");
+        self.properties.apply(&mut config);
+        let consumer: BaseConsumer = config
             .create()
             .map_err(|e| ProbeError::Broker(e.to_string()))?;
         let consumer = Arc::new(consumer);

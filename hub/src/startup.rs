@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazaar_shared::kafka::ensure_topics;
+use bazaar_shared::kafka::ensure_topics_with;
 use bazaar_shared::topics::DEFAULT_PARTITIONS;
 use bazaar_shared::Topics;
 use sqlx::MySqlPool;
@@ -25,7 +25,13 @@ use crate::replica::ReadRouter;
 
 pub struct Hub {
     pub config: HubConfig,
+    /// The primary, for the API's writes and the intelligence jobs.
     pub pool: MySqlPool,
+    /// The primary, for ingest alone: a burst of API traffic never starves it (and the
+    /// reverse).
+    pub ingest_pool: MySqlPool,
+    /// The primary, for the outbox relay alone.
+    pub relay_pool: MySqlPool,
     pub ingest: IngestCounters,
     pub redis: Arc<RedisLink>,
     pub cache: StockCache,
@@ -68,6 +74,12 @@ impl Hub {
 #[derive(Clone, Default)]
 pub struct IngestCounters {
     inner: Arc<[AtomicU64; 4]>,
+    /// Isolations, capped transfer notices, transient failures.
+    more: Arc<[AtomicU64; 3]>,
+    /// The consumer loop is running (set by `consume`, cleared when it ends).
+    pub running: Arc<std::sync::atomic::AtomicBool>,
+    /// Unix milliseconds of the last batch applied (0: none yet).
+    pub last_batch_ms: Arc<AtomicU64>,
     lag: crate::metrics::IngestLag,
 }
 
@@ -78,6 +90,21 @@ impl IngestCounters {
         add(1, outcome.duplicates);
         add(2, outcome.held);
         add(3, outcome.parked);
+        self.more[0].fetch_add(outcome.isolations as u64, Ordering::Relaxed);
+        self.more[1].fetch_add(outcome.transfer_notices_capped, Ordering::Relaxed);
+        self.last_batch_ms.store(
+            chrono::Utc::now().timestamp_millis().max(0) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn transient_failure(&self) {
+        self.more[2].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (isolations, transfer notices capped, transient failures) since start.
+    pub fn more_totals(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.more[i].load(Ordering::Relaxed))
     }
 
     /// Ingest lag per partition, sampled by the consumer's statistics.
@@ -100,6 +127,14 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
     } else {
         pool
     };
+    let ingest_pool = db::connect(config.mysql_url.expose(), 4).await?;
+    let relay_pool = db::connect(config.mysql_url.expose(), 2).await?;
+    let api_reads = db::connect_with_timeout(
+        config.mysql_url.expose(),
+        pool_size,
+        Duration::from_millis(config.api_statement_timeout_ms),
+    )
+    .await?;
     let redis = Arc::new(RedisLink::new(&config.redis_url, &config.redis_prefix)?);
     let cache = StockCache::new(
         redis.clone(),
@@ -110,13 +145,14 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
     // an error: the link warns once and keeps retrying in the background.
     redis.connect().await;
     let reads = ReadRouter::new(
-        pool.clone(),
+        api_reads,
         config.mysql_replica_url.as_ref().map(|u| u.expose()),
         Duration::from_millis(config.replica_max_lag_ms),
         redis.clone(),
     )?;
     let consumed = Arc::new(crate::snapshot::ConsumedProbe::new(
         &config.kafka_brokers,
+        &config.kafka_properties,
         &config.kafka_group,
         &Topics::with_prefix(&config.topic_prefix).movements,
     ));
@@ -130,6 +166,8 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         forecasts,
         config,
         pool,
+        ingest_pool,
+        relay_pool,
         ingest: IngestCounters::default(),
         redis,
         cache,
@@ -150,13 +188,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let hub = build(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer_task = tokio::spawn(consume(hub.clone(), stop_rx.clone()));
+    let consumer_task = tokio::spawn(supervise_ingest(hub.clone(), stop_rx.clone()));
     let intelligence_tasks = spawn_intelligence(&hub, &stop_rx);
     let relay_task = tokio::spawn(
         crate::relay::Relay::new(
-            hub.pool.clone(),
+            hub.relay_pool.clone(),
             hub.redis.clone(),
             &hub.config.kafka_brokers,
+            &hub.config.kafka_properties,
             &hub.config.topic_prefix,
             &instance_name(),
             hub.relay.clone(),
@@ -181,6 +220,8 @@ pub async fn run(
     }
     let _ = server.await;
     hub.pool.close().await;
+    hub.ingest_pool.close().await;
+    hub.relay_pool.close().await;
     Ok(())
 }
 
@@ -217,7 +258,7 @@ fn spawn_intelligence(
         Duration::from_secs(30),
         stop.clone(),
     )));
-    match crate::alerting::producer(&hub.config.kafka_brokers) {
+    match crate::alerting::producer(&hub.config.kafka_brokers, &hub.config.kafka_properties) {
         Ok(producer) => {
             let lease = Lease::new(
                 hub.redis.clone(),
@@ -240,6 +281,22 @@ fn spawn_intelligence(
     tasks
 }
 
+/// Runs ingest; a panic that escapes it (ingest isolates the panics of a batch's own data,
+/// so this is a bug) ends the process non-zero, for its supervisor (systemd, Kubernetes)
+/// to start it again, rather than leaving a hub that serves HTTP and applies nothing.
+async fn supervise_ingest(hub: Arc<Hub>, stop: watch::Receiver<bool>) {
+    let running = hub.ingest.running.clone();
+    let task = tokio::spawn(consume(hub, stop));
+    if let Err(e) = task.await {
+        running.store(false, Ordering::Relaxed);
+        if e.is_panic() {
+            tracing::error!(error = %e, "ingest panicked; exiting so that the supervisor restarts the hub");
+            std::process::exit(70);
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+}
+
 async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
     let topics = Topics::with_prefix(&hub.config.topic_prefix);
     let brokers = hub.config.kafka_brokers.clone();
@@ -249,7 +306,7 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         // librdkafka's request timeout, and shutdown must not wait with it.
         let names = topics.all();
         let created = tokio::select! {
-            created = ensure_topics(&brokers, &names, DEFAULT_PARTITIONS, 1) => created,
+            created = ensure_topics_with(&brokers, &hub.config.kafka_properties, &names, DEFAULT_PARTITIONS, 1) => created,
             _ = stop.wait_for(|s| *s) => return,
         };
         match created {
@@ -262,27 +319,34 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    let consumer =
-        match ingest::consumer(&brokers, &hub.config.kafka_group, hub.ingest.lag().clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the Kafka consumer");
-                return;
-            }
-        };
+    let consumer = match ingest::consumer(
+        &brokers,
+        &hub.config.kafka_properties,
+        &hub.config.kafka_group,
+        hub.ingest.lag().clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the Kafka consumer");
+            return;
+        }
+    };
     if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()])
     {
         tracing::error!(error = %e, topic = %topics.movements, "cannot subscribe");
         return;
     }
-    tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group, "ingest started");
+    tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group,
+        kafka_properties = %hub.config.kafka_properties.describe(), "ingest started");
+    hub.ingest.running.store(true, Ordering::Relaxed);
     ingest::run(
         consumer,
-        hub.pool.clone(),
+        hub.ingest_pool.clone(),
         stop,
         hub.ingest.clone(),
         hub.cache.clone(),
         hub.alerting.clone(),
+        hub.config.limits,
     )
     .await;
 }

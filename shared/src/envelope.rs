@@ -23,6 +23,13 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 pub const MAX_QUANTITY: i64 = 1_000_000_000_000;
 pub const MAX_REF_LEN: usize = 128;
 
+/// DESIGN §4's count rule, the one place it is written: a count's delta is what was
+/// counted less the on-hand the counting side saw (`view`). Both sides bound their
+/// figures by [`MAX_QUANTITY`], so this never overflows; saturating all the same.
+pub fn count_delta(counted: i64, view: i64) -> i64 {
+    counted.saturating_sub(view)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
@@ -49,9 +56,13 @@ pub enum Kind {
     Count,
     TransferOut,
     TransferIn,
+    /// Consumes a seq whose original movement could not be delivered or was refused (it
+    /// is parked, named by `voids`); moves no stock. Never posted by a client.
+    Void,
 }
 
 impl Kind {
+    /// The kinds a till or HQ records; `Void` is only ever made by the agent's outbox.
     pub const ALL: [Kind; 7] = [
         Kind::Sale,
         Kind::Return,
@@ -71,20 +82,23 @@ impl Kind {
             Kind::Count => "count",
             Kind::TransferOut => "transfer_out",
             Kind::TransferIn => "transfer_in",
+            Kind::Void => "void",
         }
     }
 
+    /// A recordable kind by its wire name; `void` is not one.
     pub fn parse(raw: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == raw)
     }
 
     /// The sign a positive quantity of this kind takes: -1 for stock leaving, +1 for stock
-    /// arriving, `None` where the caller gives the signed delta (adjustment) or a count.
+    /// arriving, `None` where the caller gives the signed delta (adjustment), a count or a
+    /// void.
     pub fn sign_of_quantity(self) -> Option<i64> {
         match self {
             Kind::Sale | Kind::TransferOut => Some(-1),
             Kind::Return | Kind::Receipt | Kind::TransferIn => Some(1),
-            Kind::Adjustment | Kind::Count => None,
+            Kind::Adjustment | Kind::Count | Kind::Void => None,
         }
     }
 }
@@ -163,6 +177,9 @@ pub struct Envelope {
     pub to_store: Option<StoreId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_store: Option<StoreId>,
+    /// On a `void` only: the id of the parked movement whose seq it consumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voids: Option<Uuid>,
 }
 
 mod rfc3339 {
@@ -223,6 +240,25 @@ impl Envelope {
             reason: None,
             to_store: None,
             from_store: None,
+            voids: None,
+        }
+    }
+
+    /// The void that consumes `original`'s seq: same store, seq and sku, a fresh id, no
+    /// stock moved.
+    pub fn void_of(original: &Envelope) -> Envelope {
+        Envelope {
+            voids: Some(original.id),
+            hub_watermark: original.hub_watermark,
+            occurred_at: original.occurred_at,
+            ..Envelope::movement(
+                original.store.clone(),
+                original.origin,
+                original.seq,
+                Kind::Void,
+                original.sku.clone(),
+                0,
+            )
         }
     }
 
@@ -250,6 +286,25 @@ impl Envelope {
             }
         }
         let kind = self.kind.as_str();
+        if self.kind == Kind::Void {
+            return match (
+                self.voids,
+                self.delta,
+                self.counted,
+                self.reason,
+                &self.to_store,
+                &self.from_store,
+            ) {
+                (Some(_), 0, None, None, None, None) => Ok(()),
+                (None, ..) => bad("a void names the parked movement in `voids`".into()),
+                _ => bad(
+                    "a void moves no stock: delta 0 and no counted, reason or other store".into(),
+                ),
+            };
+        }
+        if self.voids.is_some() {
+            return bad(format!("a {kind} does not carry `voids`"));
+        }
         match self.kind {
             Kind::Count => match self.counted {
                 Some(c) if (0..=MAX_QUANTITY).contains(&c) => {}
@@ -367,7 +422,52 @@ mod tests {
             reason: None,
             to_store: None,
             from_store: None,
+            voids: None,
         }
+    }
+
+    #[test]
+    fn a_void_consumes_the_seq_and_names_the_original() {
+        let key = SigningKey::generate();
+        let original = sale();
+        let void = Envelope::void_of(&original);
+        assert_eq!((void.seq, void.kind, void.delta), (1234, Kind::Void, 0));
+        assert_eq!(void.voids, Some(original.id));
+        assert_ne!(void.id, original.id);
+        let bytes = void.to_signed_bytes(&key).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(&format!(r#""voids":"{}""#, original.id)),
+            "{text}"
+        );
+        let received = Envelope::decode(&bytes).unwrap();
+        assert!(received.verify(&key));
+        assert_eq!(received.envelope, void);
+        // A movement never carries `voids`, and a void moves nothing.
+        assert!(!String::from_utf8(original.to_signed_bytes(&key).unwrap())
+            .unwrap()
+            .contains("voids"));
+        for bad in [
+            Envelope {
+                voids: None,
+                ..void.clone()
+            },
+            Envelope {
+                delta: -1,
+                ..void.clone()
+            },
+            Envelope {
+                counted: Some(1),
+                ..void.clone()
+            },
+            Envelope {
+                voids: Some(original.id),
+                ..sale()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert_eq!(Kind::parse("void"), None, "no client records a void");
     }
 
     #[test]

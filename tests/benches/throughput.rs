@@ -534,6 +534,7 @@ fn backlog_envelope(
         reason,
         to_store: None,
         from_store: None,
+        voids: None,
     })
 }
 
