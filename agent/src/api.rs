@@ -153,8 +153,14 @@ fn local_only(agent: Arc<Agent>) -> impl Filter<Extract = ((),), Error = Rejecti
 /// Equal secrets, in time that does not depend on where they differ: the digests are
 /// compared byte by byte without stopping early.
 fn same_secret(given: &str, expected: &str) -> bool {
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn with_agent(
@@ -527,7 +533,7 @@ mod tests {
             .method("POST")
             .path("/v1/movements")
             .header("content-type", "application/json")
-            .body(body.to_owned());
+            .body(body);
         if let Some(k) = key {
             request = request.header("idempotency-key", k);
         }
@@ -883,5 +889,316 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    /// A request exactly as given: method, path, headers and body, nothing added.
+    async fn raw(
+        agent: &Arc<Agent>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut request = warp::test::request().method(method).path(path).body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.reply(&routes(agent.clone())).await;
+        (
+            response.status().as_u16(),
+            serde_json::from_slice(response.body()).unwrap_or_default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn movements_past_the_wire_bounds_get_422_and_nothing_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        let (status, _) = post(
+            &agent,
+            None,
+            r#"{"kind":"receipt","sku":"A","qty":1000000000000}"#,
+        )
+        .await;
+        assert_eq!(status, 201, "exactly MAX_QUANTITY is fine");
+        let (status, error) = post(&agent, None, r#"{"kind":"receipt","sku":"A","qty":1}"#).await;
+        assert_eq!(status, 422, "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("on-hand")
+                && message.contains("1000000000001")
+                && message.contains("nothing was recorded"),
+            "{message}"
+        );
+        // From -MAX_QUANTITY, a count of 1 would move MAX_QUANTITY + 1 units.
+        let (status, _) = post(
+            &agent,
+            None,
+            r#"{"kind":"sale","sku":"B","qty":1000000000000}"#,
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, error) = post(&agent, None, r#"{"kind":"count","sku":"B","counted":1}"#).await;
+        assert_eq!(status, 422, "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("1000000000001") && message.contains("count"),
+            "{message}"
+        );
+        let (status, _) = post(&agent, None, r#"{"kind":"sale","sku":"B","qty":1}"#).await;
+        assert_eq!(
+            status, 422,
+            "the on-hand may not go below -MAX_QUANTITY either"
+        );
+        let (status, _) = post(&agent, None, r#"{"kind":"count","sku":"A","counted":0}"#).await;
+        assert_eq!(status, 201, "a count within the bounds is recorded");
+        assert_eq!(
+            pending(&agent).await,
+            3,
+            "the refused ones recorded nothing"
+        );
+        let stock = |sku: &'static str| {
+            let agent = agent.clone();
+            async move {
+                let conn = ledger::open(&agent.config.database_path()).unwrap();
+                ledger::stock_of(&conn, &Sku::parse(sku).unwrap())
+                    .unwrap()
+                    .unwrap()
+                    .on_hand
+            }
+        };
+        assert_eq!((stock("A").await, stock("B").await), (0, -MAX_QUANTITY));
+        // Every accepted row goes on the wire.
+        let conn = ledger::open(&agent.config.database_path()).unwrap();
+        for row in ledger::pending_batch(&conn, 10).unwrap() {
+            row.envelope(&agent.config.store)
+                .to_signed_bytes(&agent.config.key)
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_till_can_never_post_a_void() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        let (status, error) = post(&agent, None, r#"{"kind":"void","sku":"A","qty":1}"#).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (422, Some("invalid")),
+            "{error}"
+        );
+        assert_eq!(pending(&agent).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_hostile_web_page_records_nothing_and_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        let sale = r#"{"kind":"sale","sku":"A","qty":5}"#;
+        let host = ("host", "127.0.0.1:7171");
+        type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+        let cases: &[Case<'_>] = &[
+            // fetch(url, {method: "POST", mode: "no-cors", body: JSON.stringify(sale)})
+            (
+                "POST",
+                "/v1/movements",
+                vec![
+                    host,
+                    ("content-type", "text/plain;charset=UTF-8"),
+                    ("origin", "https://evil.example"),
+                ],
+                sale,
+                403,
+            ),
+            // The same from a page whose origin is opaque (sandboxed iframe, file:).
+            (
+                "POST",
+                "/v1/movements",
+                vec![
+                    host,
+                    ("content-type", "text/plain;charset=UTF-8"),
+                    ("origin", "null"),
+                ],
+                sale,
+                403,
+            ),
+            // A plain HTML form, and one with no Origin (an old browser): the body type alone refuses it.
+            (
+                "POST",
+                "/v1/movements",
+                vec![
+                    host,
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", "https://evil.example"),
+                ],
+                "kind=sale&sku=A&qty=5",
+                403,
+            ),
+            (
+                "POST",
+                "/v1/movements",
+                vec![host, ("content-type", "application/x-www-form-urlencoded")],
+                sale,
+                415,
+            ),
+            (
+                "POST",
+                "/v1/movements",
+                vec![host, ("content-type", "text/plain")],
+                sale,
+                415,
+            ),
+            (
+                "POST",
+                "/v1/movements",
+                vec![host, ("content-type", "multipart/form-data; boundary=x")],
+                sale,
+                415,
+            ),
+            ("POST", "/v1/movements", vec![host], sale, 415),
+            // DNS rebinding: evil.example now resolves to 127.0.0.1; same-origin to the page.
+            (
+                "POST",
+                "/v1/movements",
+                vec![
+                    ("host", "evil.example:7171"),
+                    ("content-type", "application/json"),
+                    ("origin", "http://evil.example:7171"),
+                ],
+                sale,
+                421,
+            ),
+            (
+                "GET",
+                "/v1/status",
+                vec![("host", "evil.example:7171")],
+                "",
+                421,
+            ),
+            ("GET", "/v1/stock", vec![("host", "evil.example")], "", 421),
+            (
+                "GET",
+                "/v1/stock/A",
+                vec![
+                    ("host", "evil.example:7171"),
+                    ("origin", "http://evil.example:7171"),
+                ],
+                "",
+                421,
+            ),
+            (
+                "GET",
+                "/v1/alerts",
+                vec![("host", "127.0.0.1.evil.example:7171")],
+                "",
+                421,
+            ),
+            (
+                "GET",
+                "/healthz",
+                vec![("host", "evil.example:7171")],
+                "",
+                421,
+            ),
+            ("GET", "/v1/status", vec![], "", 421),
+            // A cross-site read with the right Host (the browser would hide the answer,
+            // but the request is refused outright).
+            (
+                "GET",
+                "/v1/status",
+                vec![host, ("origin", "https://evil.example")],
+                "",
+                403,
+            ),
+            (
+                "GET",
+                "/v1/status",
+                vec![host, ("origin", "http://127.0.0.1:7172")],
+                "",
+                403,
+            ),
+        ];
+        for (method, path, headers, body, expected) in cases {
+            let (status, error) = raw(&agent, method, path, headers, body).await;
+            assert_eq!(status, *expected, "{method} {path} {headers:?}: {error}");
+            assert!(
+                error["error"]["code"].is_string()
+                    && error["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty()),
+                "{method} {path} {headers:?}: a JSON error, got {error}"
+            );
+        }
+        assert_eq!(pending(&agent).await, 0, "nothing was recorded");
+        // The agent's own origins and JSON with parameters still work.
+        for (host, origin) in [
+            ("127.0.0.1:7171", Some("http://127.0.0.1:7171")),
+            ("localhost:7171", Some("http://localhost:7171")),
+            ("[::1]:7171", None),
+            ("LOCALHOST:7171", None),
+            ("127.0.0.1", None),
+        ] {
+            let mut headers = vec![
+                ("host", host),
+                ("content-type", "application/json; charset=utf-8"),
+            ];
+            if let Some(o) = origin {
+                headers.push(("origin", o));
+            }
+            let (status, reply) = raw(
+                &agent,
+                "POST",
+                "/v1/movements",
+                &headers,
+                r#"{"kind":"receipt","sku":"A","qty":1}"#,
+            )
+            .await;
+            assert_eq!(status, 201, "{host} {origin:?}: {reply}");
+        }
+        assert_eq!(pending(&agent).await, 5);
+    }
+
+    #[test]
+    fn a_listener_on_every_interface_answers_any_host_but_only_its_own_origin() {
+        let any: std::net::SocketAddr = "0.0.0.0:7171".parse().unwrap();
+        let post = warp::http::Method::POST;
+        let json = Some("application/json");
+        assert!(check_local(any, &post, Some("till-pc.store.local:7171"), None, json).is_ok());
+        assert!(check_local(
+            any,
+            &post,
+            Some("10.1.2.3:7171"),
+            Some("http://10.1.2.3:7171"),
+            json
+        )
+        .is_ok());
+        assert_eq!(
+            check_local(
+                any,
+                &post,
+                Some("10.1.2.3:7171"),
+                Some("https://evil.example"),
+                json
+            )
+            .unwrap_err()
+            .status,
+            StatusCode::FORBIDDEN
+        );
+        let lan: std::net::SocketAddr = "10.1.2.3:7171".parse().unwrap();
+        assert!(check_local(lan, &post, Some("10.1.2.3:7171"), None, json).is_ok());
+        assert_eq!(
+            check_local(lan, &post, Some("evil.example:7171"), None, json)
+                .unwrap_err()
+                .status,
+            StatusCode::MISDIRECTED_REQUEST
+        );
+    }
+
+    #[test]
+    fn the_local_token_is_compared_whole() {
+        assert!(same_secret("till-secret", "till-secret"));
+        assert!(!same_secret("till-secre", "till-secret"));
+        assert!(!same_secret("till-secreT", "till-secret"));
+        assert!(!same_secret("", "till-secret"));
     }
 }

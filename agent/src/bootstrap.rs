@@ -856,4 +856,41 @@ mod tests {
             Err(InstallError::HubBehind { local: 3, hub: 1 })
         ));
     }
+
+    #[test]
+    fn a_diverged_copy_keeps_its_unsent_movements_and_renumbers_them_after_the_hub() {
+        let conn = db();
+        install(&conn, &snapshot(0, 0, &[]), NOW).unwrap();
+        for _ in 0..3 {
+            record(&conn, Kind::Receipt, "A", Quantity::Delta(10));
+        }
+        ledger::mark_sent(&conn, &[1, 2, 3], NOW).unwrap();
+        ledger::mark_acked(&conn, 3, NOW).unwrap();
+        // Restored from this state while another copy went on to seq 8; tills kept selling.
+        let sold = [
+            record(&conn, Kind::Sale, "A", Quantity::Delta(-2)),
+            record(&conn, Kind::Count, "B", Quantity::Counted(4)),
+        ];
+        assert_eq!(sold, [4, 5]);
+        ledger::mark_diverged(&conn, "the hub applied seq 8").unwrap();
+        request_resnapshot(&conn).unwrap();
+        let installed = install(&conn, &snapshot(8, 0, &[("A", 25), ("B", 1)]), NOW).unwrap();
+        assert_eq!((installed.shift, installed.replayed), (5, 2));
+        let rows = ledger::pending_batch(&conn, 10).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.seq, r.kind, r.delta))
+                .collect::<Vec<_>>(),
+            [(9, Kind::Sale, -2), (10, Kind::Count, 3)],
+            "after the hub's last seq, in order; the count re-taken against the snapshot"
+        );
+        let expected: HashMap<String, i64> = [("A".into(), 23), ("B".into(), 4)].into();
+        assert_eq!(stock(&conn), expected);
+        assert_eq!(ledger::diverged(&conn).unwrap(), None, "sending may resume");
+        assert!(crate::housekeeping::alerts(&conn, false, 10)
+            .unwrap()
+            .iter()
+            .all(|a| a.kind != ledger::DIVERGED_ALERT));
+        assert_eq!(record(&conn, Kind::Sale, "A", Quantity::Delta(-1)), 11);
+    }
 }

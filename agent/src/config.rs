@@ -88,7 +88,8 @@ impl KafkaProperties {
         file: &BTreeMap<String, String>,
         env: &[(String, String)],
     ) -> anyhow::Result<KafkaProperties> {
-        let mut pairs: Vec<(String, String)> = file.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut pairs: Vec<(String, String)> =
+            file.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in env {
             pairs.retain(|(key, _)| key != k);
             pairs.push((k.clone(), v.clone()));
@@ -130,7 +131,10 @@ impl KafkaProperties {
             .iter()
             .map(|(k, _)| {
                 let lower = k.to_ascii_lowercase();
-                if ["password", "secret", "key", "token"].iter().any(|w| lower.contains(w)) {
+                if ["password", "secret", "key", "token"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
                     format!("{k}=<redacted>")
                 } else {
                     k.clone()
@@ -308,7 +312,10 @@ mod tests {
     fn kafka_properties_reach_every_client_config_and_never_print() {
         let mut with_table = file();
         with_table.kafka = [
-            ("security.protocol".to_string(), "SASL_PLAINTEXT".to_string()),
+            (
+                "security.protocol".to_string(),
+                "SASL_PLAINTEXT".to_string(),
+            ),
             ("sasl.mechanism".to_string(), "SCRAM-SHA-256".to_string()),
         ]
         .into();
@@ -320,12 +327,19 @@ mod tests {
         .unwrap();
         let client = cfg.kafka_config();
         assert_eq!(client.get("security.protocol"), Some("SASL_PLAINTEXT"));
-        assert_eq!(client.get("sasl.mechanism"), Some("PLAIN"), "the environment wins");
+        assert_eq!(
+            client.get("sasl.mechanism"),
+            Some("PLAIN"),
+            "the environment wins"
+        );
         assert_eq!(client.get("sasl.username"), Some("store1"));
         assert_eq!(client.get("sasl.password"), Some("pa=ss-w0rd"));
         assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
         let shown = format!("{cfg:?} {}", cfg.kafka_properties.describe());
-        assert!(!shown.contains("pa=ss") && !shown.contains("w0rd"), "{shown}");
+        assert!(
+            !shown.contains("pa=ss") && !shown.contains("w0rd"),
+            "{shown}"
+        );
         assert!(shown.contains("sasl.password=<redacted>"), "{shown}");
         assert!(shown.contains("security.protocol"), "{shown}");
     }
@@ -337,7 +351,10 @@ mod tests {
         })
         .unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("securty.protocol") && text.contains("librdkafka"), "{text}");
+        assert!(
+            text.contains("securty.protocol") && text.contains("librdkafka"),
+            "{text}"
+        );
         let err = AgentConfig::from_layers(file(), "/d".into(), |name| {
             (name == "BAZAAR_AGENT_KAFKA_PROPERTIES").then(|| "sasl.password".into())
         })

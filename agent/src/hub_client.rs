@@ -44,6 +44,10 @@ pub struct HubParked {
     pub reason: String,
     #[serde(default)]
     pub detail: String,
+    /// The hub consumed this message's seq with a void of its own (absent from a hub that
+    /// predates voids).
+    #[serde(default)]
+    pub consumed: Option<bool>,
 }
 
 #[derive(Clone)]
@@ -65,7 +69,10 @@ impl HubClient {
         Ok(Self {
             http,
             url: format!("{}/v1/stores/{}", config.hub_url, config.store),
-            parked_url: format!("{}/v1/parked?store={}&limit=1000", config.hub_url, config.store),
+            parked_url: format!(
+                "{}/v1/parked?store={}&limit=1000",
+                config.hub_url, config.store
+            ),
             token: config.token.expose().to_owned(),
         })
     }

@@ -651,7 +651,16 @@ pub fn void_row(
             "SELECT id, kind, sku, delta, counted, ref FROM movements
              WHERE origin = 'store' AND seq = ?1 AND kind <> 'void'",
             [seq],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )
         .optional()?;
     let Some((id, kind, sku, delta, counted, reference)) = original else {
@@ -670,7 +679,9 @@ pub fn void_row(
     // The key is re-pointed through a delete and an insert: the foreign key on
     // idempotency.movement_id would refuse the row's id changing under it.
     let keys: Vec<(String, String, String)> = conn
-        .prepare_cached("SELECT key, request_hash, created_at FROM idempotency WHERE movement_id = ?1")?
+        .prepare_cached(
+            "SELECT key, request_hash, created_at FROM idempotency WHERE movement_id = ?1",
+        )?
         .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     conn.execute("DELETE FROM idempotency WHERE movement_id = ?1", [&id])?;
@@ -696,7 +707,9 @@ pub fn void_row(
         )?;
     }
     let on_hand: i64 = conn
-        .query_row("SELECT on_hand FROM stock WHERE sku = ?1", [&sku], |r| r.get(0))
+        .query_row("SELECT on_hand FROM stock WHERE sku = ?1", [&sku], |r| {
+            r.get(0)
+        })
         .optional()?
         .unwrap_or(0);
     let after = on_hand.saturating_sub(delta);
@@ -710,7 +723,9 @@ pub fn void_row(
         Some(c) => format!("count of {c} (delta {delta})"),
         None => format!("{kind} of {delta}"),
     };
-    let by_ref = reference.map(|r| format!(", ref {r:?}")).unwrap_or_default();
+    let by_ref = reference
+        .map(|r| format!(", ref {r:?}"))
+        .unwrap_or_default();
     crate::housekeeping::raise_alert(
         conn,
         PARKED_ALERT,
@@ -871,7 +886,11 @@ pub fn diverged(conn: &Connection) -> rusqlite::Result<Option<String>> {
 /// A re-snapshot after divergence: every store row past what this ledger saw
 /// acknowledged is treated as unsent and renumbered, in order and gapless, after the
 /// hub's `last_seq`; the flag and its alert go. Returns how far rows moved.
-pub fn renumber_after_divergence(conn: &Connection, hub_last_seq: u64, now: &str) -> rusqlite::Result<u64> {
+pub fn renumber_after_divergence(
+    conn: &Connection,
+    hub_last_seq: u64,
+    now: &str,
+) -> rusqlite::Result<u64> {
     if diverged(conn)?.is_none() {
         return Ok(0);
     }
@@ -1129,5 +1148,118 @@ mod tests {
         let key = bazaar_shared::SigningKey::generate();
         let bytes = row.envelope(&store()).to_signed_bytes(&key).unwrap();
         assert!(Envelope::decode(&bytes).unwrap().verify(&key));
+    }
+
+    #[test]
+    fn the_hubs_figure_acknowledges_only_rows_this_agent_delivered() {
+        let conn = db();
+        for _ in 0..3 {
+            record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None).unwrap();
+        }
+        mark_sent(&conn, &[1], "t").unwrap();
+        assert_eq!(
+            mark_acked(&conn, 3, "t").unwrap(),
+            1,
+            "seq 2 and 3 were never delivered"
+        );
+        let counts = outbox_counts(&conn).unwrap();
+        assert_eq!((counts.pending, counts.sent), (2, 0));
+        assert_eq!(
+            pending_batch(&conn, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert!(!has_unacknowledged_up_to(&conn, 3).unwrap());
+    }
+
+    #[test]
+    fn a_copy_is_told_apart_by_the_id_at_the_hubs_last_seq() {
+        let conn = db();
+        let ids: Vec<String> = (0..3)
+            .map(|_| {
+                record(&conn, &movement(Kind::Sale, "A", Quantity::Delta(-1)), None)
+                    .unwrap()
+                    .movement
+                    .id
+            })
+            .collect();
+        mark_sent(&conn, &[1, 2], "t").unwrap();
+        mark_acked(&conn, 1, "t").unwrap();
+        assert_eq!(
+            check_copy(&conn, 1, Some("anything")).unwrap(),
+            CopyCheck::Ours,
+            "nothing new"
+        );
+        assert_eq!(
+            check_copy(&conn, 2, Some(&ids[1])).unwrap(),
+            CopyCheck::Ours
+        );
+        assert_eq!(
+            check_copy(&conn, 3, Some(&ids[2])).unwrap(),
+            CopyCheck::Ours,
+            "delivered, report lost"
+        );
+        assert_eq!(
+            check_copy(&conn, 5, None).unwrap(),
+            CopyCheck::Ours,
+            "a hub that names no id"
+        );
+        let CopyCheck::Diverged(clone) = check_copy(&conn, 2, Some(&ids[0])).unwrap() else {
+            panic!("another id at seq 2 is a clone's");
+        };
+        assert!(clone.contains("another server"), "{clone}");
+        let CopyCheck::Diverged(older) = check_copy(&conn, 9, Some(&ids[0])).unwrap() else {
+            panic!("a seq never numbered here is an older copy's");
+        };
+        assert!(older.contains("older copy"), "{older}");
+        // A void of the hub's own at that seq is fine.
+        void_row(&conn, 3, "hub:refused", "x", VoidState::Acked).unwrap();
+        assert_eq!(
+            check_copy(&conn, 3, Some("hub-void-id")).unwrap(),
+            CopyCheck::Ours
+        );
+    }
+
+    #[test]
+    fn a_parked_movement_keeps_its_idempotency_key_pointing_at_the_void() {
+        let conn = db();
+        let key = || {
+            Some(IdempotencyKey {
+                key: "k1",
+                request_hash: "h1",
+            })
+        };
+        record(
+            &conn,
+            &movement(Kind::Receipt, "A", Quantity::Delta(7)),
+            None,
+        )
+        .unwrap();
+        let m = movement(Kind::Count, "A", Quantity::Counted(3));
+        let counted = record(&conn, &m, key()).unwrap();
+        let voided = void_row(&conn, 2, "unencodable", "test", VoidState::Pending)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (voided.original_id.as_str(), voided.reversed),
+            (counted.movement.id.as_str(), -4)
+        );
+        assert_eq!(
+            stock_of(&conn, &Sku::parse("A").unwrap())
+                .unwrap()
+                .unwrap()
+                .on_hand,
+            7
+        );
+        let retry = record(&conn, &m, key()).unwrap();
+        assert!(!retry.created, "a retry never records it again");
+        assert_eq!(
+            (retry.movement.kind.as_str(), retry.movement.delta),
+            ("void", 0)
+        );
+        assert_eq!(outbox_counts(&conn).unwrap().parked, 1);
     }
 }

@@ -6,6 +6,9 @@
 //! from the hub), `hub_client` (HTTP to the hub),
 //! `config`, and `startup` (the builder `main` and the tests share).
 
+// Tests state their expectations with unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod bootstrap;
 pub mod commands;

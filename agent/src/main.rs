@@ -1,3 +1,6 @@
+// Tests state their expectations with unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::io::Write as _;
 use std::path::PathBuf;
 

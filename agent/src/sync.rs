@@ -28,8 +28,8 @@ use bazaar_shared::Topics;
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
@@ -212,7 +212,12 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         };
         let (batch, unreadable) = readable_prefix(checked);
         if let Some((seq, why)) = unreadable.filter(|_| batch.is_empty()) {
-            park_unsendable(agent, seq, format!("the stored row cannot be read back: {why}")).await;
+            park_unsendable(
+                agent,
+                seq,
+                format!("the stored row cannot be read back: {why}"),
+            )
+            .await;
             continue;
         }
         if batch.is_empty() {
@@ -240,7 +245,12 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         };
         let (failure, unencodable) = send_batch(agent, &active, topic, &store, &batch).await;
         if let Some((seq, why)) = unencodable {
-            park_unsendable(agent, seq, format!("it cannot be encoded for the wire: {why}")).await;
+            park_unsendable(
+                agent,
+                seq,
+                format!("it cannot be encoded for the wire: {why}"),
+            )
+            .await;
         }
         match failure {
             None => {
@@ -308,7 +318,9 @@ pub(crate) async fn park_unsendable(agent: &Arc<Agent>, seq: u64, why: String) {
         Ok(None) => {
             let _ = agent
                 .writer
-                .write(move |conn| ledger::record_send_failure(conn, seq, "the void for this seq cannot be sent"))
+                .write(move |conn| {
+                    ledger::record_send_failure(conn, seq, "the void for this seq cannot be sent")
+                })
                 .await;
             tokio::time::sleep(MAX_BACKOFF).await;
         }
@@ -443,7 +455,9 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
         if parked_seen.map_or(state.parked > 0, |seen| state.parked > seen) {
             match follow_hub_parked(&agent, &hub, hub_last).await {
                 Ok(()) => parked_seen = Some(state.parked),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the hub's parked movements"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot read the hub's parked movements")
+                }
             }
         } else if parked_seen.is_some() {
             parked_seen = Some(state.parked);
@@ -529,7 +543,9 @@ async fn verify_copy(
     };
     tracing::error!(finding = %finding, "this data directory is a copy: sending stops; run `bazaar-agent run --resnapshot`");
     agent.sync.diverged.store(true, Ordering::Relaxed);
-    agent.sync.set_error(Some(format!("sending stopped: {finding}")));
+    agent
+        .sync
+        .set_error(Some(format!("sending stopped: {finding}")));
     let shown = finding.clone();
     agent
         .writer
@@ -539,14 +555,16 @@ async fn verify_copy(
     Ok(false)
 }
 
-/// Park reasons under which the hub did not use up the message's seq: nothing to void
-/// here (a conflict is another copy's seq, found by `ledger::check_copy`).
-const NOT_CONSUMED: [&str; 5] = [
+/// Park reasons under which the hub does not use up the message's seq, for a hub whose
+/// parked list does not say `consumed`: nothing to void here (a conflict is another
+/// copy's seq, found by `ledger::check_copy`).
+const NOT_CONSUMED: [&str; 6] = [
     "bad_signature",
     "malformed",
     "unknown_store",
     "unexpected_origin",
     "conflict",
+    "too_far_ahead",
 ];
 
 /// Every movement of this ledger the hub parked and consumed its seq for (a void of its
@@ -565,7 +583,10 @@ pub(crate) async fn follow_hub_parked(
             .items
             .into_iter()
             .filter(|p| p.store.as_deref() == Some(store.as_str()))
-            .filter(|p| !NOT_CONSUMED.contains(&p.reason.as_str()))
+            .filter(|p| {
+                p.consumed
+                    .unwrap_or_else(|| !NOT_CONSUMED.contains(&p.reason.as_str()))
+            })
             .filter_map(|p| match (p.seq, p.event_id) {
                 (Some(seq), Some(id)) if seq <= hub_last => Some((seq, id, p.reason, p.detail)),
                 _ => None,
@@ -582,7 +603,9 @@ pub(crate) async fn follow_hub_parked(
                         if own {
                             let why = format!("the hub refused it ({reason}): {detail}");
                             let tag = format!("hub:{reason}");
-                            if ledger::void_row(conn, *seq, &tag, &why, ledger::VoidState::Acked)?.is_some() {
+                            if ledger::void_row(conn, *seq, &tag, &why, ledger::VoidState::Acked)?
+                                .is_some()
+                            {
                                 voided += 1;
                             }
                         }
@@ -599,5 +622,292 @@ pub(crate) async fn follow_hub_parked(
             Some(next) => cursor = Some(next),
             None => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentConfig, FileConfig, Secret};
+    use crate::ledger::{NewMovement, Quantity, VoidState};
+    use bazaar_shared::{Envelope, Kind, Sku};
+    use serde_json::{json, Value};
+    use warp::Filter;
+
+    fn agent(dir: &std::path::Path, hub_url: &str) -> Arc<Agent> {
+        let file = FileConfig {
+            store: "S1".into(),
+            hub_url: hub_url.into(),
+            token: Secret::new("t"),
+            key: Secret::new(bazaar_shared::SigningKey::generate().to_base64()),
+            data_dir: Some(dir.to_path_buf()),
+            listen: None,
+            local_token: None,
+            kafka_brokers: None,
+            topic_prefix: None,
+            disk_budget_mb: None,
+            resend_after_secs: None,
+            retention_days: None,
+            kafka: Default::default(),
+        };
+        let config = AgentConfig::from_layers(file, dir.to_path_buf(), |_| None).unwrap();
+        Arc::new(Agent::open(config).unwrap())
+    }
+
+    async fn record(
+        agent: &Arc<Agent>,
+        kind: Kind,
+        sku: &str,
+        quantity: Quantity,
+    ) -> ledger::MovementView {
+        let new = NewMovement {
+            kind,
+            sku: Sku::parse(sku).unwrap(),
+            quantity,
+            reason: None,
+            reference: None,
+            to_store: None,
+            from_store: None,
+        };
+        agent
+            .writer
+            .write(move |conn| ledger::record(conn, &new, None))
+            .await
+            .unwrap()
+            .movement
+    }
+
+    async fn on_hand(agent: &Arc<Agent>, sku: &'static str) -> i64 {
+        agent
+            .read(move |c| ledger::stock_of(c, &Sku::parse(sku).unwrap()))
+            .await
+            .unwrap()
+            .map_or(0, |s| s.on_hand)
+    }
+
+    /// Every pending row as the pump encodes it, up to the first it cannot.
+    async fn encode_pending(agent: &Arc<Agent>) -> (Vec<Envelope>, Option<(u64, String)>) {
+        let checked = agent
+            .read(|c| ledger::pending_batch_checked(c, 100))
+            .await
+            .unwrap();
+        let (rows, unreadable) = readable_prefix(checked);
+        let mut sent = Vec::new();
+        for row in rows {
+            match row
+                .envelope(&agent.config.store)
+                .to_signed_bytes(&agent.config.key)
+            {
+                Ok(bytes) => sent.push(Envelope::decode(&bytes).unwrap().envelope),
+                Err(e) => return (sent, Some((row.seq, e.to_string()))),
+            }
+        }
+        (sent, unreadable)
+    }
+
+    #[tokio::test]
+    async fn a_row_that_cannot_be_encoded_is_parked_and_the_rows_after_it_still_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), "http://127.0.0.1:9");
+        record(&agent, Kind::Receipt, "A", Quantity::Delta(10)).await;
+        let bad = record(&agent, Kind::Receipt, "A", Quantity::Delta(5)).await;
+        record(&agent, Kind::Sale, "A", Quantity::Delta(-1)).await;
+        // A row no check lets in any more (an older agent accepted such rows).
+        agent
+            .writer
+            .write(|c| {
+                c.execute(
+                    "UPDATE movements SET delta = 5000000000000 WHERE seq = 2",
+                    [],
+                )?;
+                c.execute(
+                    "UPDATE stock SET on_hand = 5000000000009 WHERE sku = 'A'",
+                    [],
+                )
+            })
+            .await
+            .unwrap();
+        let (sent, unencodable) = encode_pending(&agent).await;
+        assert_eq!(sent.len(), 1);
+        let (seq, why) = unencodable.expect("seq 2 cannot be encoded");
+        assert_eq!(seq, 2);
+        park_unsendable(&agent, seq, why).await;
+
+        let (sent, unencodable) = encode_pending(&agent).await;
+        assert!(unencodable.is_none(), "nothing stalls any more");
+        let seqs: Vec<(u64, Kind, i64)> = sent.iter().map(|e| (e.seq, e.kind, e.delta)).collect();
+        assert_eq!(
+            seqs,
+            [
+                (1, Kind::Receipt, 10),
+                (2, Kind::Void, 0),
+                (3, Kind::Sale, -1)
+            ]
+        );
+        let void = &sent[1];
+        assert_eq!(void.voids.map(|v| v.to_string()), Some(bad.id.clone()));
+        assert_ne!(void.id.to_string(), bad.id);
+        assert_eq!(void.sku.as_str(), "A");
+        assert_eq!(
+            on_hand(&agent, "A").await,
+            9,
+            "the parked movement's stock is reversed"
+        );
+
+        let parked = agent.read(|c| ledger::parked_page(c, 0, 10)).await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(
+            (parked[0].seq, parked[0].id.as_str(), parked[0].delta),
+            (2, bad.id.as_str(), 5_000_000_000_000)
+        );
+        assert_eq!(parked[0].reason, "unencodable");
+        let alerts = agent
+            .read(|c| crate::housekeeping::alerts(c, false, 10))
+            .await
+            .unwrap();
+        let alert = alerts
+            .iter()
+            .find(|a| a.kind == ledger::PARKED_ALERT)
+            .expect("a parked alert");
+        assert_eq!(alert.severity, "critical");
+        assert!(
+            alert.message.contains("seq 2") && alert.message.contains("record it again"),
+            "{}",
+            alert.message
+        );
+        let status = agent.status().await.unwrap();
+        assert_eq!((status.parked, status.pending), (1, 3));
+        // Parking the same seq again changes nothing.
+        let again = agent
+            .writer
+            .write(|c| ledger::void_row(c, 2, "unencodable", "again", VoidState::Pending))
+            .await
+            .unwrap();
+        assert!(again.is_none());
+    }
+
+    /// A hub that answers the store state and parked list it is given.
+    async fn fake_hub(state: Value, parked: Value) -> String {
+        let state = warp::path!("v1" / "stores" / String).map(move |_| warp::reply::json(&state));
+        let parked = warp::path!("v1" / "parked").map(move || warp::reply::json(&parked));
+        let (address, server) = warp::serve(state.or(parked)).bind_ephemeral(([127, 0, 0, 1], 0));
+        tokio::spawn(server);
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn movements_the_hub_voided_are_parked_here_already_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = agent(dir.path(), "http://127.0.0.1:9");
+        let first = record(&probe, Kind::Receipt, "A", Quantity::Delta(10)).await;
+        let second = record(&probe, Kind::Sale, "A", Quantity::Delta(-3)).await;
+        let third = record(&probe, Kind::Sale, "A", Quantity::Delta(-1)).await;
+        probe
+            .writer
+            .write(|c| ledger::mark_sent(c, &[1, 2, 3], "t"))
+            .await
+            .unwrap();
+        drop(probe);
+        let parked = json!({"items": [
+            {"store": "S1", "seq": 2, "event_id": second.id, "reason": "apply_failed", "detail": "refused", "consumed": true},
+            // Not consumed at the hub: nothing to do here.
+            {"store": "S1", "seq": 3, "event_id": third.id, "reason": "bad_signature", "detail": "x", "consumed": false},
+            {"store": "S1", "seq": 3, "event_id": third.id, "reason": "too_far_ahead", "detail": "x"},
+            {"store": "S1", "seq": 1, "event_id": "0192f0c4-0000-7000-8000-000000000000", "reason": "id_reused", "detail": "not ours", "consumed": true},
+        ], "next_cursor": null});
+        let url = fake_hub(
+            json!({"store": "S1", "last_seq": 3, "last_id": third.id, "parked": 3}),
+            parked,
+        )
+        .await;
+        let agent = agent(dir.path(), &url);
+        let hub = HubClient::new(&agent.config).unwrap();
+        follow_hub_parked(&agent, &hub, 3).await.unwrap();
+        assert_eq!(
+            on_hand(&agent, "A").await,
+            9,
+            "neither side counts the refused sale"
+        );
+        let rows = agent
+            .read(|c| {
+                Ok((
+                    ledger::store_row(c, 1)?,
+                    ledger::store_row(c, 2)?,
+                    ledger::store_row(c, 3)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.0.map(|r| r.0), Some(first.id.clone()));
+        assert_eq!(rows.1.map(|r| r.1), Some("void".to_string()));
+        assert_eq!(rows.2.map(|r| r.0), Some(third.id.clone()));
+        let status = agent.status().await.unwrap();
+        assert_eq!(
+            (status.parked, status.sent, status.pending),
+            (1, 2, 0),
+            "the void is already acknowledged"
+        );
+        assert!(verify_copy(&agent, &hub, 3, Some(third.id.clone()))
+            .await
+            .unwrap());
+        // Following the same list again parks nothing twice.
+        follow_hub_parked(&agent, &hub, 3).await.unwrap();
+        assert_eq!(agent.status().await.unwrap().parked, 1);
+    }
+
+    #[tokio::test]
+    async fn a_copy_whose_seqs_the_hub_holds_under_other_ids_stops_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = fake_hub(json!({}), json!({"items": [], "next_cursor": null})).await;
+        let agent = agent(dir.path(), &url);
+        let hub = HubClient::new(&agent.config).unwrap();
+        let first = record(&agent, Kind::Receipt, "A", Quantity::Delta(10)).await;
+        record(&agent, Kind::Sale, "A", Quantity::Delta(-1)).await;
+        agent
+            .writer
+            .write(|c| {
+                ledger::mark_sent(c, &[1], "t")?;
+                ledger::mark_acked(c, 1, "t")
+            })
+            .await
+            .unwrap();
+        assert!(verify_copy(&agent, &hub, 1, Some(first.id.clone()))
+            .await
+            .unwrap());
+        assert!(!agent.sync.diverged.load(Ordering::Relaxed));
+        // The hub applied seq 2 and 3, neither of them this ledger's.
+        let other = "0192f0c4-0000-7000-8000-000000000001".to_string();
+        assert!(!verify_copy(&agent, &hub, 3, Some(other)).await.unwrap());
+        assert!(agent.sync.diverged.load(Ordering::Relaxed));
+        assert!(!may_send(&agent));
+        let status = agent.status().await.unwrap();
+        assert!(status.sending_stopped);
+        assert!(
+            status
+                .diverged_copy
+                .as_deref()
+                .is_some_and(|d| d.contains("seq 3")),
+            "{status:?}"
+        );
+        let alerts = agent
+            .read(|c| crate::housekeeping::alerts(c, false, 10))
+            .await
+            .unwrap();
+        let alert = alerts
+            .iter()
+            .find(|a| a.kind == ledger::DIVERGED_ALERT)
+            .expect("the alert");
+        assert_eq!(alert.severity, "critical");
+        assert!(
+            alert.message.contains("bazaar-agent run --resnapshot"),
+            "{}",
+            alert.message
+        );
+        // Stopped across a restart too.
+        let config = agent.config.clone();
+        drop(hub);
+        drop(agent);
+        let again = Arc::new(Agent::open(config).unwrap());
+        assert!(again.sync.diverged.load(Ordering::Relaxed));
     }
 }
