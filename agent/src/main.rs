@@ -433,6 +433,16 @@ fn render_status(status: &serde_json::Value) -> String {
         let _ = write!(bootstrap, ": {detail}");
     }
     line("bootstrap", bootstrap);
+    if status["sending_stopped"] == true {
+        line(
+            "SENDING STOPPED",
+            format!(
+                "{}; tills are still served. Run `bazaar-agent run --resnapshot` on the one agent \
+                 that stays for this store",
+                text(&status["diverged_copy"])
+            ),
+        );
+    }
     if let Some(e) = status["last_error"].as_str() {
         line("last error", e.to_string());
     }
@@ -470,6 +480,12 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
         }
+        assert!(!text.contains("SENDING STOPPED"));
+        let copy = serde_json::json!({"sending_stopped": true, "diverged_copy": "the hub applied seq 9 (id x), but ...",
+            "bootstrap": {"state": "done"}});
+        assert!(render_status(&copy).contains(
+            "SENDING STOPPED   the hub applied seq 9 (id x), but ...; tills are still served. Run `bazaar-agent run --resnapshot`"
+        ));
         let waiting = serde_json::json!({"bootstrap": {"state": "waiting_for_hub",
             "detail": "the hub cannot serve the snapshot yet (503 catching_up)"}});
         assert!(render_status(&waiting)
