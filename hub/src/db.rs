@@ -55,6 +55,20 @@ pub async fn connect_with_timeout(
         })
 }
 
+/// A transaction in READ COMMITTED: locking reads take no gap locks, so writers of
+/// different stores never deadlock on the gaps between their rows (InnoDB's REPEATABLE
+/// READ locks the gap of a missing row read FOR UPDATE). Writers of one store are
+/// serialised by its `store_sync` row, locked first.
+pub async fn begin_read_committed(
+    pool: &MySqlPool,
+) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::Transaction::begin(conn, None).await
+}
+
 /// Creates the database if it does not exist, then applies every pending migration.
 pub async fn migrate(url: &str) -> anyhow::Result<MySqlPool> {
     if !MySql::database_exists(url).await.unwrap_or(false) {

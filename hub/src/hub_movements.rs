@@ -280,17 +280,16 @@ pub async fn apply(
 ) -> Result<Applied, ApiError> {
     let mut attempt = 0;
     loop {
-        let mut tx = pool
-            .begin()
+        let mut tx = crate::db::begin_read_committed(pool)
             .await
             .map_err(|e| ApiError::internal("could not start a transaction", e))?;
         match apply_in(&mut tx, store, planned, idempotency, actor).await {
             Ok(applied) => match tx.commit().await {
                 Ok(()) => return Ok(applied),
-                Err(e) if crate::ingest::is_retryable_conflict(&e) && attempt < 5 => {}
+                Err(e) if crate::ingest::is_transient(&e) && attempt < RETRIES => {}
                 Err(e) => return Err(ApiError::internal("could not commit the movement", e)),
             },
-            Err(Failure::Retry(_)) if attempt < 5 => {
+            Err(Failure::Retry(_)) if attempt < RETRIES => {
                 let _ = tx.rollback().await;
             }
             Err(Failure::Retry(e)) => {
@@ -303,8 +302,18 @@ pub async fn apply(
         }
         attempt += 1;
         tracing::info!(attempt, %store, "lock conflict; retrying the hub-origin movement");
+        // Jittered, growing: concurrent writers that met once should not meet again.
+        let wait = 5u64 << attempt.min(6);
+        tokio::time::sleep(std::time::Duration::from_millis(
+            wait + rand::random::<u64>() % wait,
+        ))
+        .await;
     }
 }
+
+/// Deadlocks, lock waits and lost connections are tried again inside the hub (with a
+/// jittered backoff) before a client ever sees a failure.
+const RETRIES: u32 = 10;
 
 enum Failure {
     Refused(ApiError),
@@ -313,7 +322,7 @@ enum Failure {
 
 impl From<sqlx::Error> for Failure {
     fn from(e: sqlx::Error) -> Self {
-        if crate::ingest::is_retryable_conflict(&e) {
+        if crate::ingest::is_transient(&e) {
             Failure::Retry(e)
         } else {
             Failure::Refused(ApiError::internal("could not apply the movement", e))
@@ -408,6 +417,16 @@ async fn apply_in(
     );
     e.validate()
         .map_err(|err| Failure::Refused(invalid(err.to_string())))?;
+    let bound = bazaar_shared::envelope::MAX_QUANTITY;
+    match on_hand.checked_add(e.delta) {
+        Some(after) if after.abs() <= bound => {}
+        _ => {
+            return Err(Failure::Refused(invalid(format!(
+                "{} at {store} would go from {on_hand} to past ±{bound}, the bound of an on-hand figure",
+                e.sku
+            ))))
+        }
+    }
     counter.push_movement(conn, &e).await?;
     let now = Utc::now();
     sqlx::query(

@@ -534,7 +534,7 @@ async fn apply_once(
     use futures::FutureExt;
     let mut attempt = 0;
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin_read_committed(pool).await?;
         let applied = std::panic::AssertUnwindSafe(apply_in(&mut tx, batch, refused, limits))
             .catch_unwind()
             .await;

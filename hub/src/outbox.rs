@@ -73,6 +73,19 @@ impl Counter {
         let mut sorted: Vec<&StoreId> = stores.iter().collect();
         sorted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         sorted.dedup();
+        if sorted.len() > 1 {
+            // One statement, in the index's (the collation's) order: the order ingest locks
+            // in, whatever byte order says of `a` and `B`.
+            let mut q = sqlx::QueryBuilder::<sqlx::MySql>::new(
+                "SELECT store FROM store_sync WHERE store IN (",
+            );
+            let mut sep = q.separated(", ");
+            for s in &sorted {
+                sep.push_bind(s.as_str());
+            }
+            q.push(") ORDER BY store FOR UPDATE");
+            q.build().execute(&mut *conn).await?;
+        }
         let mut counters = Vec::with_capacity(sorted.len());
         for store in sorted {
             counters.push(Counter::lock(conn, store).await?);
