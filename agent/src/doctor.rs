@@ -56,6 +56,9 @@ pub async fn run(config: &AgentConfig, config_path: &Path) -> Report {
     )];
     checks.push(disk(config));
     checks.push(sqlite(&config.database_path()));
+    if let Some(stopped) = copy_check(&config.database_path()) {
+        checks.push(stopped);
+    }
     checks.push(local_api(config).await);
     checks.extend(hub(config).await);
     checks.push(broker(config).await);
@@ -128,6 +131,19 @@ fn sqlite(path: &Path) -> Check {
         Ok(result) => fail("sqlite", format!("integrity check: {result}"), "stop the agent, back up the data directory and contact support; the hub keeps everything already acknowledged"),
         Err(e) => fail("sqlite", e.to_string(), "check the data directory's permissions"),
     }
+}
+
+/// A failed check when this data directory was found to be a restored or cloned copy
+/// (sending stopped); nothing when it was not, or the database cannot be read.
+fn copy_check(path: &Path) -> Option<Check> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let finding = crate::ledger::diverged(&conn).ok()??;
+    Some(fail(
+        "copy",
+        format!("sending stopped: {finding}"),
+        "make sure only one agent runs for this store, then run `bazaar-agent run --resnapshot` on it",
+    ))
 }
 
 async fn local_api(config: &AgentConfig) -> Check {

@@ -164,6 +164,24 @@ async fn a_restored_older_copy_stops_sending_alerts_and_converges_after_a_resnap
         "{shown}"
     );
 
+    let doctor = std::process::Command::new(binary("bazaar-agent"))
+        .args(["doctor", "--json"])
+        .env("BAZAAR_AGENT_DATA", stack.agent.data_dir())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let copy = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "copy")
+        .unwrap_or_else(|| panic!("a copy check in {report}"));
+    assert_eq!(copy["ok"], false);
+    assert!(
+        copy["next_step"].as_str().unwrap().contains("--resnapshot"),
+        "{copy}"
+    );
+
     // The tills are still served (promise 3), and nothing of it reaches the hub.
     sell(
         &client,
