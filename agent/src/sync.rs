@@ -427,6 +427,7 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
     let resend_after = agent.config.resend_after;
     let mut last_seen: Option<(u64, Instant)> = None;
     let mut parked_seen: Option<i64> = None;
+    let mut mismatch = Mismatch::default();
     let mut first = true;
     loop {
         if !first {
@@ -463,8 +464,23 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
             parked_seen = Some(state.parked);
         }
         match verify_copy(&agent, &hub, hub_last, state.last_id.clone()).await {
-            Ok(true) => agent.sync.copy_verified.store(true, Ordering::Relaxed),
-            Ok(false) => continue,
+            Ok(None) => {
+                mismatch.clear();
+                agent.sync.copy_verified.store(true, Ordering::Relaxed);
+            }
+            Ok(Some(finding)) => {
+                // Sending pauses at once; the finding must hold for a while before it
+                // stops for good, as the parked list may be read from a lagging replica.
+                agent.sync.copy_verified.store(false, Ordering::Relaxed);
+                if mismatch.confirmed(Instant::now()) {
+                    if let Err(e) = stop_sending(&agent, finding).await {
+                        tracing::error!(error = %e, "cannot record that this ledger is a copy");
+                    }
+                } else {
+                    tracing::warn!(finding = %finding, "the hub's last seq is not this ledger's; sending pauses while this is confirmed");
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot check the hub's last seq against this ledger");
                 continue;
@@ -517,14 +533,35 @@ async fn acknowledgements(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch
     }
 }
 
-/// Whether the hub's last seq is this ledger's own; when it is not, even after following
-/// the hub's voids, sending stops (`ledger::mark_diverged`) and false is returned.
+/// How long the hub's last seq must keep showing as another ledger's before sending stops
+/// for good (the parked list that could explain it may come from a replica a moment
+/// behind the store state).
+const CONFIRM_COPY: Duration = Duration::from_secs(5);
+
+/// Consecutive polls whose copy check failed, since when.
+#[derive(Debug, Default)]
+struct Mismatch(Option<Instant>);
+
+impl Mismatch {
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// Records one more failed check; true once they have lasted `CONFIRM_COPY`.
+    fn confirmed(&mut self, now: Instant) -> bool {
+        let since = *self.0.get_or_insert(now);
+        now.duration_since(since) >= CONFIRM_COPY
+    }
+}
+
+/// `None` when the hub's last seq is this ledger's own (after following the hub's voids);
+/// else what was found.
 async fn verify_copy(
     agent: &Arc<Agent>,
     hub: &HubClient,
     hub_last: u64,
     hub_last_id: Option<String>,
-) -> Result<bool, String> {
+) -> Result<Option<String>, String> {
     let check = |agent: Arc<Agent>, id: Option<String>| async move {
         agent
             .read(move |conn| ledger::check_copy(conn, hub_last, id.as_deref()))
@@ -532,27 +569,30 @@ async fn verify_copy(
             .map_err(|e| e.message)
     };
     if check(agent.clone(), hub_last_id.clone()).await? == ledger::CopyCheck::Ours {
-        return Ok(true);
+        return Ok(None);
     }
     // The hub may have voided that seq a moment ago: follow its parked list, then judge.
     if let Err(e) = follow_hub_parked(agent, hub, hub_last).await {
         return Err(format!("cannot read the hub's parked movements: {e:#}"));
     }
-    let ledger::CopyCheck::Diverged(finding) = check(agent.clone(), hub_last_id).await? else {
-        return Ok(true);
-    };
+    Ok(match check(agent.clone(), hub_last_id).await? {
+        ledger::CopyCheck::Ours => None,
+        ledger::CopyCheck::Diverged(finding) => Some(finding),
+    })
+}
+
+/// This ledger is a copy: nothing more is sent, across restarts, until a re-snapshot.
+async fn stop_sending(agent: &Arc<Agent>, finding: String) -> Result<(), String> {
     tracing::error!(finding = %finding, "this data directory is a copy: sending stops; run `bazaar-agent run --resnapshot`");
     agent.sync.diverged.store(true, Ordering::Relaxed);
     agent
         .sync
         .set_error(Some(format!("sending stopped: {finding}")));
-    let shown = finding.clone();
     agent
         .writer
-        .write(move |conn| ledger::mark_diverged(conn, &shown))
+        .write(move |conn| ledger::mark_diverged(conn, &finding))
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(false)
+        .map_err(|e| e.to_string())
 }
 
 /// Park reasons under which the hub does not use up the message's seq, for a hub whose
@@ -847,9 +887,12 @@ mod tests {
             (1, 2, 0),
             "the void is already acknowledged"
         );
-        assert!(verify_copy(&agent, &hub, 3, Some(third.id.clone()))
-            .await
-            .unwrap());
+        assert_eq!(
+            verify_copy(&agent, &hub, 3, Some(third.id.clone()))
+                .await
+                .unwrap(),
+            None
+        );
         // Following the same list again parks nothing twice.
         follow_hub_parked(&agent, &hub, 3).await.unwrap();
         assert_eq!(agent.status().await.unwrap().parked, 1);
@@ -871,13 +914,23 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(verify_copy(&agent, &hub, 1, Some(first.id.clone()))
-            .await
-            .unwrap());
-        assert!(!agent.sync.diverged.load(Ordering::Relaxed));
+        assert_eq!(
+            verify_copy(&agent, &hub, 1, Some(first.id.clone()))
+                .await
+                .unwrap(),
+            None
+        );
         // The hub applied seq 2 and 3, neither of them this ledger's.
         let other = "0192f0c4-0000-7000-8000-000000000001".to_string();
-        assert!(!verify_copy(&agent, &hub, 3, Some(other)).await.unwrap());
+        let finding = verify_copy(&agent, &hub, 3, Some(other))
+            .await
+            .unwrap()
+            .expect("not this ledger's");
+        assert!(
+            !agent.sync.diverged.load(Ordering::Relaxed),
+            "not before it is confirmed"
+        );
+        stop_sending(&agent, finding).await.unwrap();
         assert!(agent.sync.diverged.load(Ordering::Relaxed));
         assert!(!may_send(&agent));
         let status = agent.status().await.unwrap();
@@ -909,5 +962,19 @@ mod tests {
         drop(agent);
         let again = Arc::new(Agent::open(config).unwrap());
         assert!(again.sync.diverged.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_copy_is_declared_only_once_the_finding_has_lasted() {
+        let start = Instant::now();
+        let mut mismatch = Mismatch::default();
+        assert!(!mismatch.confirmed(start));
+        assert!(!mismatch.confirmed(start + Duration::from_secs(3)));
+        mismatch.clear();
+        assert!(
+            !mismatch.confirmed(start + Duration::from_secs(6)),
+            "a good poll starts it again"
+        );
+        assert!(mismatch.confirmed(start + Duration::from_secs(11)));
     }
 }
