@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod commands;
 pub mod config;
 pub mod doctor;
+pub mod enroll;
 pub mod housekeeping;
 pub mod hub_client;
 pub mod ledger;

@@ -89,6 +89,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exchange a one-time code from HQ for the store's credentials and write the
+    /// configuration (as root with no --data: the installed service's).
+    Enroll(bazaar_agent::enroll::EnrollArgs),
+    /// Check the configuration `run` would load and its data directory (the unit's ExecStartPre).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the ledger schema version this binary migrates to.
+    SchemaVersion,
     /// Show on-hand stock, one sku or all.
     Stock {
         sku: Option<String>,
@@ -127,6 +137,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             topic_prefix,
         ),
         Command::Run { config, resnapshot } => run(config, resnapshot).await,
+        Command::Enroll(args) => bazaar_agent::enroll::main(args).await,
+        Command::CheckConfig { config } => bazaar_agent::enroll::check_config(config.as_deref()),
+        Command::SchemaVersion => Ok(println!("{}", bazaar_agent::enroll::schema_version()?)),
         Command::Status { config, json } => status(config, json).await,
         Command::Doctor { config, json } => {
             let path = AgentConfig::locate(config.as_deref());
@@ -284,6 +297,7 @@ async fn run(config: Option<PathBuf>, resnapshot: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another agent running? set `listen` or BAZAAR_AGENT_LISTEN", cfg.listen))?;
+    bazaar_agent::enroll::systemd::spawn(cfg.listen);
     startup::run_with(
         cfg,
         listener,

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod enrolment;
 pub mod forecast_job;
 pub mod hub_movements;
 pub mod ingest;

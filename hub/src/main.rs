@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Check the configuration `serve` would load, connecting to nothing (the unit's ExecStartPre).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage stores.
     Store {
         #[command(subcommand)]
@@ -58,6 +63,12 @@ enum StoreCommand {
         json: bool,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Issue a one-time enrolment code instead of showing the token and key (registers the store if needed).
+        #[arg(long)]
+        enrolment: bool,
+        /// How long the enrolment code stays valid.
+        #[arg(long, default_value_t = bazaar_hub::enrolment::DEFAULT_VALID_HOURS)]
+        valid_hours: u32,
     },
 }
 
@@ -79,8 +90,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                         cfg.listen
                     )
                 })?;
+            bazaar_hub::enrolment::systemd::spawn(cfg.listen);
             startup::run(cfg, listener, bazaar_shared::service::shutdown_signal()).await
         }
+        Command::CheckConfig { config } => bazaar_hub::enrolment::check_config(config.as_deref()),
         Command::Migrate { config } => {
             let cfg = HubConfig::load(config.as_deref())?;
             db::migrate(cfg.mysql_url.expose()).await?;
@@ -102,11 +115,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     name,
                     json,
                     config,
+                    enrolment,
+                    valid_hours,
                 },
         } => {
             let store = StoreId::parse(id).context("store id")?;
             let cfg = HubConfig::load(config.as_deref())?;
             let pool = db::migrate(cfg.mysql_url.expose()).await?;
+            if enrolment {
+                return bazaar_hub::enrolment::cli_issue(&pool, &store, name.as_deref(), valid_hours, json).await;
+            }
             let credentials = stores::register(&pool, &store, name.as_deref()).await?;
             bazaar_hub::audit::record(
                 &pool,

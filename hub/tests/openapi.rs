@@ -55,6 +55,9 @@ const SERVED: &[(&str, &str)] = &[
     ("GET", "/v1/products/{sku}/forecast"),
     ("GET", "/v1/reorders"),
     ("GET", "/v1/transfers/suggestions"),
+    // api/enrolment.rs
+    ("POST", "/v1/stores/{store}/enrolment"),
+    ("POST", "/v1/enrol"),
     // api/dashboard.rs
     ("GET", "/"),
     ("GET", "/static/app.js"),

@@ -11,6 +11,7 @@
 pub mod bootstrap;
 pub mod commands;
 pub mod dashboard;
+pub mod enrolment;
 pub mod intelligence;
 pub mod reads;
 
@@ -67,6 +68,7 @@ pub fn docs() -> Vec<Operation> {
     operations.extend(intelligence::docs());
     operations.extend(bootstrap::docs());
     operations.extend(dashboard::docs());
+    operations.extend(enrolment::docs());
     operations
 }
 
@@ -131,6 +133,7 @@ pub fn routes(
         .or(commands::routes(hub.clone()))
         .or(reads::routes(hub.clone()))
         .or(intelligence::routes(hub.clone()))
+        .or(enrolment::routes(hub.clone()))
         .or(bootstrap::routes(hub))
         .or(dashboard::routes())
         .recover(recover)
