@@ -183,9 +183,24 @@ pub async fn enroll(request: Request, target: Target) -> anyhow::Result<()> {
         "enrolled store {store} with the hub at {hub}; configuration in {}",
         target.config.display()
     );
-    if target.owner.is_some() {
+    if target.owner.is_some() && Path::new("/run/systemd/system").exists() {
+        // The installed service: (re)start it on its new configuration.
+        let systemctl = |args: &[&str]| {
+            std::process::Command::new("systemctl")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if systemctl(&["enable", "bazaar-agent.service"])
+            && systemctl(&["restart", "bazaar-agent.service"])
+        {
+            eprintln!("bazaar-agent.service restarted on its new configuration (systemctl status bazaar-agent)");
+        } else {
+            eprintln!("next: systemctl restart bazaar-agent (it did not restart: see journalctl -u bazaar-agent)");
+        }
+    } else if target.owner.is_some() {
         eprintln!(
-            "next: systemctl restart bazaar-agent   (or start it: the service now starts enrolled)"
+            "next: start the service (systemctl restart bazaar-agent): it now starts enrolled"
         );
     } else {
         eprintln!(
