@@ -2,19 +2,37 @@
 //!
 //! Input: a header naming the columns `series,date,qty` (any order, extra columns ignored,
 //! surrounding spaces trimmed), then one row per series and day: `series` a non-empty id,
-//! `date` ISO `YYYY-MM-DD`, `qty` a finite number ≥ 0. Rows may come in any order. Days
-//! missing inside a series' first..last date range are zero demand. A repeated
-//! (series, date) is an error.
+//! `date` ISO `YYYY-MM-DD`, `qty` a finite number ≥ 0. Days missing inside a series'
+//! first..last date range are zero demand. A repeated (series, date) is an error.
+//!
+//! # Streaming ([`forecast_csv`], [`stream_daily_series`])
+//! The rows of one series must be **contiguous** (the input grouped by series, as a
+//! `GROUP BY`/`ORDER BY series` export writes it); within a series the dates may come in any
+//! order. Series are read one at a time, forecast in parallel batches of at most
+//! [`BATCH_SERIES`] series / [`BATCH_DAYS`] days while the next batch is being read, and
+//! written in input order. Memory is bounded by the series in flight (two batches) plus a
+//! 64-bit hash of every id already finished (about 16–32 bytes per series), never by the
+//! file. A series whose rows reappear after another series' rows is an error naming the
+//! line where it reappears ([`CsvError::NotContiguous`]); the input is *not* buffered to
+//! regroup it. (With a 64-bit hash of the ids, two different ids are mistaken for one with
+//! a probability of about n²/2⁶⁵ — 3·10⁻⁸ for a million series.)
+//!
+//! [`read_daily_series`] parses everything into memory instead and accepts rows in any
+//! order (it returns the series sorted by id); it is for tests, benchmarks and small files.
 //!
 //! Output: header `series,date,forecast,lo,hi,model`, then `horizon` rows per series for the
-//! days after its last date, series in ascending id order, numbers with 4 decimals; `lo`/`hi`
+//! days after its last date, series in input order, numbers with 4 decimals; `lo`/`hi`
 //! bound the [`SelectConfig::interval_level`] prediction interval (80% by default).
 //!
 //! Every bad row yields an error naming its line number (1-based, the header is line 1)
-//! and what is wrong; nothing is written when the input is invalid. Series are forecast in
-//! parallel (rayon), in chunks, calling `progress(done, total)` after each chunk.
+//! and what is wrong. A header error stops before anything is written; an error further
+//! down stops the run with the series before it already written (whole series only), so a
+//! caller that must not leave partial output writes to a staging file and removes it on
+//! error (the hub does). `progress(done, seen)` is called after each batch with the series
+//! forecast so far and the series read so far (the total is unknown until the end).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
 
 use chrono::{Days, NaiveDate};
@@ -25,7 +43,11 @@ use crate::select::{forecast_series, Forecast, SelectConfig};
 
 /// Longest date range accepted for one series (guards against a mistyped year).
 pub const MAX_SERIES_DAYS: i64 = 20 * 366;
-const CHUNK: usize = 2048;
+/// Most series forecast in one parallel batch.
+pub const BATCH_SERIES: usize = 2048;
+/// Most days of history (summed over its series) in one batch: 8 bytes each, so a batch
+/// holds at most about 32 MB of history however long the series are.
+pub const BATCH_DAYS: usize = 4 << 20;
 
 /// Why a CSV could not be forecast.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +75,8 @@ pub enum CsvError {
         date: NaiveDate,
         first_line: u64,
     },
+    #[error("line {line}: rows of series {series:?} appear again after rows of other series; the rows of each series must be contiguous (sort or group the input by series)")]
+    NotContiguous { line: u64, series: String },
     #[error("series {series:?} spans {days} days (lines {first_line} and {last_line}); at most {MAX_SERIES_DAYS} allowed")]
     SpanTooLong {
         series: String,
@@ -78,8 +102,9 @@ pub struct Summary {
     pub models: BTreeMap<ModelKind, usize>,
 }
 
-/// Reads `series,date,qty`, forecasts `horizon` days per series with the default
-/// [`SelectConfig`], writes `series,date,forecast,lo,hi,model`.
+/// Reads `series,date,qty` (rows grouped by series), forecasts `horizon` days per series
+/// with the default [`SelectConfig`], writes `series,date,forecast,lo,hi,model`, streaming
+/// (see the module docs).
 pub fn forecast_csv(
     input: impl Read,
     output: impl Write,
@@ -97,49 +122,89 @@ pub fn forecast_csv_with(
     cfg: &SelectConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Summary, CsvError> {
-    let (series, input_rows) = read_series(input)?;
-    let total = series.len();
+    let mut stream = stream_daily_series(input)?;
     let mut writer = csv::Writer::from_writer(output);
     writer
         .write_record(["series", "date", "forecast", "lo", "hi", "model"])
         .map_err(CsvError::Write)?;
-    let mut summary = Summary {
-        series: total,
-        input_rows,
-        ..Summary::default()
-    };
-    progress(0, total);
-    for (chunk_index, chunk) in series.chunks(CHUNK).enumerate() {
-        let forecasts: Vec<Forecast> = chunk
-            .par_iter()
-            .map(|s| forecast_series(&s.history, horizon, cfg))
-            .collect();
-        for (s, forecast) in chunk.iter().zip(&forecasts) {
-            *summary.models.entry(forecast.model).or_default() += 1;
-            let mut date = s.last_date;
-            for h in 0..horizon {
-                date =
-                    date.checked_add_days(Days::new(1))
-                        .ok_or_else(|| CsvError::DateOverflow {
-                            series: s.id.clone(),
-                        })?;
-                writer
-                    .write_record([
-                        s.id.as_str(),
-                        &date.format("%Y-%m-%d").to_string(),
-                        &format!("{:.4}", forecast.mean[h]),
-                        &format!("{:.4}", forecast.lo[h]),
-                        &format!("{:.4}", forecast.hi[h]),
-                        forecast.model.as_str(),
-                    ])
-                    .map_err(CsvError::Write)?;
-                summary.output_rows += 1;
-            }
+    let mut summary = Summary::default();
+    progress(0, 0);
+    let mut batch = read_batch(&mut stream)?;
+    while !batch.is_empty() {
+        // Forecast this batch on the rayon pool while this thread parses the next one.
+        let (forecasts, next) = std::thread::scope(|scope| {
+            let current = &batch;
+            let worker = scope.spawn(move || {
+                current
+                    .par_iter()
+                    .map(|s| forecast_series(&s.history, horizon, cfg))
+                    .collect::<Vec<Forecast>>()
+            });
+            let next = read_batch(&mut stream);
+            let forecasts = worker.join();
+            (forecasts, next)
+        });
+        let forecasts = match forecasts {
+            Ok(f) => f,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        for (s, forecast) in batch.iter().zip(&forecasts) {
+            write_forecast(&mut writer, s, forecast, horizon, &mut summary)?;
         }
-        progress((chunk_index * CHUNK + chunk.len()).min(total), total);
+        summary.series += batch.len();
+        progress(summary.series, stream.series_read());
+        batch = next?;
     }
+    summary.input_rows = stream.input_rows();
     writer.flush()?;
     Ok(summary)
+}
+
+/// The next batch: up to [`BATCH_SERIES`] series or [`BATCH_DAYS`] days; empty at the end.
+fn read_batch<R: Read>(stream: &mut SeriesStream<R>) -> Result<Vec<DailySeries>, CsvError> {
+    let mut batch = Vec::new();
+    let mut days = 0;
+    while batch.len() < BATCH_SERIES && days < BATCH_DAYS {
+        match stream.next() {
+            Some(Ok(s)) => {
+                days += s.history.len();
+                batch.push(s);
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(batch)
+}
+
+fn write_forecast<W: Write>(
+    writer: &mut csv::Writer<W>,
+    s: &DailySeries,
+    forecast: &Forecast,
+    horizon: usize,
+    summary: &mut Summary,
+) -> Result<(), CsvError> {
+    *summary.models.entry(forecast.model).or_default() += 1;
+    let mut date = s.last_date;
+    for h in 0..horizon {
+        date = date
+            .checked_add_days(Days::new(1))
+            .ok_or_else(|| CsvError::DateOverflow {
+                series: s.id.clone(),
+            })?;
+        writer
+            .write_record([
+                s.id.as_str(),
+                &date.format("%Y-%m-%d").to_string(),
+                &format!("{:.4}", forecast.mean[h]),
+                &format!("{:.4}", forecast.lo[h]),
+                &format!("{:.4}", forecast.hi[h]),
+                forecast.model.as_str(),
+            ])
+            .map_err(CsvError::Write)?;
+        summary.output_rows += 1;
+    }
+    Ok(())
 }
 
 /// One input series as a dense daily history.
@@ -153,9 +218,121 @@ pub struct DailySeries {
 }
 
 /// Parses and validates `series,date,qty` input (same rules and errors as
-/// [`forecast_csv`]) into dense daily series sorted by id.
+/// [`forecast_csv`], except that rows may come in any order) into dense daily series sorted
+/// by id. Holds the whole input in memory; [`stream_daily_series`] does not.
 pub fn read_daily_series(input: impl Read) -> Result<Vec<DailySeries>, CsvError> {
     read_series(input).map(|(series, _)| series)
+}
+
+/// Reads the header of `series,date,qty` input whose rows are grouped by series and
+/// returns an iterator over its series, one at a time, in input order (see the module
+/// docs). After the first `Err` the iterator ends.
+pub fn stream_daily_series<R: Read>(input: R) -> Result<SeriesStream<R>, CsvError> {
+    let (reader, columns) = open(input)?;
+    Ok(SeriesStream {
+        reader,
+        record: csv::StringRecord::new(),
+        columns,
+        current: None,
+        finished: HashSet::new(),
+        input_rows: 0,
+        series_read: 0,
+        done: false,
+    })
+}
+
+/// Iterator of [`stream_daily_series`].
+pub struct SeriesStream<R: Read> {
+    reader: csv::Reader<R>,
+    record: csv::StringRecord,
+    columns: Columns,
+    /// The series being read: id and its rows so far.
+    current: Option<(String, Vec<Row>)>,
+    /// Hashes of the ids of the series already returned.
+    finished: HashSet<u64>,
+    input_rows: usize,
+    series_read: usize,
+    done: bool,
+}
+
+impl<R: Read> SeriesStream<R> {
+    /// Data rows read so far.
+    pub fn input_rows(&self) -> usize {
+        self.input_rows
+    }
+
+    /// Series returned so far.
+    pub fn series_read(&self) -> usize {
+        self.series_read
+    }
+
+    fn step(&mut self) -> Result<Option<DailySeries>, CsvError> {
+        loop {
+            let more = self.reader.read_record(&mut self.record).map_err(|source| {
+                let line = source.position().map_or(0, |p| p.line());
+                CsvError::Malformed { line, source }
+            })?;
+            if !more {
+                return match self.current.take() {
+                    Some((id, rows)) => self.finish(id, rows).map(Some),
+                    None => Ok(None),
+                };
+            }
+            let Some((id, row)) = parse_record(&self.record, &self.columns)? else {
+                continue;
+            };
+            self.input_rows += 1;
+            match &mut self.current {
+                Some((current, rows)) if current.as_str() == id => rows.push(row),
+                _ => {
+                    if self.finished.contains(&id_hash(id)) {
+                        return Err(CsvError::NotContiguous {
+                            line: row.line,
+                            series: id.to_owned(),
+                        });
+                    }
+                    let previous = self.current.replace((id.to_owned(), vec![row]));
+                    if let Some((id, rows)) = previous {
+                        return self.finish(id, rows).map(Some);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, id: String, rows: Vec<Row>) -> Result<DailySeries, CsvError> {
+        self.finished.insert(id_hash(&id));
+        self.series_read += 1;
+        build_series(id, rows)
+    }
+}
+
+impl<R: Read> Iterator for SeriesStream<R> {
+    type Item = Result<DailySeries, CsvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(s)) => Some(Ok(s)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Deterministic 64-bit hash of a series id (SipHash with fixed keys).
+fn id_hash(id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
 }
 
 struct Row {
@@ -164,115 +341,165 @@ struct Row {
     line: u64,
 }
 
-/// Parses and validates the whole input, returning dense daily series sorted by id.
-fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> {
+struct Columns {
+    series: usize,
+    date: usize,
+    qty: usize,
+}
+
+/// A CSV reader positioned after the header, and the positions of the three columns.
+fn open<R: Read>(input: R) -> Result<(csv::Reader<R>, Columns), CsvError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .trim(csv::Trim::All)
         .flexible(true)
         .from_reader(input);
-    let mut records = reader.records();
-    let header = match records.next() {
-        None => return Err(CsvError::EmptyInput),
-        Some(Err(source)) => return Err(CsvError::Malformed { line: 1, source }),
-        Some(Ok(header)) => header,
-    };
+    let mut header = csv::StringRecord::new();
+    match reader.read_record(&mut header) {
+        Ok(false) => return Err(CsvError::EmptyInput),
+        Err(source) => return Err(CsvError::Malformed { line: 1, source }),
+        Ok(true) => {}
+    }
     let column = |name: &'static str| {
         header
             .iter()
             .position(|h| h.trim_start_matches('\u{feff}').eq_ignore_ascii_case(name))
             .ok_or(CsvError::MissingColumn(name))
     };
-    let (series_col, date_col, qty_col) = (column("series")?, column("date")?, column("qty")?);
+    let columns = Columns {
+        series: column("series")?,
+        date: column("date")?,
+        qty: column("qty")?,
+    };
+    Ok((reader, columns))
+}
 
+/// One data row: its series id and day, or `None` for a blank line.
+fn parse_record<'r>(
+    record: &'r csv::StringRecord,
+    columns: &Columns,
+) -> Result<Option<(&'r str, Row)>, CsvError> {
+    let line = record.position().map_or(0, |p| p.line());
+    if record.iter().all(str::is_empty) {
+        return Ok(None);
+    }
+    let field = |col: usize, column: &'static str| {
+        record
+            .get(col)
+            .ok_or(CsvError::MissingField { line, column })
+    };
+    let id = field(columns.series, "series")?;
+    if id.is_empty() {
+        return Err(CsvError::EmptySeries { line });
+    }
+    let date_text = field(columns.date, "date")?;
+    let date = parse_date(date_text).ok_or_else(|| CsvError::BadDate {
+        line,
+        value: date_text.to_owned(),
+    })?;
+    let qty_text = field(columns.qty, "qty")?;
+    let qty: f64 = qty_text.parse().map_err(|_| CsvError::BadQuantity {
+        line,
+        value: qty_text.to_owned(),
+    })?;
+    if !qty.is_finite() || qty < 0.0 {
+        return Err(CsvError::InvalidQuantity { line, value: qty });
+    }
+    Ok(Some((id, Row { date, qty, line })))
+}
+
+/// `YYYY-MM-DD`: a fast path for the canonical 10-character form, else chrono's parser
+/// (which accepts the same dates, e.g. also `2024-1-5`).
+fn parse_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b[range]
+            .iter()
+            .try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        if let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10)) {
+            return NaiveDate::from_ymd_opt(y as i32, m, d);
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}
+
+/// Validates one series' rows (span, duplicates) and makes its dense daily history.
+fn build_series(id: String, mut rows: Vec<Row>) -> Result<DailySeries, CsvError> {
+    rows.sort_by_key(|r| (r.date, r.line));
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        // Every series is created with one row; an empty one is a logic error upstream.
+        return Err(CsvError::EmptyInput);
+    };
+    let days = (last.date - first.date).num_days();
+    if days >= MAX_SERIES_DAYS {
+        return Err(CsvError::SpanTooLong {
+            series: id,
+            days: days + 1,
+            first_line: first.line,
+            last_line: last.line,
+        });
+    }
+    if let Some(pair) = rows.windows(2).find(|w| w[0].date == w[1].date) {
+        let (first_line, line) = (
+            pair[0].line.min(pair[1].line),
+            pair[0].line.max(pair[1].line),
+        );
+        return Err(CsvError::Duplicate {
+            line,
+            series: id,
+            date: pair[0].date,
+            first_line,
+        });
+    }
+    let start = first.date;
+    let last_date = last.date;
+    let mut history = vec![0.0; days as usize + 1];
+    for row in &rows {
+        history[(row.date - start).num_days() as usize] = row.qty;
+    }
+    Ok(DailySeries {
+        id,
+        first_date: start,
+        last_date,
+        history,
+    })
+}
+
+/// Parses and validates the whole input (rows in any order), returning dense daily series
+/// sorted by id.
+fn read_series(input: impl Read) -> Result<(Vec<DailySeries>, usize), CsvError> {
+    let (mut reader, columns) = open(input)?;
     let mut by_series: HashMap<String, Vec<Row>> = HashMap::new();
     let mut input_rows = 0;
-    for record in records {
-        let record = record.map_err(|source| {
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader.read_record(&mut record).map_err(|source| {
             let line = source.position().map_or(0, |p| p.line());
             CsvError::Malformed { line, source }
         })?;
-        let line = record.position().map_or(0, |p| p.line());
-        if record.iter().all(str::is_empty) {
-            continue; // blank line
+        if !more {
+            break;
         }
-        let field = |col: usize, column: &'static str| {
-            record
-                .get(col)
-                .ok_or(CsvError::MissingField { line, column })
+        let Some((id, row)) = parse_record(&record, &columns)? else {
+            continue;
         };
-        let id = field(series_col, "series")?;
-        if id.is_empty() {
-            return Err(CsvError::EmptySeries { line });
-        }
-        let date_text = field(date_col, "date")?;
-        let date =
-            NaiveDate::parse_from_str(date_text, "%Y-%m-%d").map_err(|_| CsvError::BadDate {
-                line,
-                value: date_text.to_owned(),
-            })?;
-        let qty_text = field(qty_col, "qty")?;
-        let qty: f64 = qty_text.parse().map_err(|_| CsvError::BadQuantity {
-            line,
-            value: qty_text.to_owned(),
-        })?;
-        if !qty.is_finite() || qty < 0.0 {
-            return Err(CsvError::InvalidQuantity { line, value: qty });
-        }
         input_rows += 1;
         match by_series.get_mut(id) {
-            Some(rows) => rows.push(Row { date, qty, line }),
+            Some(rows) => rows.push(row),
             None => {
-                by_series.insert(id.to_owned(), vec![Row { date, qty, line }]);
+                by_series.insert(id.to_owned(), vec![row]);
             }
         }
     }
-
     let mut ids: Vec<String> = by_series.keys().cloned().collect();
     ids.sort_unstable();
     let mut series = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(mut rows) = by_series.remove(&id) else {
-            continue;
-        };
-        rows.sort_by_key(|r| (r.date, r.line));
-        // `rows` is non-empty: every entry was created with one row.
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-            continue;
-        };
-        let days = (last.date - first.date).num_days();
-        if days >= MAX_SERIES_DAYS {
-            return Err(CsvError::SpanTooLong {
-                series: id,
-                days: days + 1,
-                first_line: first.line,
-                last_line: last.line,
-            });
+        if let Some(rows) = by_series.remove(&id) {
+            series.push(build_series(id, rows)?);
         }
-        if let Some(pair) = rows.windows(2).find(|w| w[0].date == w[1].date) {
-            let (first_line, line) = (
-                pair[0].line.min(pair[1].line),
-                pair[0].line.max(pair[1].line),
-            );
-            return Err(CsvError::Duplicate {
-                line,
-                series: id,
-                date: pair[0].date,
-                first_line,
-            });
-        }
-        let start = first.date;
-        let last_date = last.date;
-        let mut history = vec![0.0; days as usize + 1];
-        for row in &rows {
-            history[(row.date - start).num_days() as usize] = row.qty;
-        }
-        series.push(DailySeries {
-            id,
-            first_date: start,
-            last_date,
-            history,
-        });
     }
     Ok((series, input_rows))
 }
@@ -297,12 +524,13 @@ mod tests {
     #[test]
     fn writes_the_documented_columns_and_dates() {
         let input =
-            "series,date,qty\nb,2024-01-01,1\na,2024-02-27,2\na,2024-02-28,4\nb,2024-01-03,3\n";
+            "series,date,qty\nb,2024-01-03,3\nb,2024-01-01,1\na,2024-02-28,4\na,2024-02-27,2\n";
         let (out, summary) = run(input, 3).expect("valid input");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "series,date,forecast,lo,hi,model");
         assert_eq!(lines.len(), 1 + 6);
-        // Series sorted; dates continue after each series' last day (2024 is a leap year).
+        // Series in input order (dates within a series in any order); dates continue after
+        // each series' last day (2024 is a leap year).
         let dates: Vec<(&str, &str)> = lines[1..]
             .iter()
             .map(|l| {
@@ -313,12 +541,12 @@ mod tests {
         assert_eq!(
             dates,
             vec![
-                ("a", "2024-02-29"),
-                ("a", "2024-03-01"),
-                ("a", "2024-03-02"),
                 ("b", "2024-01-04"),
                 ("b", "2024-01-05"),
-                ("b", "2024-01-06")
+                ("b", "2024-01-06"),
+                ("a", "2024-02-29"),
+                ("a", "2024-03-01"),
+                ("a", "2024-03-02")
             ]
         );
         assert_eq!(summary.series, 2);
@@ -369,7 +597,7 @@ mod tests {
             "line 2: empty series id"
         );
         assert_eq!(
-            error_text("series,date,qty\na,2024-01-01,1\nb,2024-01-01,1\na,2024-01-01,2\n"),
+            error_text("series,date,qty\na,2024-01-01,1\na,2024-01-02,1\na,2024-01-01,2\n"),
             "line 4: duplicate row for series \"a\" on 2024-01-01 (first given on line 2)"
         );
         assert_eq!(
@@ -403,6 +631,90 @@ mod tests {
         })
         .expect("ok");
         assert_eq!(summary.output_rows, 3000);
-        assert_eq!(calls, vec![(0, 3000), (2048, 3000), (3000, 3000)]);
+        // (forecast, read): the next batch is read while the current one is forecast.
+        assert_eq!(calls, vec![(0, 0), (2048, 3000), (3000, 3000)]);
+    }
+
+    #[test]
+    fn series_that_reappear_are_an_error_naming_the_line() {
+        let input = "series,date,qty\na,2024-01-01,1\na,2024-01-02,1\nb,2024-01-01,1\na,2024-01-03,2\n";
+        assert_eq!(
+            error_text(input),
+            "line 5: rows of series \"a\" appear again after rows of other series; the rows of each series must be contiguous (sort or group the input by series)"
+        );
+        // The in-memory reader accepts the same input and sorts by id.
+        let series = read_daily_series(input.as_bytes()).expect("any order");
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].id, "a");
+        assert_eq!(series[0].history, vec![1.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn stream_yields_series_in_input_order_and_stops_at_the_first_bad_row() {
+        let input = "series,date,qty\nz,2024-03-02,5\nz,2024-03-01,1\n\ny,2024-01-01,2\nx,2024-01-01,oops\nw,2024-01-01,1\n";
+        let mut stream = stream_daily_series(input.as_bytes()).expect("header");
+        let z = stream.next().expect("z").expect("valid");
+        assert_eq!(z.id, "z");
+        assert_eq!(z.first_date, NaiveDate::from_ymd_opt(2024, 3, 1).expect("date"));
+        assert_eq!(z.history, vec![1.0, 5.0]);
+        // y is complete only once x's first row is read, and that row is bad (line 6: the
+        // blank line 4 counts).
+        match stream.next() {
+            Some(Err(e)) => assert_eq!(e.to_string(), "line 6: qty \"oops\" is not a number"),
+            other => panic!("expected the bad row, got {other:?}"),
+        }
+        assert!(stream.next().is_none(), "the stream ends after an error");
+        assert_eq!(stream.series_read(), 1);
+        assert_eq!(stream.input_rows(), 3);
+    }
+
+    #[test]
+    fn stream_reports_errors_of_the_last_series_and_a_bad_header() {
+        let input = "qty,series,date\n1,a,2024-01-01\n2,b,2024-01-01\n3,b,2024-01-01\n";
+        let results: Vec<Result<DailySeries, CsvError>> =
+            stream_daily_series(input.as_bytes()).expect("header").collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].as_ref().expect("a").id, "a");
+        assert_eq!(
+            results[1].as_ref().map(|_| ()).expect_err("dup").to_string(),
+            "line 4: duplicate row for series \"b\" on 2024-01-01 (first given on line 3)"
+        );
+        assert!(matches!(
+            stream_daily_series("series,qty\n".as_bytes()),
+            Err(CsvError::MissingColumn("date"))
+        ));
+        assert!(matches!(
+            stream_daily_series("".as_bytes()),
+            Err(CsvError::EmptyInput)
+        ));
+    }
+
+    #[test]
+    fn an_error_after_the_first_batch_leaves_only_whole_series_written() {
+        let mut input: String = std::iter::once("series,date,qty\n".to_owned())
+            .chain((0..BATCH_SERIES + 10).map(|i| format!("s{i},2024-01-01,1\n")))
+            .collect();
+        input.push_str("s0,2024-01-02,1\n");
+        let mut out = Vec::new();
+        let err = forecast_csv(input.as_bytes(), &mut out, 2, |_, _| {}).expect_err("reappears");
+        assert_eq!(
+            err.to_string().split(';').next(),
+            Some(format!("line {}: rows of series \"s0\" appear again after rows of other series", BATCH_SERIES + 12).as_str())
+        );
+        let text = String::from_utf8(out).expect("utf8");
+        // Header, then 2 rows for each series of the first batch, nothing of a partial one.
+        assert_eq!((text.lines().count() - 1) % 2, 0);
+        assert!(text.lines().count() - 1 <= 2 * BATCH_SERIES);
+    }
+
+    #[test]
+    fn dates_parse_like_chrono() {
+        for text in ["2024-02-29", "2023-02-29", "2024-1-5", "2024-01-0a", "24-01-01", "2024-13-01", "+2024-01-01", "2024/01/01"] {
+            assert_eq!(
+                parse_date(text),
+                NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+                "{text}"
+            );
+        }
     }
 }
