@@ -17,9 +17,11 @@
 pub mod alerts;
 pub mod csv_io;
 pub mod models;
+pub mod pooled;
 pub mod reorder;
 pub mod select;
 pub mod stats;
+pub mod synthetic;
 
 pub use models::ModelKind;
 pub use select::{forecast_series, Forecast, SelectConfig};

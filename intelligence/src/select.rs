@@ -47,6 +47,7 @@ use crate::models::{
     Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, Sba,
     SeasonalNaive, Ses, Tsb, WEEK,
 };
+use crate::pooled::GroupProfile;
 use crate::stats::{naive_mse_scale, two_sided_z};
 
 /// ADI cut-off between smooth/erratic and intermittent/lumpy demand (Syntetos, Boylan &
@@ -66,6 +67,33 @@ pub enum Combination {
     Median,
     /// Mean weighted by 1 / backtest MSE.
     InverseMse,
+}
+
+/// How [`forecast_series_pooled`] uses the pooled model ([`crate::pooled`]) when it is
+/// given a [`PooledContext`] (without one, or with `Off`, the forecast is the per-series one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PooledUse {
+    /// Ignore the pooled model.
+    Off,
+    /// The pooled model is one more candidate: it competes in selection and joins the
+    /// intermittent median.
+    Candidate,
+    /// Always the pooled model (still backtested for its RMSSE and interval calibration).
+    Only,
+    /// Of the per-series choice, the pooled model and their equal-weight mean, the one with
+    /// the smallest backtest error.
+    Blend,
+    /// Always the equal-weight mean of the per-series choice and the pooled model.
+    Mean,
+}
+
+/// The pooled profile of a series' group and where the series sits in time.
+#[derive(Debug, Clone, Copy)]
+pub struct PooledContext<'a> {
+    pub profile: &'a GroupProfile,
+    /// Absolute day ([`crate::pooled::day_number`]) of `history[0]`.
+    pub start_day: i64,
 }
 
 /// How [`forecast_series`] selects and scores models. Deserializing fills missing fields
@@ -108,6 +136,10 @@ pub struct SelectConfig {
     /// is `None`) are forecast by this combination of every candidate that could be
     /// backtested on them, instead of by selection. `None`: selection for every series.
     pub intermittent_combination: Option<Combination>,
+    /// How the pooled model is used when a [`PooledContext`] is given.
+    pub pooled: PooledUse,
+    /// Exponent β of the pooled yearly factor `Y^β` (0: weekday profile only).
+    pub pooled_yearly: f64,
 }
 
 impl Default for SelectConfig {
@@ -125,6 +157,8 @@ impl Default for SelectConfig {
             intermittent_combination: Some(Combination::Median),
             param_search_days: 364,
             narrow_intervals: true,
+            pooled: PooledUse::Blend,
+            pooled_yearly: 1.0,
         }
     }
 }
@@ -138,7 +172,16 @@ impl SelectConfig {
             always_combine: false,
             intermittent_adi: None,
             intermittent_combination: None,
+            pooled: PooledUse::Off,
             ..SelectConfig::default()
+        }
+    }
+
+    /// Only the pooled model (with a [`PooledContext`]; without one, like `single(Ses)`).
+    pub fn pooled_only() -> Self {
+        SelectConfig {
+            pooled: PooledUse::Only,
+            ..SelectConfig::single(ModelKind::Ses)
         }
     }
 }
@@ -183,8 +226,20 @@ impl Forecast {
 /// combination) that backtests best on this series; intermittent series get the per-day
 /// combination of every candidate instead. See the module docs for the method.
 pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Forecast {
+    forecast_series_pooled(history, horizon, cfg, None)
+}
+
+/// [`forecast_series`] with the pooled model of the series' group available
+/// ([`SelectConfig::pooled`] says how it is used; `None` is exactly [`forecast_series`]).
+pub fn forecast_series_pooled(
+    history: &[f64],
+    horizon: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&PooledContext>,
+) -> Forecast {
     let level = interval_level(cfg);
-    let run = match run_backtests(history, horizon, cfg) {
+    let pooled = pooled.filter(|_| cfg.pooled != PooledUse::Off);
+    let run = match run_backtests(history, horizon, cfg, pooled) {
         Ok(run) => run,
         Err(Unscored::NoSale) => return Forecast::zero(horizon, level),
         Err(Unscored::Short(y)) => return short_history_forecast(&y, horizon, level),
@@ -192,6 +247,7 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
     let scored = &run.scored;
 
     let b = run.b;
+    let span = horizon.max(b);
     let cutoff = cfg.intermittent_adi.unwrap_or(INTERMITTENT_ADI);
     let choice = match cfg.intermittent_combination {
         // Intermittent demand: the candidates are near-equal on average and which one wins
@@ -219,39 +275,39 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
             }
         }
     };
+    let local = choice.materialize(scored, span, run.actuals.len());
 
-    let span = horizon.max(b);
-    let (mean, base_sd): (Vec<f64>, Vec<f64>) = if choice.members.len() == 1 {
-        let only = &scored[choice.members[0].0];
-        (only.mean.clone(), only.base_sd.clone())
-    } else {
-        let weights: Vec<f64> = choice.members.iter().map(|m| m.1).collect();
-        let mut point = vec![0.0; choice.members.len()];
-        let mean = (0..span)
-            .map(|h| {
-                for (p, m) in point.iter_mut().zip(&choice.members) {
-                    *p = scored[m.0].mean[h];
+    let chosen = match &run.pooled {
+        None => local,
+        Some(pool) => {
+            let pool = Candidate {
+                model: ModelKind::Pooled,
+                sse: pool.sse,
+                points: pool.forecasts.clone(),
+                mean: pool.mean.clone(),
+                base_sd: pool.base_sd.clone(),
+            };
+            match cfg.pooled {
+                PooledUse::Off | PooledUse::Candidate => local,
+                PooledUse::Only => pool,
+                PooledUse::Mean => Candidate::mean_of(&local, &pool, &run.actuals),
+                PooledUse::Blend => {
+                    let blend = Candidate::mean_of(&local, &pool, &run.actuals);
+                    [local, pool, blend]
+                        .into_iter()
+                        .min_by(|a, b| a.sse.total_cmp(&b.sse))
+                        .unwrap_or_else(|| unreachable!("three candidates"))
                 }
-                combine(choice.method, &weights, &mut point)
-            })
-            .collect();
-        let base_sd = (0..span)
-            .map(|h| {
-                choice
-                    .members
-                    .iter()
-                    .map(|&(i, w)| w * scored[i].base_sd[h])
-                    .sum()
-            })
-            .collect();
-        (mean, base_sd)
+            }
+        }
     };
 
     let origins = run.actuals.len() / b;
     let scored_points = run.actuals.len() as f64;
+    let base_sd = chosen.base_sd;
     let implied: f64 = origins as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
     let sd: Vec<f64> = if implied > 0.0 {
-        let ratio = (choice.sse / implied).sqrt();
+        let ratio = (chosen.sse / implied).sqrt();
         // A perfect backtest (ratio 0) says nothing about the spread: keep the model's sd.
         let calibration = if cfg.narrow_intervals && ratio > 0.0 {
             ratio
@@ -260,16 +316,43 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         };
         base_sd.iter().map(|s| s * calibration).collect()
     } else {
-        vec![(choice.sse / scored_points).sqrt(); span]
+        vec![(chosen.sse / scored_points).sqrt(); span]
     };
 
-    let model = if choice.members.len() > 1 {
-        ModelKind::Combination
-    } else {
-        scored[choice.members[0].0].kind
-    };
-    let rmsse = finite_or_zero((choice.sse / scored_points / run.scale).sqrt());
-    assemble(model, mean, sd, horizon, level, rmsse, b)
+    let rmsse = finite_or_zero((chosen.sse / scored_points / run.scale).sqrt());
+    assemble(chosen.model, chosen.mean, sd, horizon, level, rmsse, b)
+}
+
+/// A forecast with its backtest: what the final choice is made among.
+struct Candidate {
+    model: ModelKind,
+    sse: f64,
+    /// Backtest forecasts aligned with [`Run::actuals`].
+    points: Vec<f64>,
+    mean: Vec<f64>,
+    base_sd: Vec<f64>,
+}
+
+impl Candidate {
+    /// The equal-weight mean of two candidates, scored on `actuals`.
+    fn mean_of(a: &Candidate, b: &Candidate, actuals: &[f64]) -> Candidate {
+        let avg = |x: &[f64], y: &[f64]| -> Vec<f64> {
+            x.iter().zip(y).map(|(p, q)| 0.5 * (p + q)).collect()
+        };
+        let points = avg(&a.points, &b.points);
+        let sse = points
+            .iter()
+            .zip(actuals)
+            .map(|(f, y)| (y - f) * (y - f))
+            .sum();
+        Candidate {
+            model: ModelKind::PooledBlend,
+            sse,
+            points,
+            mean: avg(&a.mean, &b.mean),
+            base_sd: avg(&a.base_sd, &b.base_sd),
+        }
+    }
 }
 
 /// A forecast assembled from backtested candidates: one model, or a combination.
@@ -319,6 +402,47 @@ impl Choice {
     }
 }
 
+impl Choice {
+    /// The choice's backtest forecasts (`points` of them), final mean and base sd.
+    fn materialize(&self, scored: &[Backtest], span: usize, points: usize) -> Candidate {
+        if self.members.len() == 1 {
+            let only = &scored[self.members[0].0];
+            return Candidate {
+                model: only.kind,
+                sse: self.sse,
+                points: only.forecasts.clone(),
+                mean: only.mean.clone(),
+                base_sd: only.base_sd.clone(),
+            };
+        }
+        let weights: Vec<f64> = self.members.iter().map(|m| m.1).collect();
+        let mut point = vec![0.0; self.members.len()];
+        let mut at = |get: &dyn Fn(&Backtest) -> f64| {
+            for (p, m) in point.iter_mut().zip(&self.members) {
+                *p = get(&scored[m.0]);
+            }
+            combine(self.method, &weights, &mut point)
+        };
+        let backtest_points = (0..points).map(|t| at(&|s| s.forecasts[t])).collect();
+        let mean = (0..span).map(|h| at(&|s| s.mean[h])).collect();
+        let base_sd = (0..span)
+            .map(|h| {
+                self.members
+                    .iter()
+                    .map(|&(i, w)| w * scored[i].base_sd[h])
+                    .sum()
+            })
+            .collect();
+        Candidate {
+            model: ModelKind::Combination,
+            sse: self.sse,
+            points: backtest_points,
+            mean,
+            base_sd,
+        }
+    }
+}
+
 /// Why a series has no backtest.
 enum Unscored {
     /// No sale at all: the forecast is zero.
@@ -340,6 +464,8 @@ struct Run {
     scale: f64,
     /// Average inter-demand interval: days from the first sale per day with a sale.
     adi: f64,
+    /// The pooled model's backtest, when it is used apart from the candidates.
+    pooled: Option<Backtest>,
 }
 
 fn interval_level(cfg: &SelectConfig) -> f64 {
@@ -351,7 +477,12 @@ fn interval_level(cfg: &SelectConfig) -> f64 {
 }
 
 /// Cleans the history (steps 1–2 of the module docs) and backtests every candidate.
-fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<Run, Unscored> {
+fn run_backtests(
+    history: &[f64],
+    horizon: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&PooledContext>,
+) -> Result<Run, Unscored> {
     let cleaned: Vec<f64> = history
         .iter()
         .map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 })
@@ -394,6 +525,22 @@ fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<
     if scored.is_empty() {
         return Err(Unscored::Short(y.to_vec()));
     }
+    let mut pooled_run = pooled.and_then(|ctx| {
+        let day0 = ctx.start_day + first_sale as i64;
+        backtest_pooled(
+            y,
+            day0,
+            ctx.profile,
+            cfg.pooled_yearly,
+            &origins,
+            b,
+            horizon.max(b),
+            cfg.param_search_days,
+        )
+    });
+    if cfg.pooled == PooledUse::Candidate {
+        scored.extend(pooled_run.take());
+    }
     // Stable sort: ties keep the configured candidate order.
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
     let actuals = origins
@@ -407,6 +554,7 @@ fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<
         b,
         scale,
         adi: n as f64 / demand_days as f64,
+        pooled: pooled_run,
     })
 }
 
@@ -458,7 +606,10 @@ fn suits(kind: ModelKind, intermittent: bool) -> bool {
         ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => {
             !intermittent
         }
-        ModelKind::Zero | ModelKind::Combination => false,
+        ModelKind::Zero
+        | ModelKind::Combination
+        | ModelKind::Pooled
+        | ModelKind::PooledBlend => false,
     }
 }
 
@@ -474,7 +625,10 @@ fn min_history(kind: ModelKind) -> Option<usize> {
         ModelKind::Tsb => Tsb::MIN_HISTORY,
         ModelKind::Adida => Adida::MIN_HISTORY,
         ModelKind::Imapa => Imapa::MIN_HISTORY,
-        ModelKind::Zero | ModelKind::Combination => return None,
+        ModelKind::Zero
+        | ModelKind::Combination
+        | ModelKind::Pooled
+        | ModelKind::PooledBlend => return None,
     })
 }
 
@@ -523,7 +677,10 @@ fn backtest_kind(
         ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
         ModelKind::Adida => backtest::<Adida>(y, origins, b, span, search_days),
         ModelKind::Imapa => backtest::<Imapa>(y, origins, b, span, search_days),
-        ModelKind::Zero | ModelKind::Combination => return None,
+        ModelKind::Zero
+        | ModelKind::Combination
+        | ModelKind::Pooled
+        | ModelKind::PooledBlend => return None,
     };
     let (forecasts, mean, base_sd) = run;
     let sse = origins
@@ -599,6 +756,99 @@ fn backtest<M: Model>(
         .map(|h| finite_or_zero(residual_sd * M::growth(&params, h)))
         .collect();
     (forecasts, mean, base_sd)
+}
+
+/// The pooled model's backtest (see [`crate::pooled`]): α from the SES grid by one-step
+/// SSE on the search window before the earliest origin, then one filter pass forecasting at
+/// every origin and from the end. `day0` is the absolute day of `y[0]`.
+#[allow(clippy::too_many_arguments)]
+fn backtest_pooled(
+    y: &[f64],
+    day0: i64,
+    profile: &GroupProfile,
+    yearly: f64,
+    origins: &[usize],
+    b: usize,
+    span: usize,
+    search_days: usize,
+) -> Option<Backtest> {
+    let n = y.len();
+    // Weekday factors rotated so that index t % 7 is day t of the series.
+    let w: [f64; 7] = std::array::from_fn(|k| profile.weekday_factor(day0 + k as i64));
+    let earliest = origins[0];
+    let recent = if search_days == 0 {
+        0
+    } else {
+        earliest.saturating_sub(search_days.max(2 * WEEK))
+    };
+    let warm = (recent + WEEK).min(earliest);
+    let init = y[recent..warm].iter().enumerate().map(|(i, v)| v / w[(recent + i) % 7]).sum::<f64>()
+        / (warm - recent).max(1) as f64;
+    let mut best = (f64::INFINITY, crate::models::SES_ALPHAS[0]);
+    for &alpha in &crate::models::SES_ALPHAS {
+        let mut level = init;
+        let mut sse = 0.0;
+        for (t, &v) in y.iter().enumerate().take(earliest).skip(warm) {
+            let e = v - level * w[t % 7];
+            sse += e * e;
+            level += alpha * (v / w[t % 7] - level);
+        }
+        if sse < best.0 {
+            best = (sse, alpha);
+        }
+    }
+    let alpha = best.1;
+    let factor = |origin: usize, h: usize| -> f64 {
+        if yearly == 0.0 {
+            return 1.0;
+        }
+        let o = day0 + origin as i64;
+        profile.yearly_factor(o, o + h as i64).powf(yearly)
+    };
+    let mut forecasts = vec![0.0; origins.len() * b];
+    let mut level = init;
+    let mut next = 0;
+    let mut sse = 0.0;
+    for (t, &v) in y.iter().enumerate().skip(warm) {
+        while next < origins.len() && origins[next] == t {
+            let base = (yearly != 0.0).then(|| profile.yearly_base(day0 + t as i64));
+            for h in 0..b {
+                let y_factor = match base {
+                    Some(base) => profile
+                        .yearly_factor_from(base, day0 + (t + h) as i64)
+                        .powf(yearly),
+                    None => 1.0,
+                };
+                forecasts[next * b + h] = (level * w[(t + h) % 7] * y_factor).max(0.0);
+            }
+            next += 1;
+        }
+        let e = v - level * w[t % 7];
+        sse += e * e;
+        level += alpha * (v / w[t % 7] - level);
+    }
+    let residual_sd = (sse / n.saturating_sub(warm).max(1) as f64).sqrt();
+    let mean: Vec<f64> = (0..span)
+        .map(|h| finite_or_zero(level * w[(n + h) % 7] * factor(n, h)).max(0.0))
+        .collect();
+    let base_sd = (1..=span)
+        .map(|h| {
+            finite_or_zero(residual_sd * (1.0 + (h - 1) as f64 * alpha * alpha).sqrt())
+        })
+        .collect();
+    let sse = origins
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &o)| forecasts[r * b..(r + 1) * b].iter().zip(&y[o..o + b]))
+        .map(|(f, actual)| (actual - f) * (actual - f))
+        .sum::<f64>();
+    sse.is_finite().then_some(Backtest {
+        kind: ModelKind::Pooled,
+        sse,
+        forecasts,
+        mean,
+        base_sd,
+    })
 }
 
 /// Too little history to backtest: SES on what there is, with a Poisson floor on the
