@@ -27,7 +27,10 @@ use std::path::Path;
 
 use bazaar_intelligence::csv_io::read_daily_series;
 use bazaar_intelligence::models::ModelKind;
-use bazaar_intelligence::pooled::{day_number, fit_profile, group_key, GroupProfile, Pooling};
+use bazaar_intelligence::pooled::{
+    day_number, fit_item_level, fit_profile, group_key, item_key, GroupProfile, ItemLevel,
+    Pooling,
+};
 use bazaar_intelligence::select::{
     forecast_series_pooled, PooledContext, PooledUse, SelectConfig,
 };
@@ -36,8 +39,19 @@ use rayon::prelude::*;
 
 const HOLDOUT: usize = 28;
 
+/// How the pooled model is fitted: which series share the weekday/yearly profile, and
+/// whether its level is top-down from the same item across stores.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    profile: Pooling,
+    top_down: bool,
+}
+
 /// The pooling the default method uses (chosen on validation windows, see `explore`).
-const DEFAULT_POOLING: Pooling = Pooling::StoreCategory;
+const DEFAULT_POOLING: Pool = Pool {
+    profile: Pooling::StoreCategory,
+    top_down: true,
+};
 
 /// One series with what the pooled model needs: its id (for the group) and first day.
 struct Series {
@@ -47,7 +61,7 @@ struct Series {
 }
 
 /// A method: a configuration and, for the pooled model, the grouping.
-type Method = (String, SelectConfig, Option<Pooling>);
+type Method = (String, SelectConfig, Option<Pool>);
 
 struct Scores {
     rmsse: Vec<f64>,
@@ -93,12 +107,35 @@ fn profiles(series: &[Series], offset: usize, pooling: Pooling) -> HashMap<Strin
         .collect()
 }
 
+/// Chain-wide item levels (the same item across stores) on the training parts.
+fn items(series: &[Series], offset: usize) -> HashMap<String, ItemLevel> {
+    let mut groups: HashMap<String, Vec<(i64, &[f64])>> = HashMap::new();
+    for s in series {
+        let end = s.history.len() - offset - HOLDOUT;
+        groups
+            .entry(item_key(&s.id).to_owned())
+            .or_default()
+            .push((s.start_day, &s.history[..end]));
+    }
+    groups
+        .into_par_iter()
+        .map(|(key, members)| (key, fit_item_level(members)))
+        .collect()
+}
+
 /// Scores `cfg` on every series: the window `[len − offset − HOLDOUT, len − offset)` is
 /// held out and forecast from the days before it (offset 0: the test window, the last 28
 /// days; offset 28: the validation window, the 28 days before them). With `pooling`, the
 /// pooled profiles are fitted on the training parts of all series first.
-fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Option<Pooling>) -> Scores {
-    let fitted = pooling.map(|p| (p, profiles(series, offset, p)));
+fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Option<Pool>) -> Scores {
+    let fitted = pooling.map(|p| {
+        let items = if p.top_down {
+            items(series, offset)
+        } else {
+            HashMap::new()
+        };
+        (p.profile, profiles(series, offset, p.profile), items)
+    });
     let per_series: Vec<Option<(f64, f64, usize, usize, usize, ModelKind)>> = series
         .par_iter()
         .map(|s| {
@@ -106,10 +143,11 @@ fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Optio
             let (train, test) = history.split_at(history.len() - HOLDOUT);
             let (squared_scale, absolute_scale) = scales(train)?;
             let forecast = match &fitted {
-                Some((p, groups)) => {
+                Some((p, groups, items)) => {
                     let ctx = groups.get(group_key(&s.id, *p)).map(|profile| PooledContext {
                         profile,
                         start_day: s.start_day,
+                        item: items.get(item_key(&s.id)),
                     });
                     forecast_series_pooled(train, HOLDOUT, cfg, ctx.as_ref())
                 }
@@ -395,8 +433,16 @@ fn explore(sets: &[(&str, Vec<Series>)]) {
             None,
         ),
     ];
-    for pooling in [Pooling::Chain, Pooling::Store, Pooling::StoreCategory] {
-        for yearly in [0.0, 0.5, 1.0] {
+    let poolings = [
+        (Pooling::Chain, false),
+        (Pooling::Store, false),
+        (Pooling::StoreCategory, false),
+        (Pooling::Chain, true),
+        (Pooling::StoreCategory, true),
+    ];
+    for (profile, top_down) in poolings {
+        let pooling = Pool { profile, top_down };
+        for yearly in [0.0, 1.0] {
             for use_ in [
                 PooledUse::Candidate,
                 PooledUse::Only,
@@ -413,7 +459,10 @@ fn explore(sets: &[(&str, Vec<Series>)]) {
                     }
                 };
                 variants.push((
-                    format!("pooled {use_:?}, {pooling:?}, yearly β {yearly}"),
+                    format!(
+                        "pooled {use_:?}, profile {profile:?}, {}, yearly β {yearly}",
+                        if top_down { "top-down item level" } else { "own level" }
+                    ),
                     cfg,
                     Some(pooling),
                 ));

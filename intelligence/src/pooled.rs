@@ -49,6 +49,99 @@ pub fn group_key(id: &str, pooling: Pooling) -> &str {
     }
 }
 
+/// The key of the same item across stores: the id without its store part (up to and
+/// including the first `/`); ids without `/` are their own item.
+pub fn item_key(id: &str) -> &str {
+    id.split_once('/').map_or(id, |(_, rest)| rest)
+}
+
+/// Top-down pooling of one item across stores: the item's chain-wide demand per day, and
+/// the SES level of it (weekday-adjusted by its own profile) before each day. A store's
+/// series is then forecast as `share · level · w[dow]`, its share of the item's demand over
+/// the last 364 days times the chain-wide level: much less noisy than the store's own
+/// level for slow movers, as long as the shares are stable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemLevel {
+    /// Absolute day of `prefix[0]`'s first day.
+    pub first_day: i64,
+    /// `prefix[j]` = the item's chain-wide demand over its first `j` days.
+    prefix: Vec<f64>,
+    /// `level[j]`: weekday-adjusted SES level using days `< j` (`level[0]` the initial one).
+    level: Vec<f64>,
+}
+
+impl ItemLevel {
+    fn index(&self, day: i64) -> Option<usize> {
+        let j = day - self.first_day;
+        (j >= 0 && j < self.prefix.len() as i64).then_some(j as usize)
+    }
+
+    /// Chain-wide demand over absolute days `from..to` (clipped to what is covered).
+    pub fn demand_between(&self, from: i64, to: i64) -> f64 {
+        let clip = |d: i64| (d - self.first_day).clamp(0, self.prefix.len() as i64 - 1) as usize;
+        if self.prefix.is_empty() || to <= from {
+            return 0.0;
+        }
+        self.prefix[clip(to)] - self.prefix[clip(from)]
+    }
+
+    /// The weekday-adjusted level before absolute day `day` (from days before it only).
+    pub fn level_before(&self, day: i64) -> Option<f64> {
+        self.index(day).map(|j| self.level[j])
+    }
+}
+
+/// Fits an item's chain-wide level from its store series (absolute first day, daily
+/// demand), with α from the SES grid by one-step SSE.
+pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) -> ItemLevel {
+    let profile = fit_profile(series);
+    let n = profile.totals.len();
+    let w: Vec<f64> = (0..n)
+        .map(|t| profile.weekday_factor(profile.first_day + t as i64))
+        .collect();
+    let z: Vec<f64> = profile.totals.iter().zip(&w).map(|(g, w)| g / w).collect();
+    let warm = n.min(crate::models::WEEK);
+    let init = z[..warm].iter().sum::<f64>() / warm.max(1) as f64;
+    let run = |alpha: f64, path: Option<&mut Vec<f64>>| -> f64 {
+        let mut level = init;
+        let mut sse = 0.0;
+        let mut path = path;
+        for (t, (&g, &zt)) in profile.totals.iter().zip(&z).enumerate() {
+            if let Some(p) = path.as_deref_mut() {
+                p.push(level);
+            }
+            if t >= warm {
+                let e = g - level * w[t];
+                sse += e * e;
+            }
+            level += alpha * (zt - level);
+        }
+        if let Some(p) = path {
+            p.push(level);
+        }
+        sse
+    };
+    let alpha = crate::models::SES_ALPHAS
+        .iter()
+        .copied()
+        .min_by(|a, b| run(*a, None).total_cmp(&run(*b, None)))
+        .unwrap_or(0.1);
+    let mut level = Vec::with_capacity(n + 1);
+    run(alpha, Some(&mut level));
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    let mut total = 0.0;
+    for &g in &profile.totals {
+        total += g;
+        prefix.push(total);
+    }
+    ItemLevel {
+        first_day: profile.first_day,
+        prefix,
+        level,
+    }
+}
+
 /// Days since 1970-01-01 of a date (the absolute day numbering of [`GroupProfile`]).
 pub fn day_number(date: chrono::NaiveDate) -> i64 {
     date.signed_duration_since(chrono::NaiveDate::default())
@@ -232,6 +325,23 @@ mod tests {
         assert!((p.yearly_factor(750, 755) - 1.0).abs() < 1e-9);
         // Not covered last year: 1.
         assert_eq!(p.yearly_factor(300, 320), 1.0);
+    }
+
+    #[test]
+    fn item_level_pools_the_same_item_across_stores() {
+        assert_eq!(item_key("s01/food/sku7"), "food/sku7");
+        assert_eq!(item_key("sku7"), "sku7");
+        // Two stores sell the item at 1 and 3 a day, flat: chain-wide 4 a day.
+        let a = vec![1.0; 56];
+        let b = vec![3.0; 56];
+        let item = fit_item_level([(0, a.as_slice()), (0, b.as_slice())]);
+        assert!((item.level_before(30).expect("covered") - 4.0).abs() < 1e-9);
+        assert!((item.demand_between(0, 10) - 40.0).abs() < 1e-9);
+        assert!((item.demand_between(50, 100) - 24.0).abs() < 1e-9, "clipped at the end");
+        assert_eq!(item.level_before(-1), None);
+        // Store b's share 3/4 × level 4 = its own 3 a day.
+        let share = b.iter().sum::<f64>() / item.demand_between(0, 56);
+        assert!((share * item.level_before(56).expect("end") - 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::models::{
     Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, Sba,
     SeasonalNaive, Ses, Tsb, WEEK,
 };
-use crate::pooled::GroupProfile;
+use crate::pooled::{GroupProfile, ItemLevel};
 use crate::stats::{naive_mse_scale, two_sided_z};
 
 /// ADI cut-off between smooth/erratic and intermittent/lumpy demand (Syntetos, Boylan &
@@ -94,6 +94,9 @@ pub struct PooledContext<'a> {
     pub profile: &'a GroupProfile,
     /// Absolute day ([`crate::pooled::day_number`]) of `history[0]`.
     pub start_day: i64,
+    /// The series' item across stores: with it, the pooled model's level is top-down (the
+    /// series' share of the item times the item's chain-wide level) instead of its own.
+    pub item: Option<&'a ItemLevel>,
 }
 
 /// How [`forecast_series`] selects and scores models. Deserializing fills missing fields
@@ -531,6 +534,7 @@ fn run_backtests(
             y,
             day0,
             ctx.profile,
+            ctx.item,
             cfg.pooled_yearly,
             &origins,
             b,
@@ -766,6 +770,7 @@ fn backtest_pooled(
     y: &[f64],
     day0: i64,
     profile: &GroupProfile,
+    item: Option<&ItemLevel>,
     yearly: f64,
     origins: &[usize],
     b: usize,
@@ -805,12 +810,31 @@ fn backtest_pooled(
         let o = day0 + origin as i64;
         profile.yearly_factor(o, o + h as i64).powf(yearly)
     };
+    // Top-down: the series' share of its item over the 364 days before day t, times the
+    // item's chain-wide level before t; the own level where the item is not covered.
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    for &v in y {
+        prefix.push(prefix[prefix.len() - 1] + v);
+    }
+    let top_down = |t: usize, own: f64| -> f64 {
+        let Some(item) = item else {
+            return own;
+        };
+        let from = t.saturating_sub(364);
+        let chain = item.demand_between(day0 + from as i64, day0 + t as i64);
+        match item.level_before(day0 + t as i64) {
+            Some(level) if chain > 0.0 && t > from => (prefix[t] - prefix[from]) / chain * level,
+            _ => own,
+        }
+    };
     let mut forecasts = vec![0.0; origins.len() * b];
     let mut level = init;
     let mut next = 0;
     let mut sse = 0.0;
     for (t, &v) in y.iter().enumerate().skip(warm) {
         while next < origins.len() && origins[next] == t {
+            let level = top_down(t, level);
             let base = (yearly != 0.0).then(|| profile.yearly_base(day0 + t as i64));
             for h in 0..b {
                 let y_factor = match base {
@@ -823,11 +847,12 @@ fn backtest_pooled(
             }
             next += 1;
         }
-        let e = v - level * w[t % 7];
+        let e = v - top_down(t, level) * w[t % 7];
         sse += e * e;
         level += alpha * (v / w[t % 7] - level);
     }
     let residual_sd = (sse / n.saturating_sub(warm).max(1) as f64).sqrt();
+    let level = top_down(n, level);
     let mean: Vec<f64> = (0..span)
         .map(|h| finite_or_zero(level * w[(n + h) % 7] * factor(n, h)).max(0.0))
         .collect();
