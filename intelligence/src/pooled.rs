@@ -91,8 +91,11 @@ impl ItemLevel {
     }
 }
 
+/// Days ahead at which [`fit_item_level`] scores α.
+pub const ITEM_LEVEL_LAG: usize = 14;
+
 /// Fits an item's chain-wide level from its store series (absolute first day, daily
-/// demand), with α from the SES grid by one-step SSE.
+/// demand), with α from the SES grid by the SSE of forecasts [`ITEM_LEVEL_LAG`] days ahead.
 pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) -> ItemLevel {
     let profile = fit_profile(series);
     let n = profile.totals.len();
@@ -102,32 +105,30 @@ pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) ->
     let z: Vec<f64> = profile.totals.iter().zip(&w).map(|(g, w)| g / w).collect();
     let warm = n.min(crate::models::WEEK);
     let init = z[..warm].iter().sum::<f64>() / warm.max(1) as f64;
-    let run = |alpha: f64, path: Option<&mut Vec<f64>>| -> f64 {
+    // α is chosen for the horizon the level is used at (two weeks ahead), not one step:
+    // the chain-wide total is smooth enough that a one-step criterion picks an α that
+    // chases promotions and then carries them into the following weeks.
+    let run = |alpha: f64| -> (f64, Vec<f64>) {
         let mut level = init;
+        let mut path = Vec::with_capacity(n + 1);
         let mut sse = 0.0;
-        let mut path = path;
         for (t, (&g, &zt)) in profile.totals.iter().zip(&z).enumerate() {
-            if let Some(p) = path.as_deref_mut() {
-                p.push(level);
-            }
-            if t >= warm {
-                let e = g - level * w[t];
+            path.push(level);
+            if t >= warm + ITEM_LEVEL_LAG {
+                let e = g - path[t - ITEM_LEVEL_LAG] * w[t];
                 sse += e * e;
             }
             level += alpha * (zt - level);
         }
-        if let Some(p) = path {
-            p.push(level);
-        }
-        sse
+        path.push(level);
+        (sse, path)
     };
-    let alpha = crate::models::SES_ALPHAS
+    let level = crate::models::SES_ALPHAS
         .iter()
-        .copied()
-        .min_by(|a, b| run(*a, None).total_cmp(&run(*b, None)))
-        .unwrap_or(0.1);
-    let mut level = Vec::with_capacity(n + 1);
-    run(alpha, Some(&mut level));
+        .map(|&a| run(a))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| vec![init; n + 1]);
     let mut prefix = Vec::with_capacity(n + 1);
     prefix.push(0.0);
     let mut total = 0.0;
