@@ -62,6 +62,8 @@ pub fn item_key(id: &str) -> &str {
 /// level for slow movers, as long as the shares are stable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemLevel {
+    /// Series (stores) the item was fitted from; top-down needs at least 2.
+    pub members: usize,
     /// Absolute day of `prefix[0]`'s first day.
     pub first_day: i64,
     /// `prefix[j]` = the item's chain-wide demand over its first `j` days.
@@ -97,6 +99,8 @@ pub const ITEM_LEVEL_LAG: usize = 14;
 /// Fits an item's chain-wide level from its store series (absolute first day, daily
 /// demand), with α from the SES grid by the SSE of forecasts [`ITEM_LEVEL_LAG`] days ahead.
 pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) -> ItemLevel {
+    let series: Vec<(i64, &[f64])> = series.into_iter().collect();
+    let members = series.len();
     let profile = fit_profile(series);
     let n = profile.totals.len();
     let w: Vec<f64> = (0..n)
@@ -137,6 +141,7 @@ pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) ->
         prefix.push(total);
     }
     ItemLevel {
+        members,
         first_day: profile.first_day,
         prefix,
         level,
@@ -336,6 +341,7 @@ mod tests {
         let a = vec![1.0; 56];
         let b = vec![3.0; 56];
         let item = fit_item_level([(0, a.as_slice()), (0, b.as_slice())]);
+        assert_eq!(item.members, 2);
         assert!((item.level_before(30).expect("covered") - 4.0).abs() < 1e-9);
         assert!((item.demand_between(0, 10) - 40.0).abs() < 1e-9);
         assert!((item.demand_between(50, 100) - 24.0).abs() < 1e-9, "clipped at the end");

@@ -94,8 +94,9 @@ pub struct PooledContext<'a> {
     pub profile: &'a GroupProfile,
     /// Absolute day ([`crate::pooled::day_number`]) of `history[0]`.
     pub start_day: i64,
-    /// The series' item across stores: with it, the pooled model's level is top-down (the
-    /// series' share of the item times the item's chain-wide level) instead of its own.
+    /// The series' item across stores: with it (fitted from ≥ 2 stores), the pooled model's
+    /// level is top-down (the series' share of the item over the last 364 days times the
+    /// item's chain-wide level) instead of its own.
     pub item: Option<&'a ItemLevel>,
 }
 
@@ -817,6 +818,8 @@ fn backtest_pooled(
     for &v in y {
         prefix.push(prefix[prefix.len() - 1] + v);
     }
+    // An item sold in one store only has nothing to pool: its own level is used.
+    let item = item.filter(|i| i.members >= 2);
     let top_down = |t: usize, own: f64| -> f64 {
         let Some(item) = item else {
             return own;
