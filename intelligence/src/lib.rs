@@ -9,7 +9,8 @@
 //! [`std::io::Write`] handed to it.
 //!
 //! Entry points the hub calls:
-//! - [`select::forecast_series`] — forecast one daily series with automatic model choice;
+//! - [`select::forecast_series`] — forecast one daily series with automatic model choice
+//!   ([`select::forecast_series_pooled`] with a pooled profile of its group, [`pooled`]);
 //! - [`reorder::reorder_plan`] and [`reorder::transfer_suggestions`];
 //! - [`alerts::evaluate`];
 //! - [`csv_io::forecast_csv`].

@@ -24,6 +24,12 @@
 //!    in-sample before the last origin (the M5 measure).
 //! 4. The winner forecasts from the end of that same filter pass (same parameters, state
 //!    after the last day), so selection costs one grid pass and one filter pass per model.
+//! 5. With a [`PooledContext`] ([`forecast_series_pooled`]; `forecast_series` has none) the
+//!    pooled model of [`crate::pooled`] is backtested on the same origins, and by default
+//!    ([`PooledUse::Blend`]) the forecast is whichever of the per-series choice, the pooled
+//!    model and their equal-weight mean has the smallest backtest error (`model` =
+//!    `pooled` / `pooled_blend` for the last two). Chosen on validation windows only (see
+//!    `benches/accuracy.rs` and the README).
 //!
 //! # Prediction intervals
 //! Normal approximation: `mean ± z·sd(h)`, `z = Φ⁻¹((1+level)/2)`, with
