@@ -285,7 +285,7 @@ pub fn forecast_series_pooled(
             }
         }
     };
-    let local = choice.materialize(scored, span, run.actuals.len());
+    let local = choice.materialize(scored, span);
 
     let chosen = match &run.pooled {
         None => local,
@@ -372,6 +372,9 @@ struct Choice {
     method: Combination,
     /// Backtest SSE of this forecast.
     sse: f64,
+    /// Backtest forecasts of a combination (aligned with [`Run::actuals`]); empty for a
+    /// single model (its own `forecasts` are used).
+    points: Vec<f64>,
 }
 
 impl Choice {
@@ -380,6 +383,7 @@ impl Choice {
             members: vec![(index, 1.0)],
             method: Combination::Mean,
             sse,
+            points: Vec::new(),
         }
     }
 
@@ -393,28 +397,31 @@ impl Choice {
         let sses: Vec<f64> = indices.iter().map(|&i| scored[i].sse).collect();
         let weights = combination_weights(method, &sses);
         let mut point = vec![0.0; indices.len()];
-        let sse = actuals
-            .iter()
-            .enumerate()
-            .map(|(t, &actual)| {
+        let points: Vec<f64> = (0..actuals.len())
+            .map(|t| {
                 for (p, &i) in point.iter_mut().zip(&indices) {
                     *p = scored[i].forecasts[t];
                 }
-                let f = combine(method, &weights, &mut point);
-                (actual - f) * (actual - f)
+                combine(method, &weights, &mut point)
             })
+            .collect();
+        let sse = actuals
+            .iter()
+            .zip(&points)
+            .map(|(actual, f)| (actual - f) * (actual - f))
             .sum();
         Choice {
             members: indices.into_iter().zip(weights).collect(),
             method,
             sse,
+            points,
         }
     }
 }
 
 impl Choice {
     /// The choice's backtest forecasts (`points` of them), final mean and base sd.
-    fn materialize(&self, scored: &[Backtest], span: usize, points: usize) -> Candidate {
+    fn materialize(self, scored: &[Backtest], span: usize) -> Candidate {
         if self.members.len() == 1 {
             let only = &scored[self.members[0].0];
             return Candidate {
@@ -433,7 +440,6 @@ impl Choice {
             }
             combine(self.method, &weights, &mut point)
         };
-        let backtest_points = (0..points).map(|t| at(&|s| s.forecasts[t])).collect();
         let mean = (0..span).map(|h| at(&|s| s.mean[h])).collect();
         let base_sd = (0..span)
             .map(|h| {
@@ -446,7 +452,7 @@ impl Choice {
         Candidate {
             model: ModelKind::Combination,
             sse: self.sse,
-            points: backtest_points,
+            points: self.points,
             mean,
             base_sd,
         }
@@ -787,6 +793,8 @@ fn backtest_pooled(
     let n = y.len();
     // Weekday factors rotated so that index t % 7 is day t of the series.
     let w: [f64; 7] = std::array::from_fn(|k| profile.weekday_factor(day0 + k as i64));
+    let inv_w: [f64; 7] = std::array::from_fn(|k| 1.0 / w[k]);
+    let power = |f: f64| if yearly == 1.0 { f } else { f.powf(yearly) };
     let earliest = origins[0];
     let recent = if search_days == 0 {
         0
@@ -794,28 +802,34 @@ fn backtest_pooled(
         earliest.saturating_sub(search_days.max(2 * WEEK))
     };
     let warm = (recent + WEEK).min(earliest);
-    let init = y[recent..warm].iter().enumerate().map(|(i, v)| v / w[(recent + i) % 7]).sum::<f64>()
+    let init = y[recent..warm]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * inv_w[(recent + i) % 7])
+        .sum::<f64>()
         / (warm - recent).max(1) as f64;
-    let mut best = (f64::INFINITY, crate::models::SES_ALPHAS[0]);
-    for &alpha in &crate::models::SES_ALPHAS {
-        let mut level = init;
-        let mut sse = 0.0;
-        for (t, &v) in y.iter().enumerate().take(earliest).skip(warm) {
-            let e = v - level * w[t % 7];
-            sse += e * e;
-            level += alpha * (v / w[t % 7] - level);
-        }
-        if sse < best.0 {
-            best = (sse, alpha);
+    // Grid search, all α side by side in one pass over the search window.
+    const GRID: usize = crate::models::SES_ALPHAS.len();
+    let mut levels = [init; GRID];
+    let mut sses = [0.0; GRID];
+    for (t, &v) in y.iter().enumerate().take(earliest).skip(warm) {
+        let (wt, z) = (w[t % 7], v * inv_w[t % 7]);
+        for g in 0..GRID {
+            let e = v - levels[g] * wt;
+            sses[g] += e * e;
+            levels[g] += crate::models::SES_ALPHAS[g] * (z - levels[g]);
         }
     }
-    let alpha = best.1;
+    let best = (0..GRID)
+        .min_by(|&a, &b| sses[a].total_cmp(&sses[b]))
+        .unwrap_or(0);
+    let alpha = crate::models::SES_ALPHAS[best];
     let factor = |origin: usize, h: usize| -> f64 {
         if yearly == 0.0 {
             return 1.0;
         }
         let o = day0 + origin as i64;
-        profile.yearly_factor(o, o + h as i64).powf(yearly)
+        power(profile.yearly_factor(o, o + h as i64))
     };
     // Top-down: the series' share of its item over the 364 days before day t, times the
     // item's chain-wide level before t; the own level where the item is not covered.
@@ -847,9 +861,7 @@ fn backtest_pooled(
             let base = (yearly != 0.0).then(|| profile.yearly_base(day0 + t as i64));
             for h in 0..b {
                 let y_factor = match base {
-                    Some(base) => profile
-                        .yearly_factor_from(base, day0 + (t + h) as i64)
-                        .powf(yearly),
+                    Some(base) => power(profile.yearly_factor_from(base, day0 + (t + h) as i64)),
                     None => 1.0,
                 };
                 forecasts[next * b + h] = (level * w[(t + h) % 7] * y_factor).max(0.0);
@@ -858,7 +870,7 @@ fn backtest_pooled(
         }
         let e = v - top_down(t, level) * w[t % 7];
         sse += e * e;
-        level += alpha * (v / w[t % 7] - level);
+        level += alpha * (v * inv_w[t % 7] - level);
     }
     let residual_sd = (sse / n.saturating_sub(warm).max(1) as f64).sqrt();
     let level = top_down(n, level);
