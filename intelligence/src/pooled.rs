@@ -112,27 +112,35 @@ pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) ->
     // α is chosen for the horizon the level is used at (two weeks ahead), not one step:
     // the chain-wide total is smooth enough that a one-step criterion picks an α that
     // chases promotions and then carries them into the following weeks.
-    let run = |alpha: f64| -> (f64, Vec<f64>) {
-        let mut level = init;
-        let mut path = Vec::with_capacity(n + 1);
-        let mut sse = 0.0;
-        for (t, (&g, &zt)) in profile.totals.iter().zip(&z).enumerate() {
-            path.push(level);
-            if t >= warm + ITEM_LEVEL_LAG {
-                let e = g - path[t - ITEM_LEVEL_LAG] * w[t];
-                sse += e * e;
+    // All α side by side; the levels of the last ITEM_LEVEL_LAG days in a ring.
+    const GRID: usize = crate::models::SES_ALPHAS.len();
+    let mut levels = [init; GRID];
+    let mut ring = vec![[init; GRID]; ITEM_LEVEL_LAG];
+    let mut sses = [0.0; GRID];
+    for (t, (&g, &zt)) in profile.totals.iter().zip(&z).enumerate() {
+        let slot = t % ITEM_LEVEL_LAG;
+        if t >= warm + ITEM_LEVEL_LAG {
+            for k in 0..GRID {
+                let e = g - ring[slot][k] * w[t];
+                sses[k] += e * e;
             }
-            level += alpha * (zt - level);
         }
-        path.push(level);
-        (sse, path)
-    };
-    let level = crate::models::SES_ALPHAS
-        .iter()
-        .map(|&a| run(a))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, path)| path)
-        .unwrap_or_else(|| vec![init; n + 1]);
+        ring[slot] = levels;
+        for k in 0..GRID {
+            levels[k] += crate::models::SES_ALPHAS[k] * (zt - levels[k]);
+        }
+    }
+    let best = (0..GRID)
+        .min_by(|&a, &b| sses[a].total_cmp(&sses[b]))
+        .unwrap_or(0);
+    let alpha = crate::models::SES_ALPHAS[best];
+    let mut level = Vec::with_capacity(n + 1);
+    let mut current = init;
+    for &zt in &z {
+        level.push(current);
+        current += alpha * (zt - current);
+    }
+    level.push(current);
     let mut prefix = Vec::with_capacity(n + 1);
     prefix.push(0.0);
     let mut total = 0.0;

@@ -868,7 +868,9 @@ fn backtest_pooled(
             }
             next += 1;
         }
-        let e = v - top_down(t, level) * w[t % 7];
+        // One-step residuals of the own level: they only shape the interval sd, whose
+        // scale the backtest calibration sets (and the top-down level per day costs more).
+        let e = v - level * w[t % 7];
         sse += e * e;
         level += alpha * (v * inv_w[t % 7] - level);
     }
