@@ -28,12 +28,9 @@ use std::path::Path;
 use bazaar_intelligence::csv_io::read_daily_series;
 use bazaar_intelligence::models::ModelKind;
 use bazaar_intelligence::pooled::{
-    day_number, fit_item_level, fit_profile, group_key, item_key, GroupProfile, ItemLevel,
-    Pooling,
+    day_number, fit_item_level, fit_profile, group_key, item_key, GroupProfile, ItemLevel, Pooling,
 };
-use bazaar_intelligence::select::{
-    forecast_series_pooled, PooledContext, PooledUse, SelectConfig,
-};
+use bazaar_intelligence::select::{forecast_series_pooled, PooledContext, PooledUse, SelectConfig};
 use bazaar_intelligence::synthetic::retail_panel;
 use rayon::prelude::*;
 
@@ -136,7 +133,9 @@ fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Optio
         };
         (p.profile, profiles(series, offset, p.profile), items)
     });
-    let per_series: Vec<Option<(f64, f64, usize, usize, usize, ModelKind)>> = series
+    // Per series: RMSSE, MASE, days covered, sale days, sale days covered, model.
+    type SeriesScore = (f64, f64, usize, usize, usize, ModelKind);
+    let per_series: Vec<Option<SeriesScore>> = series
         .par_iter()
         .map(|s| {
             let history = &s.history[..s.history.len() - offset];
@@ -144,11 +143,13 @@ fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Optio
             let (squared_scale, absolute_scale) = scales(train)?;
             let forecast = match &fitted {
                 Some((p, groups, items)) => {
-                    let ctx = groups.get(group_key(&s.id, *p)).map(|profile| PooledContext {
-                        profile,
-                        start_day: s.start_day,
-                        item: items.get(item_key(&s.id)),
-                    });
+                    let ctx = groups
+                        .get(group_key(&s.id, *p))
+                        .map(|profile| PooledContext {
+                            profile,
+                            start_day: s.start_day,
+                            item: items.get(item_key(&s.id)),
+                        });
                     forecast_series_pooled(train, HOLDOUT, cfg, ctx.as_ref())
                 }
                 None => forecast_series_pooled(train, HOLDOUT, cfg, None),
@@ -189,7 +190,8 @@ fn evaluate(series: &[Series], cfg: &SelectConfig, offset: usize, pooling: Optio
         sale_days: 0,
         chosen: BTreeMap::new(),
     };
-    for (rmsse, mase, covered, sale_days, covered_sales, model) in per_series.into_iter().flatten() {
+    for (rmsse, mase, covered, sale_days, covered_sales, model) in per_series.into_iter().flatten()
+    {
         scores.rmsse.push(rmsse);
         scores.mase.push(mase);
         scores.covered += covered;
@@ -423,7 +425,11 @@ fn explore(sets: &[(&str, Vec<Series>)]) {
         }
     }
     let mut variants: Vec<Method> = vec![
-        ("per-series auto (previous default)".to_owned(), SelectConfig::default(), None),
+        (
+            "per-series auto (previous default)".to_owned(),
+            SelectConfig::default(),
+            None,
+        ),
         (
             "per-series auto without the intermittent rule".to_owned(),
             SelectConfig {
@@ -461,7 +467,11 @@ fn explore(sets: &[(&str, Vec<Series>)]) {
                 variants.push((
                     format!(
                         "pooled {use_:?}, profile {profile:?}, {}, yearly β {yearly}",
-                        if top_down { "top-down item level" } else { "own level" }
+                        if top_down {
+                            "top-down item level"
+                        } else {
+                            "own level"
+                        }
                     ),
                     cfg,
                     Some(pooling),

@@ -13,7 +13,9 @@
 use std::time::{Duration, Instant};
 
 use bazaar_intelligence::pooled::{fit_item_level, fit_profile, GroupProfile, ItemLevel};
-use bazaar_intelligence::select::{forecast_series, forecast_series_pooled, PooledContext, SelectConfig};
+use bazaar_intelligence::select::{
+    forecast_series, forecast_series_pooled, PooledContext, SelectConfig,
+};
 use rayon::prelude::*;
 
 const HORIZON: usize = 28;
@@ -120,7 +122,12 @@ fn fit_sample_profile(sample: usize, days: usize) -> GroupProfile {
 /// time of the forecasting only. With `pooled`, every series is forecast with the pooled
 /// model available (`forecast_series_pooled`): the sample profile, and top-down item
 /// levels fitted per chunk from the chunk's series (inside the timed section).
-fn run(series: usize, days: usize, cfg: &SelectConfig, pooled: Option<&GroupProfile>) -> (Duration, f64) {
+fn run(
+    series: usize,
+    days: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&GroupProfile>,
+) -> (Duration, f64) {
     let mut elapsed = Duration::ZERO;
     let mut cpu = 0.0;
     let mut checksum = 0.0;
@@ -145,7 +152,9 @@ fn run(series: usize, days: usize, cfg: &SelectConfig, pooled: Option<&GroupProf
             Some(profile) => {
                 let items: Vec<ItemLevel> = histories
                     .par_chunks(STORES_PER_ITEM)
-                    .map(|members| fit_item_level(members.iter().map(|h| (START_DAY, h.as_slice()))))
+                    .map(|members| {
+                        fit_item_level(members.iter().map(|h| (START_DAY, h.as_slice())))
+                    })
                     .collect();
                 histories
                     .par_iter()
@@ -200,7 +209,11 @@ fn main() {
     for &n in sizes {
         // The 1M run only with the pooled model (what the nightly job would run); the
         // smaller sizes both ways, to show the pooled model's cost.
-        let modes: &[bool] = if n >= 1_000_000 { &[true] } else { &[false, true] };
+        let modes: &[bool] = if n >= 1_000_000 {
+            &[true]
+        } else {
+            &[false, true]
+        };
         for &with_pool in modes {
             let (wall, cpu) = run(n, 730, &cfg, with_pool.then_some(&profile));
             let t = wall.as_secs_f64();

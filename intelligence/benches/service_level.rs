@@ -42,7 +42,9 @@ const LEAD: usize = 7;
 const REVIEW: usize = 7;
 /// Fewest training days before the replay starts.
 const MIN_TRAIN: usize = 200;
-const MINMAX_FACTORS: [f64; 12] = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0];
+const MINMAX_FACTORS: [f64; 12] = [
+    0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0,
+];
 
 /// One series prepared for the replay: its history and the forecast made at each review.
 struct Prepared {
@@ -98,8 +100,7 @@ fn prepare(history: Vec<f64>) -> Option<Prepared> {
         return None;
     }
     let start = history.len() - SIM_DAYS;
-    if history[start..].iter().all(|&y| y <= 0.0) && history[..start].iter().all(|&y| y <= 0.0)
-    {
+    if history[start..].iter().all(|&y| y <= 0.0) && history[..start].iter().all(|&y| y <= 0.0) {
         return None;
     }
     let cfg = SelectConfig::default();
@@ -119,7 +120,14 @@ fn prepare(history: Vec<f64>) -> Option<Prepared> {
 
 /// Order-up-to / trigger level of `rule` at review `r` (day `day` of the history) for
 /// a position: returns the units to order.
-fn order(p: &Prepared, rule: Rule, policy: &ReorderPolicy, r: usize, day: usize, position: f64) -> f64 {
+fn order(
+    p: &Prepared,
+    rule: Rule,
+    policy: &ReorderPolicy,
+    r: usize,
+    day: usize,
+    position: f64,
+) -> f64 {
     match rule {
         Rule::Forecast(method) => {
             let (mean, sd) = &p.forecasts[r];
@@ -263,7 +271,10 @@ fn report(name: &str, histories: Vec<Vec<f64>>, pack: u32) {
                 100.0 * o.fill(),
                 o.stock(),
                 same.map_or("out of range".to_owned(), |s| format!("{s:.2}")),
-                same.map_or("-".to_owned(), |s| format!("{:+.1}%", 100.0 * (o.stock() / s - 1.0)))
+                same.map_or("-".to_owned(), |s| format!(
+                    "{:+.1}%",
+                    100.0 * (o.stock() / s - 1.0)
+                ))
             );
         }
     }
@@ -280,10 +291,13 @@ fn report(name: &str, histories: Vec<Vec<f64>>, pack: u32) {
 }
 
 fn load(name: &str) -> Vec<Vec<f64>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name);
-    match File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
-        read_daily_series(f).map_err(|e| e.to_string())
-    }) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name);
+    match File::open(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| read_daily_series(f).map_err(|e| e.to_string()))
+    {
         Ok(series) => series.into_iter().map(|s| s.history).collect(),
         Err(e) => {
             eprintln!("{}: {e}", path.display());

@@ -268,10 +268,13 @@ impl<R: Read> SeriesStream<R> {
 
     fn step(&mut self) -> Result<Option<DailySeries>, CsvError> {
         loop {
-            let more = self.reader.read_record(&mut self.record).map_err(|source| {
-                let line = source.position().map_or(0, |p| p.line());
-                CsvError::Malformed { line, source }
-            })?;
+            let more = self
+                .reader
+                .read_record(&mut self.record)
+                .map_err(|source| {
+                    let line = source.position().map_or(0, |p| p.line());
+                    CsvError::Malformed { line, source }
+                })?;
             if !more {
                 return match self.current.take() {
                     Some((id, rows)) => self.finish(id, rows).map(Some),
@@ -413,9 +416,9 @@ fn parse_record<'r>(
 fn parse_date(text: &str) -> Option<NaiveDate> {
     let b = text.as_bytes();
     let digits = |range: std::ops::Range<usize>| {
-        b[range]
-            .iter()
-            .try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+        b[range].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
     };
     if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
         if let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10)) {
@@ -637,7 +640,8 @@ mod tests {
 
     #[test]
     fn series_that_reappear_are_an_error_naming_the_line() {
-        let input = "series,date,qty\na,2024-01-01,1\na,2024-01-02,1\nb,2024-01-01,1\na,2024-01-03,2\n";
+        let input =
+            "series,date,qty\na,2024-01-01,1\na,2024-01-02,1\nb,2024-01-01,1\na,2024-01-03,2\n";
         assert_eq!(
             error_text(input),
             "line 5: rows of series \"a\" appear again after rows of other series; the rows of each series must be contiguous (sort or group the input by series)"
@@ -655,7 +659,10 @@ mod tests {
         let mut stream = stream_daily_series(input.as_bytes()).expect("header");
         let z = stream.next().expect("z").expect("valid");
         assert_eq!(z.id, "z");
-        assert_eq!(z.first_date, NaiveDate::from_ymd_opt(2024, 3, 1).expect("date"));
+        assert_eq!(
+            z.first_date,
+            NaiveDate::from_ymd_opt(2024, 3, 1).expect("date")
+        );
         assert_eq!(z.history, vec![1.0, 5.0]);
         // y is complete only once x's first row is read, and that row is bad (line 6: the
         // blank line 4 counts).
@@ -671,12 +678,17 @@ mod tests {
     #[test]
     fn stream_reports_errors_of_the_last_series_and_a_bad_header() {
         let input = "qty,series,date\n1,a,2024-01-01\n2,b,2024-01-01\n3,b,2024-01-01\n";
-        let results: Vec<Result<DailySeries, CsvError>> =
-            stream_daily_series(input.as_bytes()).expect("header").collect();
+        let results: Vec<Result<DailySeries, CsvError>> = stream_daily_series(input.as_bytes())
+            .expect("header")
+            .collect();
         assert_eq!(results.len(), 2);
         assert_eq!(results[0].as_ref().expect("a").id, "a");
         assert_eq!(
-            results[1].as_ref().map(|_| ()).expect_err("dup").to_string(),
+            results[1]
+                .as_ref()
+                .map(|_| ())
+                .expect_err("dup")
+                .to_string(),
             "line 4: duplicate row for series \"b\" on 2024-01-01 (first given on line 3)"
         );
         assert!(matches!(
@@ -699,7 +711,13 @@ mod tests {
         let err = forecast_csv(input.as_bytes(), &mut out, 2, |_, _| {}).expect_err("reappears");
         assert_eq!(
             err.to_string().split(';').next(),
-            Some(format!("line {}: rows of series \"s0\" appear again after rows of other series", BATCH_SERIES + 12).as_str())
+            Some(
+                format!(
+                    "line {}: rows of series \"s0\" appear again after rows of other series",
+                    BATCH_SERIES + 12
+                )
+                .as_str()
+            )
         );
         let text = String::from_utf8(out).expect("utf8");
         // Header, then 2 rows for each series of the first batch, nothing of a partial one.
@@ -709,7 +727,16 @@ mod tests {
 
     #[test]
     fn dates_parse_like_chrono() {
-        for text in ["2024-02-29", "2023-02-29", "2024-1-5", "2024-01-0a", "24-01-01", "2024-13-01", "+2024-01-01", "2024/01/01"] {
+        for text in [
+            "2024-02-29",
+            "2023-02-29",
+            "2024-1-5",
+            "2024-01-0a",
+            "24-01-01",
+            "2024-13-01",
+            "+2024-01-01",
+            "2024/01/01",
+        ] {
             assert_eq!(
                 parse_date(text),
                 NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),

@@ -114,9 +114,9 @@ impl FromStr for ModelKind {
             ModelKind::PooledBlend,
         ]
         .into_iter()
-            .chain(ModelKind::SINGLE_MODELS)
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownModelKind(s.to_owned()))
+        .chain(ModelKind::SINGLE_MODELS)
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownModelKind(s.to_owned()))
     }
 }
 
@@ -1126,15 +1126,12 @@ mod tests {
 
     #[test]
     fn model_kind_round_trips_through_its_name() {
-        for kind in ModelKind::SINGLE_MODELS
-            .into_iter()
-            .chain([
-                ModelKind::Zero,
-                ModelKind::Combination,
-                ModelKind::Pooled,
-                ModelKind::PooledBlend,
-            ])
-        {
+        for kind in ModelKind::SINGLE_MODELS.into_iter().chain([
+            ModelKind::Zero,
+            ModelKind::Combination,
+            ModelKind::Pooled,
+            ModelKind::PooledBlend,
+        ]) {
             assert_eq!(kind.as_str().parse::<ModelKind>(), Ok(kind));
         }
         assert!("arima".parse::<ModelKind>().is_err());

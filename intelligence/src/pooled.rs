@@ -126,8 +126,8 @@ pub fn fit_item_level<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) ->
             }
         }
         ring[slot] = levels;
-        for k in 0..GRID {
-            levels[k] += crate::models::SES_ALPHAS[k] * (zt - levels[k]);
+        for (l, a) in levels.iter_mut().zip(crate::models::SES_ALPHAS) {
+            *l += a * (zt - *l);
         }
     }
     let best = (0..GRID)
@@ -256,9 +256,7 @@ pub fn fit_profile<'a>(series: impl IntoIterator<Item = (i64, &'a [f64])>) -> Gr
         sums[k] += g;
         counts[k] += 1;
     }
-    let means: Vec<f64> = (0..7)
-        .map(|k| sums[k] / counts[k].max(1) as f64)
-        .collect();
+    let means: Vec<f64> = (0..7).map(|k| sums[k] / counts[k].max(1) as f64).collect();
     let overall = means.iter().sum::<f64>() / 7.0;
     let mut weekday = [1.0; 7];
     if overall > 0.0 && counts.iter().all(|&c| c > 0) {
@@ -295,7 +293,10 @@ mod tests {
     fn group_keys_by_store_and_category() {
         assert_eq!(group_key("s01/food/sku7", Pooling::Chain), "");
         assert_eq!(group_key("s01/food/sku7", Pooling::Store), "s01");
-        assert_eq!(group_key("s01/food/sku7", Pooling::StoreCategory), "s01/food");
+        assert_eq!(
+            group_key("s01/food/sku7", Pooling::StoreCategory),
+            "s01/food"
+        );
         // Ids without separators pool chain-wide; with one, by store at most.
         assert_eq!(group_key("Jekyll Carbon 2", Pooling::Store), "");
         assert_eq!(group_key("s01/sku7", Pooling::StoreCategory), "s01");
@@ -331,7 +332,9 @@ mod tests {
     #[test]
     fn yearly_factor_follows_last_years_curve() {
         // Group demand 10 a day, doubling to 20 from day 400 on (last year's December).
-        let g: Vec<f64> = (0..800).map(|t| if t >= 400 { 20.0 } else { 10.0 }).collect();
+        let g: Vec<f64> = (0..800)
+            .map(|t| if t >= 400 { 20.0 } else { 10.0 })
+            .collect();
         let p = fit_profile([(0, g.as_slice())]);
         // Origin 750: base = days 372..386 last year (10 a day); target 780 → day 416: 20.
         assert!((p.yearly_factor(750, 780) - 2.0).abs() < 1e-9);
@@ -352,7 +355,10 @@ mod tests {
         assert_eq!(item.members, 2);
         assert!((item.level_before(30).expect("covered") - 4.0).abs() < 1e-9);
         assert!((item.demand_between(0, 10) - 40.0).abs() < 1e-9);
-        assert!((item.demand_between(50, 100) - 24.0).abs() < 1e-9, "clipped at the end");
+        assert!(
+            (item.demand_between(50, 100) - 24.0).abs() < 1e-9,
+            "clipped at the end"
+        );
         assert_eq!(item.level_before(-1), None);
         // Store b's share 3/4 × level 4 = its own 3 a day.
         let share = b.iter().sum::<f64>() / item.demand_between(0, 56);

@@ -178,7 +178,11 @@ pub fn quantile(values: &mut [f64], p: f64) -> f64 {
         return 0.0;
     }
     values.sort_unstable_by(f64::total_cmp);
-    let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.5 };
+    let p = if p.is_finite() {
+        p.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
     let position = p * (values.len() - 1) as f64;
     let below = position.floor() as usize;
     let above = (below + 1).min(values.len() - 1);
@@ -474,7 +478,9 @@ mod tests {
         // One sale of 10 every 10th day: 7-day sums are 10 in 7 windows of 10 and 0 in
         // 3, mean 7; the 95% quantile is 10 → safety stock 3. The normal rule with the same
         // mean and sd (sd of the sums ≈ 4.6) would add 1.645 · 4.6 ≈ 7.5.
-        let h: Vec<f64> = (0..364).map(|t| if t % 10 == 0 { 10.0 } else { 0.0 }).collect();
+        let h: Vec<f64> = (0..364)
+            .map(|t| if t % 10 == 0 { 10.0 } else { 0.0 })
+            .collect();
         let safety = empirical_safety_stock(&h, 7, 0.95).expect("enough windows");
         let sums = window_sums(&h, 7, EMPIRICAL_WINDOW_DAYS);
         let mean = sums.iter().sum::<f64>() / sums.len() as f64;
@@ -483,13 +489,17 @@ mod tests {
         // Lumpy sales: one of 50 every 30 days → 7-day sums are 50 in 7 of 30 windows, else
         // 0: mean 11.7, 99% quantile 50 → safety 38.3 (the normal rule with the sums' sd
         // 21.1 would add 2.326 · 21.1 ≈ 49: more than one whole sale of stock too much).
-        let lumpy: Vec<f64> = (0..364).map(|t| if t % 30 == 0 { 50.0 } else { 0.0 }).collect();
+        let lumpy: Vec<f64> = (0..364)
+            .map(|t| if t % 30 == 0 { 50.0 } else { 0.0 })
+            .collect();
         let safety = empirical_safety_stock(&lumpy, 7, 0.99).expect("enough windows");
         assert!(safety > 30.0 && safety < 45.0, "{safety}");
         // Too short a history: no empirical figure.
         assert_eq!(empirical_safety_stock(&h[..30], 7, 0.95), None);
         // Never negative, even where the quantile is below the mean.
-        let rare: Vec<f64> = (0..364).map(|t| if t == 100 { 500.0 } else { 0.0 }).collect();
+        let rare: Vec<f64> = (0..364)
+            .map(|t| if t == 100 { 500.0 } else { 0.0 })
+            .collect();
         assert_eq!(empirical_safety_stock(&rare, 7, 0.9), Some(0.0));
     }
 
@@ -501,23 +511,45 @@ mod tests {
             service_level: 0.95,
             pack_size: 1,
         };
-        let intermittent: Vec<f64> =
-            (0..364).map(|t| if t % 10 == 0 { 10.0 } else { 0.0 }).collect();
+        let intermittent: Vec<f64> = (0..364)
+            .map(|t| if t % 10 == 0 { 10.0 } else { 0.0 })
+            .collect();
         let mean = [1.0; 14];
         let sd = [3.0; 14];
         let normal = reorder_plan(&mean, &sd, 2.0, 0.0, &policy);
         assert_eq!(
-            reorder_plan_with(&mean, &sd, &intermittent, 2.0, 0.0, &policy, SafetyStock::Normal),
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &intermittent,
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Normal
+            ),
             normal
         );
-        let auto =
-            reorder_plan_with(&mean, &sd, &intermittent, 2.0, 0.0, &policy, SafetyStock::Auto);
+        let auto = reorder_plan_with(
+            &mean,
+            &sd,
+            &intermittent,
+            2.0,
+            0.0,
+            &policy,
+            SafetyStock::Auto,
+        );
         // 14-day sums of the history are 10 or 20; the 95% quantile 20, mean 14 → S = 14 + 6.
         let safety_cycle = empirical_safety_stock(&intermittent, 14, 0.95).expect("windows");
         assert!(close(auto.order_up_to, 14.0 + safety_cycle), "{auto:?}");
-        assert!(close(auto.safety_stock, empirical_safety_stock(&intermittent, 7, 0.95).expect("w")));
+        assert!(close(
+            auto.safety_stock,
+            empirical_safety_stock(&intermittent, 7, 0.95).expect("w")
+        ));
         assert!(close(auto.reorder_point, 7.0 + auto.safety_stock));
-        assert_eq!(auto.suggested_order, round_up_to_pack(auto.order_up_to - 2.0, 1));
+        assert_eq!(
+            auto.suggested_order,
+            round_up_to_pack(auto.order_up_to - 2.0, 1)
+        );
         assert!(auto.order_up_to < normal.order_up_to);
         // A smooth series keeps the normal rule under Auto, not under Empirical.
         let smooth: Vec<f64> = (0..364).map(|t| 5.0 + (t % 3) as f64).collect();
@@ -526,19 +558,38 @@ mod tests {
             normal
         );
         assert_ne!(
-            reorder_plan_with(&mean, &sd, &smooth, 2.0, 0.0, &policy, SafetyStock::Empirical),
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &smooth,
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Empirical
+            ),
             normal
         );
         // Short history: normal rule whatever is asked.
         assert_eq!(
-            reorder_plan_with(&mean, &sd, &intermittent[..20], 2.0, 0.0, &policy, SafetyStock::Empirical),
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &intermittent[..20],
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Empirical
+            ),
             normal
         );
     }
 
     #[test]
     fn average_demand_interval_counts_from_the_first_sale() {
-        assert!(close(average_demand_interval(&[0.0, 0.0, 1.0, 0.0, 2.0, 0.0]), 2.0));
+        assert!(close(
+            average_demand_interval(&[0.0, 0.0, 1.0, 0.0, 2.0, 0.0]),
+            2.0
+        ));
         assert!(average_demand_interval(&[0.0; 5]).is_infinite());
         assert!(close(average_demand_interval(&[3.0; 5]), 1.0));
     }

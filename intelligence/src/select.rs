@@ -623,10 +623,9 @@ fn suits(kind: ModelKind, intermittent: bool) -> bool {
         ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => {
             !intermittent
         }
-        ModelKind::Zero
-        | ModelKind::Combination
-        | ModelKind::Pooled
-        | ModelKind::PooledBlend => false,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            false
+        }
     }
 }
 
@@ -642,10 +641,9 @@ fn min_history(kind: ModelKind) -> Option<usize> {
         ModelKind::Tsb => Tsb::MIN_HISTORY,
         ModelKind::Adida => Adida::MIN_HISTORY,
         ModelKind::Imapa => Imapa::MIN_HISTORY,
-        ModelKind::Zero
-        | ModelKind::Combination
-        | ModelKind::Pooled
-        | ModelKind::PooledBlend => return None,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            return None
+        }
     })
 }
 
@@ -694,10 +692,9 @@ fn backtest_kind(
         ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
         ModelKind::Adida => backtest::<Adida>(y, origins, b, span, search_days),
         ModelKind::Imapa => backtest::<Imapa>(y, origins, b, span, search_days),
-        ModelKind::Zero
-        | ModelKind::Combination
-        | ModelKind::Pooled
-        | ModelKind::PooledBlend => return None,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            return None
+        }
     };
     let (forecasts, mean, base_sd) = run;
     let sse = origins
@@ -880,9 +877,7 @@ fn backtest_pooled(
         .map(|h| finite_or_zero(level * w[(n + h) % 7] * factor(n, h)).max(0.0))
         .collect();
     let base_sd = (1..=span)
-        .map(|h| {
-            finite_or_zero(residual_sd * (1.0 + (h - 1) as f64 * alpha * alpha).sqrt())
-        })
+        .map(|h| finite_or_zero(residual_sd * (1.0 + (h - 1) as f64 * alpha * alpha).sqrt()))
         .collect();
     let sse = origins
         .iter()

@@ -122,8 +122,10 @@ fn category_season(category: usize, doy: f64) -> f64 {
 /// The panel, in id order.
 pub fn retail_panel() -> Vec<SyntheticSeries> {
     let start = first_date();
-    let mut setup = Rng(0xBA2A_A2_2026);
-    let sizes: Vec<f64> = (0..STORES).map(|_| 0.5 * 4f64.powf(setup.uniform())).collect();
+    let mut setup = Rng(0x00BA_2AA2_2026);
+    let sizes: Vec<f64> = (0..STORES)
+        .map(|_| 0.5 * 4f64.powf(setup.uniform()))
+        .collect();
     // Office stores (every third) sell relatively more on weekdays.
     let tilt: Vec<f64> = (0..STORES)
         .map(|s| if s % 3 == 0 { 0.25 } else { 0.0 })
@@ -138,12 +140,8 @@ pub fn retail_panel() -> Vec<SyntheticSeries> {
         let mut factor = vec![1.0; DAYS];
         let mut t = (setup.uniform() * 60.0) as usize;
         while t < DAYS {
-            for d in t..(t + 7).min(DAYS) {
-                factor[d] = 2.5;
-            }
-            for d in (t + 7)..(t + 14).min(DAYS) {
-                factor[d] = 0.8;
-            }
+            factor[t..(t + 7).min(DAYS)].fill(2.5);
+            factor[(t + 7).min(DAYS)..(t + 14).min(DAYS)].fill(0.8);
             t += 40 + (setup.uniform() * 60.0) as usize;
         }
         promo.push(factor);
@@ -160,7 +158,11 @@ pub fn retail_panel() -> Vec<SyntheticSeries> {
         for (category, name) in CATEGORIES.iter().enumerate() {
             let mut week = category_week(category);
             for (d, w) in week.iter_mut().enumerate() {
-                *w *= if d < 5 { 1.0 + tilt[store] } else { 1.0 - tilt[store] };
+                *w *= if d < 5 {
+                    1.0 + tilt[store]
+                } else {
+                    1.0 - tilt[store]
+                };
             }
             for item in 0..SKUS_PER_CATEGORY {
                 let k = category * SKUS_PER_CATEGORY + item;
