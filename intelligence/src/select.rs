@@ -1257,5 +1257,159 @@ mod tests {
             check_invariants(&f, horizon);
         }
     }
+
+    /// A group of 20 series with a strong Saturday peak (index 5 of the week from day 0),
+    /// its profile, and one slow member of it.
+    fn saturday_group() -> (GroupProfile, Vec<f64>) {
+        let mut seed = 7u64;
+        let mut uniform = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let peak = |t: usize| if t % 7 == 5 { 3.0 } else { 0.6 };
+        let members: Vec<Vec<f64>> = (0..20)
+            .map(|_| {
+                (0..400)
+                    .map(|t| (10.0 * peak(t) * (0.5 + uniform())).round())
+                    .collect()
+            })
+            .collect();
+        let profile = crate::pooled::fit_profile(members.iter().map(|m| (0, m.as_slice())));
+        // A slow series: a sale of 1 with probability 0.1 · peak.
+        let slow: Vec<f64> = (0..400)
+            .map(|t| if uniform() < 0.1 * peak(t) { 1.0 } else { 0.0 })
+            .collect();
+        (profile, slow)
+    }
+
+    #[test]
+    fn without_a_context_the_pooled_entry_point_is_forecast_series() {
+        let (profile, slow) = saturday_group();
+        let cfg = SelectConfig::default();
+        assert_eq!(
+            forecast_series_pooled(&slow, 14, &cfg, None),
+            forecast_series(&slow, 14, &cfg)
+        );
+        // PooledUse::Off ignores a context too.
+        let ctx = PooledContext {
+            profile: &profile,
+            start_day: 0,
+            item: None,
+        };
+        let off = SelectConfig {
+            pooled: PooledUse::Off,
+            ..SelectConfig::default()
+        };
+        assert_eq!(
+            forecast_series_pooled(&slow, 14, &off, Some(&ctx)),
+            forecast_series(&slow, 14, &off)
+        );
+    }
+
+    #[test]
+    fn the_pooled_model_gives_a_slow_series_its_groups_weekday_shape() {
+        let (profile, slow) = saturday_group();
+        // Mean peak factor (3 + 6 · 0.6) / 7 ≈ 0.943: the profile is ≈ 3.18 on the peak,
+        // ≈ 0.64 on the other days.
+        assert!(
+            profile.weekday[5] > 2.9 && profile.weekday[0] < 0.7,
+            "{:?}",
+            profile.weekday
+        );
+        let ctx = PooledContext {
+            profile: &profile,
+            start_day: 0,
+            item: None,
+        };
+        // β = 0: the weekday profile only (400 days already give a yearly factor).
+        let weekday_only = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::pooled_only()
+        };
+        let f = forecast_series_pooled(&slow, 14, &weekday_only, Some(&ctx));
+        assert_eq!(f.model, ModelKind::Pooled);
+        check_invariants(&f, 14);
+        // The history is days 0..400, so forecast day h is absolute day 400 + h, of weekday
+        // index (400 + h) % 7: h = 0 is index 1, the peak (index 5) is h = 4 and h = 11.
+        let ratio = f.mean[4] / f.mean[0];
+        let expected = profile.weekday[5] / profile.weekday[1];
+        assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+        assert!((f.mean[4] - f.mean[11]).abs() < 1e-12);
+        // Mean demand over a week matches the series' own rate (≈ 0.1 · mean peak factor).
+        let week: f64 = f.mean[..7].iter().sum::<f64>() / 7.0;
+        let own: f64 = slow[slow.len() - 182..].iter().sum::<f64>() / 182.0;
+        assert!((week - own).abs() < 0.5 * own, "{week} vs {own}");
+        // The default blend takes the pooled model, the local choice or their mean.
+        let blend_cfg = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::default()
+        };
+        let blend = forecast_series_pooled(&slow, 14, &blend_cfg, Some(&ctx));
+        check_invariants(&blend, 14);
+        let local = forecast_series(&slow, 14, &blend_cfg);
+        let mean: Vec<f64> = local
+            .mean
+            .iter()
+            .zip(&f.mean)
+            .map(|(a, b)| 0.5 * (a + b))
+            .collect();
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+        match blend.model {
+            ModelKind::Pooled => assert!(close(&blend.mean, &f.mean)),
+            ModelKind::PooledBlend => assert!(close(&blend.mean, &mean)),
+            _ => assert!(close(&blend.mean, &local.mean)),
+        }
+    }
+
+    #[test]
+    fn top_down_level_uses_the_series_share_of_its_item() {
+        // Item sold in two stores: this one sells 1 a day, the other 3 — but this store's
+        // last 10 days are 4 a day (noise for a slow mover); top-down keeps the long-run
+        // share (≈ 1/4 of the item's level) instead of chasing its own jump.
+        let own: Vec<f64> = (0..400).map(|t| if t >= 390 { 4.0 } else { 1.0 }).collect();
+        let other = vec![3.0; 400];
+        let item = crate::pooled::fit_item_level([(0, own.as_slice()), (0, other.as_slice())]);
+        let flat = GroupProfile::flat();
+        let pooled_only = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::pooled_only()
+        };
+        let with_item = PooledContext {
+            profile: &flat,
+            start_day: 0,
+            item: Some(&item),
+        };
+        let without = PooledContext {
+            item: None,
+            ..with_item
+        };
+        let top = forecast_series_pooled(&own, 7, &pooled_only, Some(&with_item));
+        let alone = forecast_series_pooled(&own, 7, &pooled_only, Some(&without));
+        let share = own[400 - 364..].iter().sum::<f64>() / item.demand_between(36, 400);
+        let expected = share * item.level_before(400).expect("covered");
+        assert!(
+            (top.mean[0] - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            top.mean[0]
+        );
+        assert!(
+            top.mean[0] < alone.mean[0],
+            "{} vs {}",
+            top.mean[0],
+            alone.mean[0]
+        );
+        // An item in one store only is not pooled: the own level.
+        let single = crate::pooled::fit_item_level([(0, own.as_slice())]);
+        let one = PooledContext {
+            item: Some(&single),
+            ..with_item
+        };
+        assert_eq!(
+            forecast_series_pooled(&own, 7, &pooled_only, Some(&one)),
+            alone
+        );
+    }
     use proptest::strategy::Just;
 }
