@@ -31,7 +31,8 @@ use std::path::Path;
 
 use bazaar_intelligence::csv_io::read_daily_series;
 use bazaar_intelligence::reorder::{
-    reorder_plan, reorder_plan_with, round_up_to_pack, ReorderPolicy, SafetyStock,
+    reorder_plan, reorder_plan_cumulative, reorder_plan_with, round_up_to_pack, ReorderPolicy,
+    SafetyStock,
 };
 use bazaar_intelligence::select::{forecast_series, SelectConfig};
 use bazaar_intelligence::synthetic::retail_panel;
@@ -51,14 +52,21 @@ struct Prepared {
     history: Vec<f64>,
     /// Index of the first replayed day.
     start: usize,
-    /// (mean, sd) for days review..review + L + R, per review.
-    forecasts: Vec<(Vec<f64>, Vec<f64>)>,
+    /// (mean, sd, cumulative sd) for days review..review + L + R, per review.
+    forecasts: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>,
 }
 
 #[derive(Clone, Copy)]
 enum Rule {
     Forecast(SafetyStock),
+    /// `reorder_plan_cumulative`: σ of the (L+R)-day total from the backtest's cumulative
+    /// errors; with `true`, intermittent series use the empirical rule instead (as `Auto`).
+    Cumulative(bool),
     MinMax(f64),
+}
+
+fn intermittent(h: &[f64]) -> bool {
+    bazaar_intelligence::reorder::average_demand_interval(h) > 1.32
 }
 
 #[derive(Default, Clone, Copy)]
@@ -95,10 +103,13 @@ impl Outcome {
     }
 }
 
-fn prepare(history: Vec<f64>) -> Option<Prepared> {
-    if history.len() < SIM_DAYS + MIN_TRAIN {
+/// The series with the replay window ending `offset` days before its end (offset 0: the
+/// test window; `SIM_DAYS`: the validation window before it, the test days cut off).
+fn prepare(history: &[f64], offset: usize) -> Option<Prepared> {
+    if history.len() < SIM_DAYS + MIN_TRAIN + offset {
         return None;
     }
+    let history = history[..history.len() - offset].to_vec();
     let start = history.len() - SIM_DAYS;
     if history[start..].iter().all(|&y| y <= 0.0) && history[..start].iter().all(|&y| y <= 0.0) {
         return None;
@@ -108,7 +119,7 @@ fn prepare(history: Vec<f64>) -> Option<Prepared> {
         .step_by(REVIEW)
         .map(|r| {
             let f = forecast_series(&history[..start + r], LEAD + REVIEW, &cfg);
-            (f.mean, f.sd)
+            (f.mean, f.sd, f.cumulative_sd)
         })
         .collect();
     Some(Prepared {
@@ -130,10 +141,27 @@ fn order(
 ) -> f64 {
     match rule {
         Rule::Forecast(method) => {
-            let (mean, sd) = &p.forecasts[r];
+            let (mean, sd, _) = &p.forecasts[r];
             let plan =
                 reorder_plan_with(mean, sd, &p.history[..day], position, 0.0, policy, method);
             plan.suggested_order as f64
+        }
+        Rule::Cumulative(auto) => {
+            let (mean, sd, cumulative) = &p.forecasts[r];
+            let history = &p.history[..day];
+            if auto && intermittent(history) {
+                let plan = reorder_plan_with(
+                    mean,
+                    sd,
+                    history,
+                    position,
+                    0.0,
+                    policy,
+                    SafetyStock::Empirical,
+                );
+                return plan.suggested_order as f64;
+            }
+            reorder_plan_cumulative(mean, cumulative, position, 0.0, policy).suggested_order as f64
         }
         Rule::MinMax(f) => {
             let recent = &p.history[day.saturating_sub(28)..day];
@@ -152,11 +180,24 @@ fn order(
 fn initial_stock(p: &Prepared, rule: Rule, policy: &ReorderPolicy) -> f64 {
     match rule {
         Rule::Forecast(SafetyStock::Normal) => {
-            let (mean, sd) = &p.forecasts[0];
+            let (mean, sd, _) = &p.forecasts[0];
             reorder_plan(mean, sd, 0.0, 0.0, policy).order_up_to.ceil()
         }
+        Rule::Cumulative(auto) => {
+            let (mean, sd, cumulative) = &p.forecasts[0];
+            let history = &p.history[..p.start];
+            if auto && intermittent(history) {
+                reorder_plan_with(mean, sd, history, 0.0, 0.0, policy, SafetyStock::Empirical)
+                    .order_up_to
+                    .ceil()
+            } else {
+                reorder_plan_cumulative(mean, cumulative, 0.0, 0.0, policy)
+                    .order_up_to
+                    .ceil()
+            }
+        }
         Rule::Forecast(method) => {
-            let (mean, sd) = &p.forecasts[0];
+            let (mean, sd, _) = &p.forecasts[0];
             reorder_plan_with(mean, sd, &p.history[..p.start], 0.0, 0.0, policy, method)
                 .order_up_to
                 .ceil()
@@ -225,13 +266,57 @@ fn minmax_stock_at(sweep: &[Outcome], csl: f64) -> Option<f64> {
     })
 }
 
+const RULES: [(&str, Rule); 5] = [
+    ("normal", Rule::Forecast(SafetyStock::Normal)),
+    ("auto", Rule::Forecast(SafetyStock::Auto)),
+    ("empirical", Rule::Forecast(SafetyStock::Empirical)),
+    ("cumul", Rule::Cumulative(false)),
+    ("cumul+emp", Rule::Cumulative(true)),
+];
+const TARGETS: [f64; 3] = [0.90, 0.95, 0.99];
+
+fn policy(level: f64, pack: u32) -> ReorderPolicy {
+    ReorderPolicy {
+        lead_time_days: LEAD as u32,
+        review_period_days: REVIEW as u32,
+        service_level: level,
+        pack_size: pack,
+    }
+}
+
+/// Validation: the rules' achieved CSL on the 112 days before the test window; returns
+/// each rule's worst distance to the targets (the choice is the smallest).
+fn validate(histories: &[Vec<f64>], pack: u32) -> Vec<f64> {
+    let prepared: Vec<Prepared> = histories
+        .par_iter()
+        .filter_map(|h| prepare(h, SIM_DAYS))
+        .collect();
+    RULES
+        .iter()
+        .map(|(label, rule)| {
+            let csl: Vec<f64> = TARGETS
+                .iter()
+                .map(|&t| total(&prepared, *rule, &policy(t, pack)).csl())
+                .collect();
+            let worst = TARGETS
+                .iter()
+                .zip(&csl)
+                .map(|(t, c)| (c - t).abs())
+                .fold(0.0, f64::max);
+            println!(
+                "validation {label:<10} CSL at 90/95/99%: {:.1}% {:.1}% {:.1}%  worst distance {:.1} points",
+                100.0 * csl[0],
+                100.0 * csl[1],
+                100.0 * csl[2],
+                100.0 * worst
+            );
+            worst
+        })
+        .collect()
+}
+
 fn report(name: &str, histories: Vec<Vec<f64>>, pack: u32) {
-    let intermittent = |h: &[f64]| {
-        let first = h.iter().position(|&y| y > 0.0).unwrap_or(0);
-        let sales = h[first..].iter().filter(|&&y| y > 0.0).count().max(1);
-        (h.len() - first) as f64 / sales as f64 > 1.32
-    };
-    let prepared: Vec<Prepared> = histories.into_par_iter().filter_map(prepare).collect();
+    let prepared: Vec<Prepared> = histories.par_iter().filter_map(|h| prepare(h, 0)).collect();
     let n_int = prepared
         .iter()
         .filter(|p| intermittent(&p.history[..p.start]))
@@ -241,27 +326,28 @@ fn report(name: &str, histories: Vec<Vec<f64>>, pack: u32) {
         "== {name}: {} series ({n_int} intermittent), {SIM_DAYS} days replayed, L = {LEAD}, R = {REVIEW}, pack {pack} ==",
         prepared.len()
     );
-    let policy = |level: f64| ReorderPolicy {
-        lead_time_days: LEAD as u32,
-        review_period_days: REVIEW as u32,
-        service_level: level,
-        pack_size: pack,
-    };
+    let distances = validate(&histories, pack);
+    let chosen = distances
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    println!(
+        "chosen on validation (closest to all three targets): {}",
+        RULES[chosen].0
+    );
     let sweep: Vec<Outcome> = MINMAX_FACTORS
         .iter()
-        .map(|&f| total(&prepared, Rule::MinMax(f), &policy(0.95)))
+        .map(|&f| total(&prepared, Rule::MinMax(f), &policy(0.95, pack)))
         .collect();
+    println!("test window (last {SIM_DAYS} days):");
     println!(
         "{:<8} {:<10} {:>8} {:>8} {:>10} {:>16} {:>10}",
         "target", "rule", "CSL", "fill", "mean stock", "min/max same CSL", "stock vs"
     );
-    for target in [0.90, 0.95, 0.99] {
-        for (label, method) in [
-            ("normal", SafetyStock::Normal),
-            ("auto", SafetyStock::Auto),
-            ("empirical", SafetyStock::Empirical),
-        ] {
-            let o = total(&prepared, Rule::Forecast(method), &policy(target));
+    for target in TARGETS {
+        for (label, rule) in RULES {
+            let o = total(&prepared, rule, &policy(target, pack));
             let same = minmax_stock_at(&sweep, o.csl());
             println!(
                 "{:<8} {:<10} {:>7.1}% {:>7.1}% {:>10.2} {:>16} {:>10}",

@@ -263,6 +263,57 @@ pub fn reorder_plan_with(
     }
 }
 
+/// [`reorder_plan`] with the sds over the lead time and over lead time + review taken from
+/// `cumulative_sd` (the sd of the error of the total over days 1..=h at index h − 1, as in
+/// [`crate::select::Forecast::cumulative_sd`]) instead of `sqrt(Σ σ(d)²)`: daily errors of
+/// a forecast are correlated (a level that is off stays off), which the sum of daily
+/// variances ignores. Periods past the end of `cumulative_sd` add its last step's
+/// variance per day.
+pub fn reorder_plan_cumulative(
+    mean: &[f64],
+    cumulative_sd: &[f64],
+    on_hand: f64,
+    on_order: f64,
+    policy: &ReorderPolicy,
+) -> ReorderPlan {
+    let z = z_for_service_level(policy.service_level);
+    let lead = policy.lead_time_days as usize;
+    let cycle = lead + policy.review_period_days as usize;
+    let sd_at = |days: usize| -> f64 {
+        if days == 0 || cumulative_sd.is_empty() {
+            return 0.0;
+        }
+        let n = cumulative_sd.len();
+        let last = clean(cumulative_sd[n - 1]);
+        if days <= n {
+            return clean(cumulative_sd[days - 1]);
+        }
+        let before = if n >= 2 {
+            clean(cumulative_sd[n - 2])
+        } else {
+            0.0
+        };
+        let step = (last * last - before * before).max(0.0);
+        (last * last + step * (days - n) as f64).sqrt()
+    };
+    let (demand_lt, _) = demand_over(lead, mean, &[]);
+    let (demand_cycle, _) = demand_over(cycle, mean, &[]);
+    let (sd_lt, sd_cycle) = (sd_at(lead), sd_at(cycle));
+    let reorder_point = demand_lt + z * sd_lt;
+    let order_up_to = demand_cycle + z * sd_cycle;
+    let inventory_position = clean(on_hand) + clean(on_order);
+    ReorderPlan {
+        demand_over_lead_time: demand_lt,
+        sd_over_lead_time: sd_lt,
+        safety_stock: z * sd_lt,
+        reorder_point,
+        order_up_to,
+        inventory_position,
+        below_reorder_point: inventory_position <= reorder_point,
+        suggested_order: round_up_to_pack(order_up_to - inventory_position, policy.pack_size),
+    }
+}
+
 /// Rounds a shortfall up to whole packs; nothing for a shortfall ≤ 0.
 pub fn round_up_to_pack(shortfall: f64, pack_size: u32) -> u64 {
     let pack = u64::from(pack_size.max(1));
@@ -449,6 +500,38 @@ mod tests {
         assert!(close(total, 12.0));
         assert!(close(sd, 3f64.sqrt()));
         assert_eq!(demand_over(3, &[], &[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn cumulative_sd_replaces_the_root_sum_of_squares() {
+        let policy = ReorderPolicy {
+            lead_time_days: 4,
+            review_period_days: 5,
+            service_level: 0.95,
+            pack_size: 1,
+        };
+        // Perfectly correlated daily errors of sd 2: the h-day total has sd 2h.
+        let cumulative: Vec<f64> = (1..=14).map(|h| 2.0 * h as f64).collect();
+        let plan = reorder_plan_cumulative(&[10.0; 14], &cumulative, 30.0, 12.0, &policy);
+        assert!(close(plan.sd_over_lead_time, 8.0));
+        assert!(close(plan.reorder_point, 40.0 + 1.644_853_6 * 8.0));
+        assert!(close(plan.order_up_to, 90.0 + 1.644_853_6 * 18.0));
+        assert_eq!(
+            plan.suggested_order,
+            round_up_to_pack(plan.order_up_to - 42.0, 1)
+        );
+        // Independent errors give back reorder_plan exactly.
+        let independent: Vec<f64> = (1..=14).map(|h| 2.0 * (h as f64).sqrt()).collect();
+        let a = reorder_plan_cumulative(&[10.0; 14], &independent, 30.0, 12.0, &policy);
+        let b = reorder_plan(&[10.0; 14], &[2.0; 14], 30.0, 12.0, &policy);
+        assert!(close(a.order_up_to, b.order_up_to) && close(a.reorder_point, b.reorder_point));
+        // Past the end: the last step's variance per day (sd 2h up to 3 → 6, step 36 − 16).
+        let short = reorder_plan_cumulative(&[10.0; 3], &[2.0, 4.0, 6.0], 0.0, 0.0, &policy);
+        assert!(close(short.sd_over_lead_time, (36.0f64 + 20.0).sqrt()));
+        assert_eq!(
+            reorder_plan_cumulative(&[], &[], 0.0, 0.0, &policy).order_up_to,
+            0.0
+        );
     }
 
     #[test]

@@ -215,6 +215,28 @@ pub struct Forecast {
     pub rmsse: f64,
     /// Held-out days scored per origin (0: history too short to backtest).
     pub backtest_days: usize,
+    /// Standard deviation of the error of the *total* over days 1..=h (index h − 1): for
+    /// h up to the backtest horizon the root mean square of the backtest's cumulative
+    /// errors over its origins (so the correlation of daily errors — a level that is off
+    /// stays off — is in it); beyond it, and without a backtest, the daily variances are
+    /// added as if independent. Used by [`crate::reorder::reorder_plan_cumulative`].
+    #[serde(default)]
+    pub cumulative_sd: Vec<f64>,
+}
+
+/// `cumulative_sd` of [`Forecast`]: `empirical[h]` (RMS cumulative backtest error) where
+/// given, then daily variances added on.
+fn cumulative_sd(sd: &[f64], empirical: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(sd.len());
+    let mut variance = 0.0;
+    for (h, s) in sd.iter().enumerate() {
+        variance = match empirical.get(h) {
+            Some(e) => e * e,
+            None => variance + s * s,
+        };
+        out.push(finite_or_zero(variance.sqrt()));
+    }
+    out
 }
 
 impl Forecast {
@@ -228,6 +250,7 @@ impl Forecast {
             level,
             rmsse: 0.0,
             backtest_days: 0,
+            cumulative_sd: vec![0.0; horizon],
         }
     }
 }
@@ -330,7 +353,22 @@ pub fn forecast_series_pooled(
     };
 
     let rmsse = finite_or_zero((chosen.sse / scored_points / run.scale).sqrt());
-    assemble(chosen.model, chosen.mean, sd, horizon, level, rmsse, b)
+    // RMS over origins of the backtest's cumulative errors, per horizon.
+    let mut cumulative = vec![0.0; b];
+    for r in 0..origins {
+        let mut total = 0.0;
+        for (h, c) in cumulative.iter_mut().enumerate() {
+            let i = r * b + h;
+            total += run.actuals[i] - chosen.points[i];
+            *c += total * total;
+        }
+    }
+    for c in &mut cumulative {
+        *c = (*c / origins.max(1) as f64).sqrt();
+    }
+    let mut forecast = assemble(chosen.model, chosen.mean, sd, horizon, level, rmsse, b);
+    forecast.cumulative_sd = cumulative_sd(&forecast.sd, &cumulative);
+    forecast
 }
 
 /// A forecast with its backtest: what the final choice is made among.
@@ -934,6 +972,7 @@ fn assemble(
         .map(|(m, s)| (m - z * s).max(0.0))
         .collect();
     let hi = mean.iter().zip(&sd).map(|(m, s)| m + z * s).collect();
+    let cumulative_sd = cumulative_sd(&sd, &[]);
     Forecast {
         model,
         mean,
@@ -943,6 +982,7 @@ fn assemble(
         level,
         rmsse,
         backtest_days,
+        cumulative_sd,
     }
 }
 
@@ -1410,6 +1450,32 @@ mod tests {
             forecast_series_pooled(&own, 7, &pooled_only, Some(&one)),
             alone
         );
+    }
+
+    #[test]
+    fn cumulative_sd_comes_from_the_backtest_then_adds_daily_variances() {
+        let y = weekly(200);
+        let f = forecast_series(&y, 40, &SelectConfig::default());
+        assert_eq!(f.backtest_days, 28);
+        assert_eq!(f.cumulative_sd.len(), 40);
+        assert!(f.cumulative_sd.iter().all(|s| s.is_finite() && *s >= 0.0));
+        assert!(f.cumulative_sd[27] > 0.0);
+        // Past the 28 backtested days the daily variances are added.
+        for h in 28..40 {
+            let step = f.cumulative_sd[h].powi(2) - f.cumulative_sd[h - 1].powi(2);
+            assert!(
+                (step - f.sd[h].powi(2)).abs() < 1e-9 * (1.0 + step.abs()),
+                "{h}"
+            );
+        }
+        // Too short to backtest: root sum of the daily variances throughout.
+        let short = forecast_series(&y[..10], 5, &SelectConfig::default());
+        assert_eq!(short.backtest_days, 0);
+        let mut total = 0.0;
+        for h in 0..5 {
+            total += short.sd[h].powi(2);
+            assert!((short.cumulative_sd[h] - total.sqrt()).abs() < 1e-9);
+        }
     }
     use proptest::strategy::Just;
 }
