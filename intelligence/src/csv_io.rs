@@ -6,16 +6,21 @@
 //! first..last date range are zero demand. A repeated (series, date) is an error.
 //!
 //! # Streaming ([`forecast_csv`], [`stream_daily_series`])
-//! The rows of one series must be **contiguous** (the input grouped by series, as a
-//! `GROUP BY`/`ORDER BY series` export writes it); within a series the dates may come in any
-//! order. Series are read one at a time, forecast in parallel batches of at most
+//! The input should be **grouped by series** (as a `GROUP BY`/`ORDER BY series` export
+//! writes it); within a series the dates may come in any order. Up to
+//! [`INTERLEAVE_SERIES`] series may interleave (e.g. a day-by-day export of a few series):
+//! the reader keeps the most recently seen series open (at most that many, holding at most
+//! [`INTERLEAVE_ROWS`] rows) and completes the least recently seen one when the window is
+//! full or the input ends. Completed series are forecast in parallel batches of at most
 //! [`BATCH_SERIES`] series / [`BATCH_DAYS`] days while the next batch is being read, and
-//! written in input order. Memory is bounded by the series in flight (two batches) plus a
-//! 64-bit hash of every id already finished (about 16–32 bytes per series), never by the
-//! file. A series whose rows reappear after another series' rows is an error naming the
-//! line where it reappears ([`CsvError::NotContiguous`]); the input is *not* buffered to
-//! regroup it. (With a 64-bit hash of the ids, two different ids are mistaken for one with
-//! a probability of about n²/2⁶⁵ — 3·10⁻⁸ for a million series.)
+//! written in the order they were completed (input order for grouped input). Memory is
+//! bounded by the series in flight (the window and two batches) plus a 64-bit hash of
+//! every id already completed (about 16–32 bytes per series), never by the file. A series
+//! whose rows reappear after it was completed (more than [`INTERLEAVE_SERIES`] other
+//! series came between) is an error naming the line where it reappears
+//! ([`CsvError::NotContiguous`]); the input is *not* buffered to regroup it. (With a
+//! 64-bit hash of the ids, two different ids are mistaken for one with a probability of
+//! about n²/2⁶⁵ — 3·10⁻⁸ for a million series.)
 //!
 //! [`read_daily_series`] parses everything into memory instead and accepts rows in any
 //! order (it returns the series sorted by id); it is for tests, benchmarks and small files.
@@ -31,7 +36,7 @@
 //! error (the hub does). `progress(done, seen)` is called after each batch with the series
 //! forecast so far and the series read so far (the total is unknown until the end).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{Read, Write};
 
@@ -48,6 +53,12 @@ pub const BATCH_SERIES: usize = 2048;
 /// Most days of history (summed over its series) in one batch: 8 bytes each, so a batch
 /// holds at most about 32 MB of history however long the series are.
 pub const BATCH_DAYS: usize = 4 << 20;
+/// Series whose rows may interleave: the streaming reader keeps this many recently seen
+/// series open besides the current one (and at most [`INTERLEAVE_ROWS`] of their rows),
+/// completing the least recently seen first.
+pub const INTERLEAVE_SERIES: usize = 1024;
+/// Most rows held by the open series of the interleaving window (24 bytes each).
+pub const INTERLEAVE_ROWS: usize = 1 << 20;
 
 /// Why a CSV could not be forecast.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +86,12 @@ pub enum CsvError {
         date: NaiveDate,
         first_line: u64,
     },
-    #[error("line {line}: rows of series {series:?} appear again after rows of other series; the rows of each series must be contiguous (sort or group the input by series)")]
-    NotContiguous { line: u64, series: String },
+    #[error("line {line}: rows of series {series:?} appear again after more than {window} other series came between (it was already forecast); group the input by series (at most {window} series may interleave)")]
+    NotContiguous {
+        line: u64,
+        series: String,
+        window: usize,
+    },
     #[error("series {series:?} spans {days} days (lines {first_line} and {last_line}); at most {MAX_SERIES_DAYS} allowed")]
     SpanTooLong {
         series: String,
@@ -225,15 +240,31 @@ pub fn read_daily_series(input: impl Read) -> Result<Vec<DailySeries>, CsvError>
 }
 
 /// Reads the header of `series,date,qty` input whose rows are grouped by series and
-/// returns an iterator over its series, one at a time, in input order (see the module
-/// docs). After the first `Err` the iterator ends.
+/// returns an iterator over its series, one at a time, in the order they are completed
+/// (see the module docs). After the first `Err` the iterator ends.
 pub fn stream_daily_series<R: Read>(input: R) -> Result<SeriesStream<R>, CsvError> {
+    stream_with_window(input, INTERLEAVE_SERIES, INTERLEAVE_ROWS)
+}
+
+/// [`stream_daily_series`] with an explicit interleaving window.
+fn stream_with_window<R: Read>(
+    input: R,
+    window: usize,
+    window_rows: usize,
+) -> Result<SeriesStream<R>, CsvError> {
     let (reader, columns) = open(input)?;
     Ok(SeriesStream {
         reader,
         record: csv::StringRecord::new(),
         columns,
         current: None,
+        parked: HashMap::new(),
+        order: BTreeMap::new(),
+        parked_rows: 0,
+        clock: 0,
+        window,
+        window_rows,
+        ready: VecDeque::new(),
         finished: HashSet::new(),
         input_rows: 0,
         series_read: 0,
@@ -246,9 +277,20 @@ pub struct SeriesStream<R: Read> {
     reader: csv::Reader<R>,
     record: csv::StringRecord,
     columns: Columns,
-    /// The series being read: id and its rows so far.
+    /// The series of the last row read: id and its rows so far.
     current: Option<(String, Vec<Row>)>,
-    /// Hashes of the ids of the series already returned.
+    /// Series seen recently but not the current one: id → (stamp, rows). At most `window`
+    /// of them (and `window_rows` rows); the least recently seen is completed first.
+    parked: HashMap<String, (u64, Vec<Row>)>,
+    /// Stamp → id of the parked series, oldest first.
+    order: BTreeMap<u64, String>,
+    parked_rows: usize,
+    clock: u64,
+    window: usize,
+    window_rows: usize,
+    /// Completed series (or the error that ends the stream) not yet returned.
+    ready: VecDeque<Result<DailySeries, CsvError>>,
+    /// Hashes of the ids of the series already completed.
     finished: HashSet<u64>,
     input_rows: usize,
     series_read: usize,
@@ -261,13 +303,14 @@ impl<R: Read> SeriesStream<R> {
         self.input_rows
     }
 
-    /// Series returned so far.
+    /// Series completed (returned or about to be) so far.
     pub fn series_read(&self) -> usize {
         self.series_read
     }
 
-    fn step(&mut self) -> Result<Option<DailySeries>, CsvError> {
-        loop {
+    /// Reads rows until a series is completed or the input ends.
+    fn fill(&mut self) -> Result<(), CsvError> {
+        while self.ready.is_empty() {
             let more = self
                 .reader
                 .read_record(&mut self.record)
@@ -276,37 +319,69 @@ impl<R: Read> SeriesStream<R> {
                     CsvError::Malformed { line, source }
                 })?;
             if !more {
-                return match self.current.take() {
-                    Some((id, rows)) => self.finish(id, rows).map(Some),
-                    None => Ok(None),
-                };
+                self.park_current();
+                while let Some((_, id)) = self.order.pop_first() {
+                    self.complete(id);
+                }
+                return Ok(());
             }
             let Some((id, row)) = parse_record(&self.record, &self.columns)? else {
                 continue;
             };
             self.input_rows += 1;
-            match &mut self.current {
-                Some((current, rows)) if current.as_str() == id => rows.push(row),
-                _ => {
-                    if self.finished.contains(&id_hash(id)) {
-                        return Err(CsvError::NotContiguous {
-                            line: row.line,
-                            series: id.to_owned(),
-                        });
-                    }
-                    let previous = self.current.replace((id.to_owned(), vec![row]));
-                    if let Some((id, rows)) = previous {
-                        return self.finish(id, rows).map(Some);
-                    }
+            if let Some((current, rows)) = &mut self.current {
+                if current.as_str() == id {
+                    rows.push(row);
+                    continue;
                 }
             }
+            let line = row.line;
+            let id = id.to_owned();
+            self.park_current();
+            let rows = match self.parked.remove(&id) {
+                Some((stamp, mut rows)) => {
+                    self.order.remove(&stamp);
+                    self.parked_rows -= rows.len();
+                    rows.push(row);
+                    rows
+                }
+                None if self.finished.contains(&id_hash(&id)) => {
+                    return Err(CsvError::NotContiguous {
+                        line,
+                        series: id,
+                        window: self.window,
+                    });
+                }
+                None => vec![row],
+            };
+            self.current = Some((id, rows));
+            while self.order.len() > self.window || self.parked_rows > self.window_rows {
+                let Some((_, oldest)) = self.order.pop_first() else {
+                    break;
+                };
+                self.complete(oldest);
+            }
+        }
+        Ok(())
+    }
+
+    fn park_current(&mut self) {
+        if let Some((id, rows)) = self.current.take() {
+            self.clock += 1;
+            self.parked_rows += rows.len();
+            self.order.insert(self.clock, id.clone());
+            self.parked.insert(id, (self.clock, rows));
         }
     }
 
-    fn finish(&mut self, id: String, rows: Vec<Row>) -> Result<DailySeries, CsvError> {
-        self.finished.insert(id_hash(&id));
-        self.series_read += 1;
-        build_series(id, rows)
+    /// Completes a parked series: validated and queued.
+    fn complete(&mut self, id: String) {
+        if let Some((_, rows)) = self.parked.remove(&id) {
+            self.parked_rows -= rows.len();
+            self.finished.insert(id_hash(&id));
+            self.series_read += 1;
+            self.ready.push_back(build_series(id, rows));
+        }
     }
 }
 
@@ -317,15 +392,19 @@ impl<R: Read> Iterator for SeriesStream<R> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(s)) => Some(Ok(s)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
+        if let Err(e) = self.fill() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        match self.ready.pop_front() {
+            Some(Err(e)) => {
                 self.done = true;
                 Some(Err(e))
+            }
+            Some(ok) => Some(ok),
+            None => {
+                self.done = true;
+                None
             }
         }
     }
@@ -639,24 +718,67 @@ mod tests {
     }
 
     #[test]
-    fn series_that_reappear_are_an_error_naming_the_line() {
+    fn series_that_reappear_after_the_window_are_an_error_naming_the_line() {
+        // Window of 1: a, then b, then c pushes a out (completed); a again is an error.
         let input =
-            "series,date,qty\na,2024-01-01,1\na,2024-01-02,1\nb,2024-01-01,1\na,2024-01-03,2\n";
-        assert_eq!(
-            error_text(input),
-            "line 5: rows of series \"a\" appear again after rows of other series; the rows of each series must be contiguous (sort or group the input by series)"
-        );
-        // The in-memory reader accepts the same input and sorts by id.
+            "series,date,qty\na,2024-01-01,1\nb,2024-01-01,1\nc,2024-01-01,1\na,2024-01-03,2\n";
+        let mut stream = stream_with_window(input.as_bytes(), 1, 100).expect("header");
+        let a = stream.next().expect("a").expect("valid");
+        assert_eq!(a.id, "a");
+        match stream.next() {
+            Some(Err(e)) => assert_eq!(
+                e.to_string(),
+                "line 5: rows of series \"a\" appear again after more than 1 other series came between (it was already forecast); group the input by series (at most 1 series may interleave)"
+            ),
+            other => panic!("expected the reappearing row, got {other:?}"),
+        }
+        assert!(stream.next().is_none());
+        // The row bound completes series too: at most 2 parked rows; when c begins, a (2
+        // rows) and b (1) are parked, 3 > 2, so a is completed and its reappearance fails.
+        let rows = "series,date,qty\na,2024-01-01,1\na,2024-01-02,1\nb,2024-01-01,1\nc,2024-01-01,1\na,2024-01-05,1\n";
+        let results: Vec<_> = stream_with_window(rows.as_bytes(), 10, 2)
+            .expect("header")
+            .collect();
+        assert!(matches!(
+            results.last(),
+            Some(Err(CsvError::NotContiguous { line: 6, .. }))
+        ));
+        // The in-memory reader accepts any order and sorts by id.
         let series = read_daily_series(input.as_bytes()).expect("any order");
-        assert_eq!(series.len(), 2);
+        assert_eq!(series.len(), 3);
         assert_eq!(series[0].id, "a");
-        assert_eq!(series[0].history, vec![1.0, 1.0, 2.0]);
+        assert_eq!(series[0].history, vec![1.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn a_few_interleaved_series_stream_within_the_window() {
+        // A day-by-day export of three series: all stay open, complete at the end.
+        let mut input = String::from("series,date,qty\n");
+        for day in 1..=5 {
+            for (id, qty) in [("milk", day), ("bread", 2 * day), ("caviar", 0)] {
+                input.push_str(&format!("{id},2024-01-0{day},{qty}\n"));
+            }
+        }
+        let series: Vec<DailySeries> = stream_daily_series(input.as_bytes())
+            .expect("header")
+            .collect::<Result<_, _>>()
+            .expect("interleaving of 3 series is within the window");
+        let ids: Vec<&str> = series.iter().map(|s| s.id.as_str()).collect();
+        // Completed least recently seen first: the order of the last day's rows.
+        assert_eq!(ids, vec!["milk", "bread", "caviar"]);
+        assert_eq!(series[1].history, vec![2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(series[2].history, vec![0.0; 5]);
+        let (out, summary) = run(&input, 2).expect("forecast_csv streams it too");
+        assert_eq!(summary.series, 3);
+        assert_eq!(summary.input_rows, 15);
+        assert_eq!(out.lines().count(), 1 + 3 * 2);
     }
 
     #[test]
     fn stream_yields_series_in_input_order_and_stops_at_the_first_bad_row() {
+        // Window 0: a series is complete as soon as another begins (grouped input).
         let input = "series,date,qty\nz,2024-03-02,5\nz,2024-03-01,1\n\ny,2024-01-01,2\nx,2024-01-01,oops\nw,2024-01-01,1\n";
-        let mut stream = stream_daily_series(input.as_bytes()).expect("header");
+        let mut stream = stream_with_window(input.as_bytes(), 0, 0).expect("header");
         let z = stream.next().expect("z").expect("valid");
         assert_eq!(z.id, "z");
         assert_eq!(
@@ -673,6 +795,13 @@ mod tests {
         assert!(stream.next().is_none(), "the stream ends after an error");
         assert_eq!(stream.series_read(), 1);
         assert_eq!(stream.input_rows(), 3);
+        // With the default window z and y are still open when the bad row comes.
+        let mut stream = stream_daily_series(input.as_bytes()).expect("header");
+        assert!(matches!(
+            stream.next(),
+            Some(Err(CsvError::BadQuantity { line: 6, .. }))
+        ));
+        assert!(stream.next().is_none());
     }
 
     #[test]
@@ -713,7 +842,7 @@ mod tests {
             err.to_string().split(';').next(),
             Some(
                 format!(
-                    "line {}: rows of series \"s0\" appear again after rows of other series",
+                    "line {}: rows of series \"s0\" appear again after more than {INTERLEAVE_SERIES} other series came between (it was already forecast)",
                     BATCH_SERIES + 12
                 )
                 .as_str()
