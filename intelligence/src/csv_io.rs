@@ -26,7 +26,8 @@
 //! order (it returns the series sorted by id); it is for tests, benchmarks and small files.
 //!
 //! Output: header `series,date,forecast,lo,hi,model`, then `horizon` rows per series for the
-//! days after its last date, series in input order, numbers with 4 decimals; `lo`/`hi`
+//! days after its last date, series in the order completed (input order for grouped input),
+//! numbers with 4 decimals; `lo`/`hi`
 //! bound the [`SelectConfig::interval_level`] prediction interval (80% by default).
 //!
 //! Every bad row yields an error naming its line number (1-based, the header is line 1)
