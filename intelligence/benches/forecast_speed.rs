@@ -12,7 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use bazaar_intelligence::select::{forecast_series, SelectConfig};
+use bazaar_intelligence::pooled::{fit_item_level, fit_profile, GroupProfile, ItemLevel};
+use bazaar_intelligence::select::{
+    forecast_series, forecast_series_pooled, PooledContext, SelectConfig,
+};
 use rayon::prelude::*;
 
 const HORIZON: usize = 28;
@@ -90,9 +93,41 @@ fn load_average() -> String {
     )
 }
 
+/// Stores per item in the synthetic panel: series `i` is item `i / STORES_PER_ITEM`.
+const STORES_PER_ITEM: usize = 10;
+/// Absolute day of every synthetic series' first day (2023-01-02).
+const START_DAY: i64 = 19_359;
+
+/// The pooled profile, fitted once on a sample of `sample` series (untimed here; the
+/// caller times it).
+fn fit_sample_profile(sample: usize, days: usize) -> GroupProfile {
+    let histories: Vec<Vec<f64>> = (0..sample)
+        .into_par_iter()
+        .map(|i| {
+            let mut h = Vec::with_capacity(days);
+            synthetic_series(i as u64, days, &mut h);
+            h
+        })
+        .collect();
+    let timer = Instant::now();
+    let profile = fit_profile(histories.iter().map(|h| (START_DAY, h.as_slice())));
+    println!(
+        "pooled profile fitted on a {sample}-series sample × {days} days: {:.1} ms wall (once per night, reused for every series)",
+        1e3 * timer.elapsed().as_secs_f64()
+    );
+    profile
+}
+
 /// Forecasts `series` synthetic series of `days` days; returns the wall time and the CPU
-/// time of the forecasting only.
-fn run(series: usize, days: usize, cfg: &SelectConfig) -> (Duration, f64) {
+/// time of the forecasting only. With `pooled`, every series is forecast with the pooled
+/// model available (`forecast_series_pooled`): the sample profile, and top-down item
+/// levels fitted per chunk from the chunk's series (inside the timed section).
+fn run(
+    series: usize,
+    days: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&GroupProfile>,
+) -> (Duration, f64) {
     let mut elapsed = Duration::ZERO;
     let mut cpu = 0.0;
     let mut checksum = 0.0;
@@ -109,10 +144,32 @@ fn run(series: usize, days: usize, cfg: &SelectConfig) -> (Duration, f64) {
             .collect();
         let timer = Instant::now();
         let cpu_before = cpu_seconds().unwrap_or(0.0);
-        checksum += histories
-            .par_iter()
-            .map(|h| forecast_series(h, HORIZON, cfg).mean[0])
-            .sum::<f64>();
+        checksum += match pooled {
+            None => histories
+                .par_iter()
+                .map(|h| forecast_series(h, HORIZON, cfg).mean[0])
+                .sum::<f64>(),
+            Some(profile) => {
+                let items: Vec<ItemLevel> = histories
+                    .par_chunks(STORES_PER_ITEM)
+                    .map(|members| {
+                        fit_item_level(members.iter().map(|h| (START_DAY, h.as_slice())))
+                    })
+                    .collect();
+                histories
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let ctx = PooledContext {
+                            profile,
+                            start_day: START_DAY,
+                            item: items.get(i / STORES_PER_ITEM),
+                        };
+                        forecast_series_pooled(h, HORIZON, cfg, Some(&ctx)).mean[0]
+                    })
+                    .sum::<f64>()
+            }
+        };
         elapsed += timer.elapsed();
         cpu += cpu_seconds().unwrap_or(0.0) - cpu_before;
         start_index += count;
@@ -129,7 +186,8 @@ fn main() {
     println!("forecast_speed: horizon {HORIZON}, default SelectConfig, {threads} rayon threads");
     println!("CPU = user + system time of this process during the forecasting (all threads)");
     // Warm-up (page faults, thread pool).
-    run(1_000, 730, &cfg);
+    run(1_000, 730, &cfg, None);
+    let profile = fit_sample_profile(10_000, 730);
 
     let sizes: &[usize] = if quick {
         &[2_000]
@@ -143,36 +201,46 @@ fn main() {
         load_average()
     );
     println!(
-        "\n{:>10} {:>6} {:>10} {:>12} {:>12} {:>10} {:>14}",
-        "series", "days", "wall (s)", "series/s", "µs/series", "CPU (s)", "CPU µs/series"
+        "\n{:>10} {:>6} {:>9} {:>10} {:>12} {:>12} {:>10} {:>14}",
+        "series", "days", "pooled", "wall (s)", "series/s", "µs/series", "CPU (s)", "CPU µs/series"
     );
     let mut wall_per_series = 0.0;
     let mut cpu_per_series = 0.0;
     for &n in sizes {
-        let (wall, cpu) = run(n, 730, &cfg);
-        let t = wall.as_secs_f64();
-        wall_per_series = t / n as f64;
-        cpu_per_series = cpu / n as f64;
-        println!(
-            "{:>10} {:>6} {:>10.2} {:>12.0} {:>12.1} {:>10.2} {:>14.1}",
-            n,
-            730,
-            t,
-            n as f64 / t,
-            1e6 * t / n as f64,
-            cpu,
-            1e6 * cpu / n as f64
-        );
+        // The 1M run only with the pooled model (what the nightly job would run); the
+        // smaller sizes both ways, to show the pooled model's cost.
+        let modes: &[bool] = if n >= 1_000_000 {
+            &[true]
+        } else {
+            &[false, true]
+        };
+        for &with_pool in modes {
+            let (wall, cpu) = run(n, 730, &cfg, with_pool.then_some(&profile));
+            let t = wall.as_secs_f64();
+            wall_per_series = t / n as f64;
+            cpu_per_series = cpu / n as f64;
+            println!(
+                "{:>10} {:>6} {:>9} {:>10.2} {:>12.0} {:>12.1} {:>10.2} {:>14.1}",
+                n,
+                730,
+                if with_pool { "yes" } else { "no" },
+                t,
+                n as f64 / t,
+                1e6 * t / n as f64,
+                cpu,
+                1e6 * cpu / n as f64
+            );
+        }
     }
 
     let growth_series = if quick { 2_000 } else { 10_000 };
-    println!("\nhistory length ({growth_series} series):");
+    println!("\nhistory length ({growth_series} series, pooled):");
     println!(
         "{:>6} {:>10} {:>12} {:>16} {:>14}",
         "days", "wall (s)", "µs/series", "µs/series/day", "CPU µs/series"
     );
     for days in [365, 730, 1460] {
-        let (wall, cpu) = run(growth_series, days, &cfg);
+        let (wall, cpu) = run(growth_series, days, &cfg, Some(&profile));
         let per = 1e6 * wall.as_secs_f64() / growth_series as f64;
         println!(
             "{:>6} {:>10.3} {:>12.1} {:>16.4} {:>14.1}",
@@ -189,7 +257,7 @@ fn main() {
     println!("load average after: {}", load_average());
     let basis = if full { "measured" } else { "extrapolated" };
     println!(
-        "\n{basis} 1,000,000 series × 730 days: {:.1} s wall as measured; {:.1} s on {threads} idle cores (CPU time / {threads}); target ≤ 60 s: {}",
+        "\n{basis} 1,000,000 series × 730 days with the pooled model: {:.1} s wall as measured; {:.1} s on {threads} idle cores (CPU time / {threads}); target ≤ 60 s: {}",
         projected_wall,
         projected_idle,
         if projected_wall <= 60.0 { "met as measured" } else if projected_idle <= 60.0 { "met on idle cores only" } else { "missed" }

@@ -9,7 +9,8 @@
 //! [`std::io::Write`] handed to it.
 //!
 //! Entry points the hub calls:
-//! - [`select::forecast_series`] — forecast one daily series with automatic model choice;
+//! - [`select::forecast_series`] — forecast one daily series with automatic model choice
+//!   ([`select::forecast_series_pooled`] with a pooled profile of its group, [`pooled`]);
 //! - [`reorder::reorder_plan`] and [`reorder::transfer_suggestions`];
 //! - [`alerts::evaluate`];
 //! - [`csv_io::forecast_csv`].
@@ -17,9 +18,11 @@
 pub mod alerts;
 pub mod csv_io;
 pub mod models;
+pub mod pooled;
 pub mod reorder;
 pub mod select;
 pub mod stats;
+pub mod synthetic;
 
 pub use models::ModelKind;
 pub use select::{forecast_series, Forecast, SelectConfig};

@@ -52,6 +52,11 @@ pub enum ModelKind {
     /// A per-day combination of several models' forecasts: of every candidate for
     /// intermittent series, else of the backtest's best few (see [`crate::select`]).
     Combination,
+    /// The pooled model: the series' SES level on weekday and yearly profiles pooled over
+    /// its group ([`crate::pooled`]).
+    Pooled,
+    /// Equal-weight mean of the per-series choice and the pooled model.
+    PooledBlend,
 }
 
 impl ModelKind {
@@ -82,6 +87,8 @@ impl ModelKind {
             ModelKind::Adida => "adida",
             ModelKind::Imapa => "imapa",
             ModelKind::Combination => "combination",
+            ModelKind::Pooled => "pooled",
+            ModelKind::PooledBlend => "pooled_blend",
         }
     }
 }
@@ -100,11 +107,16 @@ pub struct UnknownModelKind(pub String);
 impl FromStr for ModelKind {
     type Err = UnknownModelKind;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [ModelKind::Zero, ModelKind::Combination]
-            .into_iter()
-            .chain(ModelKind::SINGLE_MODELS)
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownModelKind(s.to_owned()))
+        [
+            ModelKind::Zero,
+            ModelKind::Combination,
+            ModelKind::Pooled,
+            ModelKind::PooledBlend,
+        ]
+        .into_iter()
+        .chain(ModelKind::SINGLE_MODELS)
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownModelKind(s.to_owned()))
     }
 }
 
@@ -1114,10 +1126,12 @@ mod tests {
 
     #[test]
     fn model_kind_round_trips_through_its_name() {
-        for kind in ModelKind::SINGLE_MODELS
-            .into_iter()
-            .chain([ModelKind::Zero, ModelKind::Combination])
-        {
+        for kind in ModelKind::SINGLE_MODELS.into_iter().chain([
+            ModelKind::Zero,
+            ModelKind::Combination,
+            ModelKind::Pooled,
+            ModelKind::PooledBlend,
+        ]) {
             assert_eq!(kind.as_str().parse::<ModelKind>(), Ok(kind));
         }
         assert!("arima".parse::<ModelKind>().is_err());

@@ -15,6 +15,17 @@
 //! Days beyond the forecast horizon repeat its last day. z is the one-sided normal
 //! quantile of the cycle service level ([`z_for_service_level`]).
 //!
+//! # Intermittent demand: empirical lead-time demand
+//! For slow movers the demand over L (or L+R) days is a few units with a long right tail,
+//! and the normal approximation misplaces its quantiles. [`reorder_plan_with`] can take the
+//! safety stock from the series' own history instead: the `p`-quantile minus the mean of the
+//! sums of every window of L (resp. L+R) consecutive days in the last
+//! [`EMPIRICAL_WINDOW_DAYS`] days (a moving-block bootstrap with one block per window,
+//! deterministic), added to the forecast demand: `S = D_{L+R} + (Q_p − mean)` of the
+//! (L+R)-day sums ([`empirical_safety_stock`]). [`SafetyStock::Auto`] does this for
+//! intermittent series (ADI > 1.32) and keeps the normal rule for the others; see
+//! `benches/service_level.rs` for what each delivers on held-out demand.
+//!
 //! # Chain-wide
 //! [`transfer_suggestions`] moves whole units from stores holding more than their
 //! order-up-to level to stores whose stock will not cover demand over the lead time, most
@@ -108,6 +119,186 @@ pub fn reorder_plan(
     let lead = policy.lead_time_days as usize;
     let (demand_lt, sd_lt) = demand_over(lead, mean, sd);
     let (demand_cycle, sd_cycle) = demand_over(lead + policy.review_period_days as usize, mean, sd);
+    let reorder_point = demand_lt + z * sd_lt;
+    let order_up_to = demand_cycle + z * sd_cycle;
+    let inventory_position = clean(on_hand) + clean(on_order);
+    ReorderPlan {
+        demand_over_lead_time: demand_lt,
+        sd_over_lead_time: sd_lt,
+        safety_stock: z * sd_lt,
+        reorder_point,
+        order_up_to,
+        inventory_position,
+        below_reorder_point: inventory_position <= reorder_point,
+        suggested_order: round_up_to_pack(order_up_to - inventory_position, policy.pack_size),
+    }
+}
+
+/// Days of history whose window sums give the empirical lead-time demand distribution.
+pub const EMPIRICAL_WINDOW_DAYS: usize = 364;
+
+/// Fewest windows for an empirical quantile; with fewer the normal rule is used.
+pub const MIN_EMPIRICAL_WINDOWS: usize = 28;
+
+/// How [`reorder_plan_with`] sets the safety stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SafetyStock {
+    /// z(service level) · σ over the period: [`reorder_plan`].
+    Normal,
+    /// Quantile minus mean of the history's window sums ([`empirical_safety_stock`]) for
+    /// every series with enough history.
+    Empirical,
+    /// Empirical for intermittent series (ADI of the history > 1.32), normal for the others.
+    Auto,
+}
+
+/// Sums of every window of `days` consecutive days within the last `window` days of
+/// `history` (non-finite and negative days count as 0). Empty when `days` is 0 or the
+/// history is shorter than `days`.
+pub fn window_sums(history: &[f64], days: usize, window: usize) -> Vec<f64> {
+    let recent = &history[history.len().saturating_sub(window.max(days))..];
+    if days == 0 || recent.len() < days {
+        return Vec::new();
+    }
+    let mut sums = Vec::with_capacity(recent.len() - days + 1);
+    let mut total: f64 = recent[..days].iter().map(|&y| clean(y).max(0.0)).sum();
+    sums.push(total);
+    for t in days..recent.len() {
+        total += clean(recent[t]).max(0.0) - clean(recent[t - days]).max(0.0);
+        sums.push(total.max(0.0));
+    }
+    sums
+}
+
+/// The `p`-quantile of `values` (linear interpolation between order statistics, R type 7);
+/// sorts `values`. 0 for an empty slice.
+pub fn quantile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let p = if p.is_finite() {
+        p.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let position = p * (values.len() - 1) as f64;
+    let below = position.floor() as usize;
+    let above = (below + 1).min(values.len() - 1);
+    let fraction = position - below as f64;
+    values[below] + fraction * (values[above] - values[below])
+}
+
+/// Safety stock over `days` days at `service_level` from the history's own `days`-day
+/// demand: `max(0, Q_p − mean)` of [`window_sums`] over the last [`EMPIRICAL_WINDOW_DAYS`]
+/// days. `None` when there are fewer than [`MIN_EMPIRICAL_WINDOWS`] windows.
+pub fn empirical_safety_stock(history: &[f64], days: usize, service_level: f64) -> Option<f64> {
+    let mut sums = window_sums(history, days, EMPIRICAL_WINDOW_DAYS);
+    if sums.len() < MIN_EMPIRICAL_WINDOWS {
+        return None;
+    }
+    let mean = sums.iter().sum::<f64>() / sums.len() as f64;
+    let level = if service_level.is_finite() {
+        service_level.clamp(0.5, 0.9999)
+    } else {
+        0.95
+    };
+    Some((quantile(&mut sums, level) - mean).max(0.0))
+}
+
+/// Average inter-demand interval of a history from its first sale (days per day with a
+/// sale); infinite without a sale.
+pub fn average_demand_interval(history: &[f64]) -> f64 {
+    let Some(first) = history.iter().position(|&y| clean(y) > 0.0) else {
+        return f64::INFINITY;
+    };
+    let active = &history[first..];
+    let sales = active.iter().filter(|&&y| clean(y) > 0.0).count();
+    active.len() as f64 / sales as f64
+}
+
+/// [`reorder_plan`] with the safety stock set by `method` from the series' `history`
+/// (daily demand, oldest first, the same history the forecast was made from). Falls back to
+/// the normal rule where the history is too short for an empirical quantile.
+pub fn reorder_plan_with(
+    mean: &[f64],
+    sd: &[f64],
+    history: &[f64],
+    on_hand: f64,
+    on_order: f64,
+    policy: &ReorderPolicy,
+    method: SafetyStock,
+) -> ReorderPlan {
+    let normal = reorder_plan(mean, sd, on_hand, on_order, policy);
+    let empirical = match method {
+        SafetyStock::Normal => false,
+        SafetyStock::Empirical => true,
+        SafetyStock::Auto => average_demand_interval(history) > crate::select::INTERMITTENT_ADI,
+    };
+    if !empirical {
+        return normal;
+    }
+    let lead = policy.lead_time_days as usize;
+    let cycle = lead + policy.review_period_days as usize;
+    let (Some(safety_lt), Some(safety_cycle)) = (
+        empirical_safety_stock(history, lead, policy.service_level),
+        empirical_safety_stock(history, cycle, policy.service_level),
+    ) else {
+        return normal;
+    };
+    let (demand_cycle, _) = demand_over(cycle, mean, sd);
+    let reorder_point = normal.demand_over_lead_time + safety_lt;
+    let order_up_to = demand_cycle + safety_cycle;
+    ReorderPlan {
+        safety_stock: safety_lt,
+        reorder_point,
+        order_up_to,
+        below_reorder_point: normal.inventory_position <= reorder_point,
+        suggested_order: round_up_to_pack(
+            order_up_to - normal.inventory_position,
+            policy.pack_size,
+        ),
+        ..normal
+    }
+}
+
+/// [`reorder_plan`] with the sds over the lead time and over lead time + review taken from
+/// `cumulative_sd` (the sd of the error of the total over days 1..=h at index h − 1, as in
+/// [`crate::select::Forecast::cumulative_sd`]) instead of `sqrt(Σ σ(d)²)`: daily errors of
+/// a forecast are correlated (a level that is off stays off), which the sum of daily
+/// variances ignores. Periods past the end of `cumulative_sd` add its last step's
+/// variance per day.
+pub fn reorder_plan_cumulative(
+    mean: &[f64],
+    cumulative_sd: &[f64],
+    on_hand: f64,
+    on_order: f64,
+    policy: &ReorderPolicy,
+) -> ReorderPlan {
+    let z = z_for_service_level(policy.service_level);
+    let lead = policy.lead_time_days as usize;
+    let cycle = lead + policy.review_period_days as usize;
+    let sd_at = |days: usize| -> f64 {
+        if days == 0 || cumulative_sd.is_empty() {
+            return 0.0;
+        }
+        let n = cumulative_sd.len();
+        let last = clean(cumulative_sd[n - 1]);
+        if days <= n {
+            return clean(cumulative_sd[days - 1]);
+        }
+        let before = if n >= 2 {
+            clean(cumulative_sd[n - 2])
+        } else {
+            0.0
+        };
+        let step = (last * last - before * before).max(0.0);
+        (last * last + step * (days - n) as f64).sqrt()
+    };
+    let (demand_lt, _) = demand_over(lead, mean, &[]);
+    let (demand_cycle, _) = demand_over(cycle, mean, &[]);
+    let (sd_lt, sd_cycle) = (sd_at(lead), sd_at(cycle));
     let reorder_point = demand_lt + z * sd_lt;
     let order_up_to = demand_cycle + z * sd_cycle;
     let inventory_position = clean(on_hand) + clean(on_order);
@@ -309,6 +500,181 @@ mod tests {
         assert!(close(total, 12.0));
         assert!(close(sd, 3f64.sqrt()));
         assert_eq!(demand_over(3, &[], &[]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn cumulative_sd_replaces_the_root_sum_of_squares() {
+        let policy = ReorderPolicy {
+            lead_time_days: 4,
+            review_period_days: 5,
+            service_level: 0.95,
+            pack_size: 1,
+        };
+        // Perfectly correlated daily errors of sd 2: the h-day total has sd 2h.
+        let cumulative: Vec<f64> = (1..=14).map(|h| 2.0 * h as f64).collect();
+        let plan = reorder_plan_cumulative(&[10.0; 14], &cumulative, 30.0, 12.0, &policy);
+        assert!(close(plan.sd_over_lead_time, 8.0));
+        assert!(close(plan.reorder_point, 40.0 + 1.644_853_6 * 8.0));
+        assert!(close(plan.order_up_to, 90.0 + 1.644_853_6 * 18.0));
+        assert_eq!(
+            plan.suggested_order,
+            round_up_to_pack(plan.order_up_to - 42.0, 1)
+        );
+        // Independent errors give back reorder_plan exactly.
+        let independent: Vec<f64> = (1..=14).map(|h| 2.0 * (h as f64).sqrt()).collect();
+        let a = reorder_plan_cumulative(&[10.0; 14], &independent, 30.0, 12.0, &policy);
+        let b = reorder_plan(&[10.0; 14], &[2.0; 14], 30.0, 12.0, &policy);
+        assert!(close(a.order_up_to, b.order_up_to) && close(a.reorder_point, b.reorder_point));
+        // Past the end: the last step's variance per day (sd 2h up to 3 → 6, step 36 − 16).
+        let short = reorder_plan_cumulative(&[10.0; 3], &[2.0, 4.0, 6.0], 0.0, 0.0, &policy);
+        assert!(close(short.sd_over_lead_time, (36.0f64 + 20.0).sqrt()));
+        assert_eq!(
+            reorder_plan_cumulative(&[], &[], 0.0, 0.0, &policy).order_up_to,
+            0.0
+        );
+    }
+
+    #[test]
+    fn window_sums_slide_over_the_recent_days() {
+        let h = [1.0, 0.0, 2.0, 0.0, 0.0, 3.0];
+        assert_eq!(window_sums(&h, 2, 100), vec![1.0, 2.0, 2.0, 0.0, 3.0]);
+        // Only the last 4 days: [2, 0, 0, 3] → windows of 3: 2, 3.
+        assert_eq!(window_sums(&h, 3, 4), vec![2.0, 3.0]);
+        assert!(window_sums(&h, 7, 100).is_empty());
+        assert!(window_sums(&h, 0, 100).is_empty());
+        assert_eq!(window_sums(&[f64::NAN, -1.0, 2.0], 2, 10), vec![0.0, 2.0]);
+    }
+
+    #[test]
+    fn quantile_interpolates_like_r_type_7() {
+        let mut v = vec![4.0, 1.0, 3.0, 2.0];
+        assert!(close(quantile(&mut v, 0.0), 1.0));
+        assert!(close(quantile(&mut v, 1.0), 4.0));
+        assert!(close(quantile(&mut v, 0.5), 2.5));
+        // position 0.9 · 3 = 2.7 → 3 + 0.7 · (4 − 3).
+        assert!(close(quantile(&mut v, 0.9), 3.7));
+        assert_eq!(quantile(&mut [], 0.9), 0.0);
+    }
+
+    #[test]
+    fn empirical_safety_stock_follows_the_right_tail_of_intermittent_demand() {
+        // One sale of 10 every 10th day: 7-day sums are 10 in 7 windows of 10 and 0 in
+        // 3, mean 7; the 95% quantile is 10 → safety stock 3. The normal rule with the same
+        // mean and sd (sd of the sums ≈ 4.6) would add 1.645 · 4.6 ≈ 7.5.
+        let h: Vec<f64> = (0..364)
+            .map(|t| if t % 10 == 0 { 10.0 } else { 0.0 })
+            .collect();
+        let safety = empirical_safety_stock(&h, 7, 0.95).expect("enough windows");
+        let sums = window_sums(&h, 7, EMPIRICAL_WINDOW_DAYS);
+        let mean = sums.iter().sum::<f64>() / sums.len() as f64;
+        assert!((mean - 7.0).abs() < 0.1, "{mean}");
+        assert!((safety - (10.0 - mean)).abs() < 1e-9, "{safety}");
+        // Lumpy sales: one of 50 every 30 days → 7-day sums are 50 in 7 of 30 windows, else
+        // 0: mean 11.7, 99% quantile 50 → safety 38.3 (the normal rule with the sums' sd
+        // 21.1 would add 2.326 · 21.1 ≈ 49: more than one whole sale of stock too much).
+        let lumpy: Vec<f64> = (0..364)
+            .map(|t| if t % 30 == 0 { 50.0 } else { 0.0 })
+            .collect();
+        let safety = empirical_safety_stock(&lumpy, 7, 0.99).expect("enough windows");
+        assert!(safety > 30.0 && safety < 45.0, "{safety}");
+        // Too short a history: no empirical figure.
+        assert_eq!(empirical_safety_stock(&h[..30], 7, 0.95), None);
+        // Never negative, even where the quantile is below the mean.
+        let rare: Vec<f64> = (0..364)
+            .map(|t| if t == 100 { 500.0 } else { 0.0 })
+            .collect();
+        assert_eq!(empirical_safety_stock(&rare, 7, 0.9), Some(0.0));
+    }
+
+    #[test]
+    fn reorder_plan_with_uses_the_empirical_rule_only_where_asked() {
+        let policy = ReorderPolicy {
+            lead_time_days: 7,
+            review_period_days: 7,
+            service_level: 0.95,
+            pack_size: 1,
+        };
+        let intermittent: Vec<f64> = (0..364)
+            .map(|t| if t % 10 == 0 { 10.0 } else { 0.0 })
+            .collect();
+        let mean = [1.0; 14];
+        let sd = [3.0; 14];
+        let normal = reorder_plan(&mean, &sd, 2.0, 0.0, &policy);
+        assert_eq!(
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &intermittent,
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Normal
+            ),
+            normal
+        );
+        let auto = reorder_plan_with(
+            &mean,
+            &sd,
+            &intermittent,
+            2.0,
+            0.0,
+            &policy,
+            SafetyStock::Auto,
+        );
+        // 14-day sums of the history are 10 or 20; the 95% quantile 20, mean 14 → S = 14 + 6.
+        let safety_cycle = empirical_safety_stock(&intermittent, 14, 0.95).expect("windows");
+        assert!(close(auto.order_up_to, 14.0 + safety_cycle), "{auto:?}");
+        assert!(close(
+            auto.safety_stock,
+            empirical_safety_stock(&intermittent, 7, 0.95).expect("w")
+        ));
+        assert!(close(auto.reorder_point, 7.0 + auto.safety_stock));
+        assert_eq!(
+            auto.suggested_order,
+            round_up_to_pack(auto.order_up_to - 2.0, 1)
+        );
+        assert!(auto.order_up_to < normal.order_up_to);
+        // A smooth series keeps the normal rule under Auto, not under Empirical.
+        let smooth: Vec<f64> = (0..364).map(|t| 5.0 + (t % 3) as f64).collect();
+        assert_eq!(
+            reorder_plan_with(&mean, &sd, &smooth, 2.0, 0.0, &policy, SafetyStock::Auto),
+            normal
+        );
+        assert_ne!(
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &smooth,
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Empirical
+            ),
+            normal
+        );
+        // Short history: normal rule whatever is asked.
+        assert_eq!(
+            reorder_plan_with(
+                &mean,
+                &sd,
+                &intermittent[..20],
+                2.0,
+                0.0,
+                &policy,
+                SafetyStock::Empirical
+            ),
+            normal
+        );
+    }
+
+    #[test]
+    fn average_demand_interval_counts_from_the_first_sale() {
+        assert!(close(
+            average_demand_interval(&[0.0, 0.0, 1.0, 0.0, 2.0, 0.0]),
+            2.0
+        ));
+        assert!(average_demand_interval(&[0.0; 5]).is_infinite());
+        assert!(close(average_demand_interval(&[3.0; 5]), 1.0));
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //!    in-sample before the last origin (the M5 measure).
 //! 4. The winner forecasts from the end of that same filter pass (same parameters, state
 //!    after the last day), so selection costs one grid pass and one filter pass per model.
+//! 5. With a [`PooledContext`] ([`forecast_series_pooled`]; `forecast_series` has none) the
+//!    pooled model of [`crate::pooled`] is backtested on the same origins, and by default
+//!    ([`PooledUse::Blend`]) the forecast is whichever of the per-series choice, the pooled
+//!    model and their equal-weight mean has the smallest backtest error (`model` =
+//!    `pooled` / `pooled_blend` for the last two). Chosen on validation windows only (see
+//!    `benches/accuracy.rs` and the README).
 //!
 //! # Prediction intervals
 //! Normal approximation: `mean ± z·sd(h)`, `z = Φ⁻¹((1+level)/2)`, with
@@ -47,6 +53,7 @@ use crate::models::{
     Adida, Croston, DampedHoltWinters, Fitted, HoltWinters, Imapa, Model, ModelKind, Sba,
     SeasonalNaive, Ses, Tsb, WEEK,
 };
+use crate::pooled::{GroupProfile, ItemLevel};
 use crate::stats::{naive_mse_scale, two_sided_z};
 
 /// ADI cut-off between smooth/erratic and intermittent/lumpy demand (Syntetos, Boylan &
@@ -66,6 +73,37 @@ pub enum Combination {
     Median,
     /// Mean weighted by 1 / backtest MSE.
     InverseMse,
+}
+
+/// How [`forecast_series_pooled`] uses the pooled model ([`crate::pooled`]) when it is
+/// given a [`PooledContext`] (without one, or with `Off`, the forecast is the per-series one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PooledUse {
+    /// Ignore the pooled model.
+    Off,
+    /// The pooled model is one more candidate: it competes in selection and joins the
+    /// intermittent median.
+    Candidate,
+    /// Always the pooled model (still backtested for its RMSSE and interval calibration).
+    Only,
+    /// Of the per-series choice, the pooled model and their equal-weight mean, the one with
+    /// the smallest backtest error.
+    Blend,
+    /// Always the equal-weight mean of the per-series choice and the pooled model.
+    Mean,
+}
+
+/// The pooled profile of a series' group and where the series sits in time.
+#[derive(Debug, Clone, Copy)]
+pub struct PooledContext<'a> {
+    pub profile: &'a GroupProfile,
+    /// Absolute day ([`crate::pooled::day_number`]) of `history[0]`.
+    pub start_day: i64,
+    /// The series' item across stores: with it (fitted from ≥ 2 stores), the pooled model's
+    /// level is top-down (the series' share of the item over the last 364 days times the
+    /// item's chain-wide level) instead of its own.
+    pub item: Option<&'a ItemLevel>,
 }
 
 /// How [`forecast_series`] selects and scores models. Deserializing fills missing fields
@@ -108,6 +146,10 @@ pub struct SelectConfig {
     /// is `None`) are forecast by this combination of every candidate that could be
     /// backtested on them, instead of by selection. `None`: selection for every series.
     pub intermittent_combination: Option<Combination>,
+    /// How the pooled model is used when a [`PooledContext`] is given.
+    pub pooled: PooledUse,
+    /// Exponent β of the pooled yearly factor `Y^β` (0: weekday profile only).
+    pub pooled_yearly: f64,
 }
 
 impl Default for SelectConfig {
@@ -125,6 +167,8 @@ impl Default for SelectConfig {
             intermittent_combination: Some(Combination::Median),
             param_search_days: 364,
             narrow_intervals: true,
+            pooled: PooledUse::Blend,
+            pooled_yearly: 1.0,
         }
     }
 }
@@ -138,7 +182,16 @@ impl SelectConfig {
             always_combine: false,
             intermittent_adi: None,
             intermittent_combination: None,
+            pooled: PooledUse::Off,
             ..SelectConfig::default()
+        }
+    }
+
+    /// Only the pooled model (with a [`PooledContext`]; without one, like `single(Ses)`).
+    pub fn pooled_only() -> Self {
+        SelectConfig {
+            pooled: PooledUse::Only,
+            ..SelectConfig::single(ModelKind::Ses)
         }
     }
 }
@@ -162,6 +215,28 @@ pub struct Forecast {
     pub rmsse: f64,
     /// Held-out days scored per origin (0: history too short to backtest).
     pub backtest_days: usize,
+    /// Standard deviation of the error of the *total* over days 1..=h (index h − 1): for
+    /// h up to the backtest horizon the root mean square of the backtest's cumulative
+    /// errors over its origins (so the correlation of daily errors — a level that is off
+    /// stays off — is in it); beyond it, and without a backtest, the daily variances are
+    /// added as if independent. Used by [`crate::reorder::reorder_plan_cumulative`].
+    #[serde(default)]
+    pub cumulative_sd: Vec<f64>,
+}
+
+/// `cumulative_sd` of [`Forecast`]: `empirical[h]` (RMS cumulative backtest error) where
+/// given, then daily variances added on.
+fn cumulative_sd(sd: &[f64], empirical: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(sd.len());
+    let mut variance = 0.0;
+    for (h, s) in sd.iter().enumerate() {
+        variance = match empirical.get(h) {
+            Some(e) => e * e,
+            None => variance + s * s,
+        };
+        out.push(finite_or_zero(variance.sqrt()));
+    }
+    out
 }
 
 impl Forecast {
@@ -175,6 +250,7 @@ impl Forecast {
             level,
             rmsse: 0.0,
             backtest_days: 0,
+            cumulative_sd: vec![0.0; horizon],
         }
     }
 }
@@ -183,8 +259,20 @@ impl Forecast {
 /// combination) that backtests best on this series; intermittent series get the per-day
 /// combination of every candidate instead. See the module docs for the method.
 pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Forecast {
+    forecast_series_pooled(history, horizon, cfg, None)
+}
+
+/// [`forecast_series`] with the pooled model of the series' group available
+/// ([`SelectConfig::pooled`] says how it is used; `None` is exactly [`forecast_series`]).
+pub fn forecast_series_pooled(
+    history: &[f64],
+    horizon: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&PooledContext>,
+) -> Forecast {
     let level = interval_level(cfg);
-    let run = match run_backtests(history, horizon, cfg) {
+    let pooled = pooled.filter(|_| cfg.pooled != PooledUse::Off);
+    let run = match run_backtests(history, horizon, cfg, pooled) {
         Ok(run) => run,
         Err(Unscored::NoSale) => return Forecast::zero(horizon, level),
         Err(Unscored::Short(y)) => return short_history_forecast(&y, horizon, level),
@@ -192,6 +280,7 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
     let scored = &run.scored;
 
     let b = run.b;
+    let span = horizon.max(b);
     let cutoff = cfg.intermittent_adi.unwrap_or(INTERMITTENT_ADI);
     let choice = match cfg.intermittent_combination {
         // Intermittent demand: the candidates are near-equal on average and which one wins
@@ -219,39 +308,39 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
             }
         }
     };
+    let local = choice.materialize(scored, span);
 
-    let span = horizon.max(b);
-    let (mean, base_sd): (Vec<f64>, Vec<f64>) = if choice.members.len() == 1 {
-        let only = &scored[choice.members[0].0];
-        (only.mean.clone(), only.base_sd.clone())
-    } else {
-        let weights: Vec<f64> = choice.members.iter().map(|m| m.1).collect();
-        let mut point = vec![0.0; choice.members.len()];
-        let mean = (0..span)
-            .map(|h| {
-                for (p, m) in point.iter_mut().zip(&choice.members) {
-                    *p = scored[m.0].mean[h];
+    let chosen = match &run.pooled {
+        None => local,
+        Some(pool) => {
+            let pool = Candidate {
+                model: ModelKind::Pooled,
+                sse: pool.sse,
+                points: pool.forecasts.clone(),
+                mean: pool.mean.clone(),
+                base_sd: pool.base_sd.clone(),
+            };
+            match cfg.pooled {
+                PooledUse::Off | PooledUse::Candidate => local,
+                PooledUse::Only => pool,
+                PooledUse::Mean => Candidate::mean_of(&local, &pool, &run.actuals),
+                PooledUse::Blend => {
+                    let blend = Candidate::mean_of(&local, &pool, &run.actuals);
+                    [local, pool, blend]
+                        .into_iter()
+                        .min_by(|a, b| a.sse.total_cmp(&b.sse))
+                        .unwrap_or_else(|| unreachable!("three candidates"))
                 }
-                combine(choice.method, &weights, &mut point)
-            })
-            .collect();
-        let base_sd = (0..span)
-            .map(|h| {
-                choice
-                    .members
-                    .iter()
-                    .map(|&(i, w)| w * scored[i].base_sd[h])
-                    .sum()
-            })
-            .collect();
-        (mean, base_sd)
+            }
+        }
     };
 
     let origins = run.actuals.len() / b;
     let scored_points = run.actuals.len() as f64;
+    let base_sd = chosen.base_sd;
     let implied: f64 = origins as f64 * base_sd[..b].iter().map(|s| s * s).sum::<f64>();
     let sd: Vec<f64> = if implied > 0.0 {
-        let ratio = (choice.sse / implied).sqrt();
+        let ratio = (chosen.sse / implied).sqrt();
         // A perfect backtest (ratio 0) says nothing about the spread: keep the model's sd.
         let calibration = if cfg.narrow_intervals && ratio > 0.0 {
             ratio
@@ -260,16 +349,58 @@ pub fn forecast_series(history: &[f64], horizon: usize, cfg: &SelectConfig) -> F
         };
         base_sd.iter().map(|s| s * calibration).collect()
     } else {
-        vec![(choice.sse / scored_points).sqrt(); span]
+        vec![(chosen.sse / scored_points).sqrt(); span]
     };
 
-    let model = if choice.members.len() > 1 {
-        ModelKind::Combination
-    } else {
-        scored[choice.members[0].0].kind
-    };
-    let rmsse = finite_or_zero((choice.sse / scored_points / run.scale).sqrt());
-    assemble(model, mean, sd, horizon, level, rmsse, b)
+    let rmsse = finite_or_zero((chosen.sse / scored_points / run.scale).sqrt());
+    // RMS over origins of the backtest's cumulative errors, per horizon.
+    let mut cumulative = vec![0.0; b];
+    for r in 0..origins {
+        let mut total = 0.0;
+        for (h, c) in cumulative.iter_mut().enumerate() {
+            let i = r * b + h;
+            total += run.actuals[i] - chosen.points[i];
+            *c += total * total;
+        }
+    }
+    for c in &mut cumulative {
+        *c = (*c / origins.max(1) as f64).sqrt();
+    }
+    let mut forecast = assemble(chosen.model, chosen.mean, sd, horizon, level, rmsse, b);
+    forecast.cumulative_sd = cumulative_sd(&forecast.sd, &cumulative);
+    forecast
+}
+
+/// A forecast with its backtest: what the final choice is made among.
+struct Candidate {
+    model: ModelKind,
+    sse: f64,
+    /// Backtest forecasts aligned with [`Run::actuals`].
+    points: Vec<f64>,
+    mean: Vec<f64>,
+    base_sd: Vec<f64>,
+}
+
+impl Candidate {
+    /// The equal-weight mean of two candidates, scored on `actuals`.
+    fn mean_of(a: &Candidate, b: &Candidate, actuals: &[f64]) -> Candidate {
+        let avg = |x: &[f64], y: &[f64]| -> Vec<f64> {
+            x.iter().zip(y).map(|(p, q)| 0.5 * (p + q)).collect()
+        };
+        let points = avg(&a.points, &b.points);
+        let sse = points
+            .iter()
+            .zip(actuals)
+            .map(|(f, y)| (y - f) * (y - f))
+            .sum();
+        Candidate {
+            model: ModelKind::PooledBlend,
+            sse,
+            points,
+            mean: avg(&a.mean, &b.mean),
+            base_sd: avg(&a.base_sd, &b.base_sd),
+        }
+    }
 }
 
 /// A forecast assembled from backtested candidates: one model, or a combination.
@@ -279,6 +410,9 @@ struct Choice {
     method: Combination,
     /// Backtest SSE of this forecast.
     sse: f64,
+    /// Backtest forecasts of a combination (aligned with [`Run::actuals`]); empty for a
+    /// single model (its own `forecasts` are used).
+    points: Vec<f64>,
 }
 
 impl Choice {
@@ -287,6 +421,7 @@ impl Choice {
             members: vec![(index, 1.0)],
             method: Combination::Mean,
             sse,
+            points: Vec::new(),
         }
     }
 
@@ -300,21 +435,64 @@ impl Choice {
         let sses: Vec<f64> = indices.iter().map(|&i| scored[i].sse).collect();
         let weights = combination_weights(method, &sses);
         let mut point = vec![0.0; indices.len()];
-        let sse = actuals
-            .iter()
-            .enumerate()
-            .map(|(t, &actual)| {
+        let points: Vec<f64> = (0..actuals.len())
+            .map(|t| {
                 for (p, &i) in point.iter_mut().zip(&indices) {
                     *p = scored[i].forecasts[t];
                 }
-                let f = combine(method, &weights, &mut point);
-                (actual - f) * (actual - f)
+                combine(method, &weights, &mut point)
             })
+            .collect();
+        let sse = actuals
+            .iter()
+            .zip(&points)
+            .map(|(actual, f)| (actual - f) * (actual - f))
             .sum();
         Choice {
             members: indices.into_iter().zip(weights).collect(),
             method,
             sse,
+            points,
+        }
+    }
+}
+
+impl Choice {
+    /// The choice's backtest forecasts (`points` of them), final mean and base sd.
+    fn materialize(self, scored: &[Backtest], span: usize) -> Candidate {
+        if self.members.len() == 1 {
+            let only = &scored[self.members[0].0];
+            return Candidate {
+                model: only.kind,
+                sse: self.sse,
+                points: only.forecasts.clone(),
+                mean: only.mean.clone(),
+                base_sd: only.base_sd.clone(),
+            };
+        }
+        let weights: Vec<f64> = self.members.iter().map(|m| m.1).collect();
+        let mut point = vec![0.0; self.members.len()];
+        let mut at = |get: &dyn Fn(&Backtest) -> f64| {
+            for (p, m) in point.iter_mut().zip(&self.members) {
+                *p = get(&scored[m.0]);
+            }
+            combine(self.method, &weights, &mut point)
+        };
+        let mean = (0..span).map(|h| at(&|s| s.mean[h])).collect();
+        let base_sd = (0..span)
+            .map(|h| {
+                self.members
+                    .iter()
+                    .map(|&(i, w)| w * scored[i].base_sd[h])
+                    .sum()
+            })
+            .collect();
+        Candidate {
+            model: ModelKind::Combination,
+            sse: self.sse,
+            points: self.points,
+            mean,
+            base_sd,
         }
     }
 }
@@ -340,6 +518,8 @@ struct Run {
     scale: f64,
     /// Average inter-demand interval: days from the first sale per day with a sale.
     adi: f64,
+    /// The pooled model's backtest, when it is used apart from the candidates.
+    pooled: Option<Backtest>,
 }
 
 fn interval_level(cfg: &SelectConfig) -> f64 {
@@ -351,7 +531,12 @@ fn interval_level(cfg: &SelectConfig) -> f64 {
 }
 
 /// Cleans the history (steps 1–2 of the module docs) and backtests every candidate.
-fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<Run, Unscored> {
+fn run_backtests(
+    history: &[f64],
+    horizon: usize,
+    cfg: &SelectConfig,
+    pooled: Option<&PooledContext>,
+) -> Result<Run, Unscored> {
     let cleaned: Vec<f64> = history
         .iter()
         .map(|&y| if y.is_finite() && y > 0.0 { y } else { 0.0 })
@@ -394,6 +579,23 @@ fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<
     if scored.is_empty() {
         return Err(Unscored::Short(y.to_vec()));
     }
+    let mut pooled_run = pooled.and_then(|ctx| {
+        let day0 = ctx.start_day + first_sale as i64;
+        backtest_pooled(
+            y,
+            day0,
+            ctx.profile,
+            ctx.item,
+            cfg.pooled_yearly,
+            &origins,
+            b,
+            horizon.max(b),
+            cfg.param_search_days,
+        )
+    });
+    if cfg.pooled == PooledUse::Candidate {
+        scored.extend(pooled_run.take());
+    }
     // Stable sort: ties keep the configured candidate order.
     scored.sort_by(|a, b| a.sse.total_cmp(&b.sse));
     let actuals = origins
@@ -407,6 +609,7 @@ fn run_backtests(history: &[f64], horizon: usize, cfg: &SelectConfig) -> Result<
         b,
         scale,
         adi: n as f64 / demand_days as f64,
+        pooled: pooled_run,
     })
 }
 
@@ -458,7 +661,9 @@ fn suits(kind: ModelKind, intermittent: bool) -> bool {
         ModelKind::SeasonalNaive | ModelKind::HoltWinters | ModelKind::DampedHoltWinters => {
             !intermittent
         }
-        ModelKind::Zero | ModelKind::Combination => false,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            false
+        }
     }
 }
 
@@ -474,7 +679,9 @@ fn min_history(kind: ModelKind) -> Option<usize> {
         ModelKind::Tsb => Tsb::MIN_HISTORY,
         ModelKind::Adida => Adida::MIN_HISTORY,
         ModelKind::Imapa => Imapa::MIN_HISTORY,
-        ModelKind::Zero | ModelKind::Combination => return None,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            return None
+        }
     })
 }
 
@@ -523,7 +730,9 @@ fn backtest_kind(
         ModelKind::Tsb => backtest::<Tsb>(y, origins, b, span, search_days),
         ModelKind::Adida => backtest::<Adida>(y, origins, b, span, search_days),
         ModelKind::Imapa => backtest::<Imapa>(y, origins, b, span, search_days),
-        ModelKind::Zero | ModelKind::Combination => return None,
+        ModelKind::Zero | ModelKind::Combination | ModelKind::Pooled | ModelKind::PooledBlend => {
+            return None
+        }
     };
     let (forecasts, mean, base_sd) = run;
     let sse = origins
@@ -601,6 +810,128 @@ fn backtest<M: Model>(
     (forecasts, mean, base_sd)
 }
 
+/// The pooled model's backtest (see [`crate::pooled`]): α from the SES grid by one-step
+/// SSE on the search window before the earliest origin, then one filter pass forecasting at
+/// every origin and from the end. `day0` is the absolute day of `y[0]`.
+#[allow(clippy::too_many_arguments)]
+fn backtest_pooled(
+    y: &[f64],
+    day0: i64,
+    profile: &GroupProfile,
+    item: Option<&ItemLevel>,
+    yearly: f64,
+    origins: &[usize],
+    b: usize,
+    span: usize,
+    search_days: usize,
+) -> Option<Backtest> {
+    let n = y.len();
+    // Weekday factors rotated so that index t % 7 is day t of the series.
+    let w: [f64; 7] = std::array::from_fn(|k| profile.weekday_factor(day0 + k as i64));
+    let inv_w: [f64; 7] = std::array::from_fn(|k| 1.0 / w[k]);
+    let power = |f: f64| if yearly == 1.0 { f } else { f.powf(yearly) };
+    let earliest = origins[0];
+    let recent = if search_days == 0 {
+        0
+    } else {
+        earliest.saturating_sub(search_days.max(2 * WEEK))
+    };
+    let warm = (recent + WEEK).min(earliest);
+    let init = y[recent..warm]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * inv_w[(recent + i) % 7])
+        .sum::<f64>()
+        / (warm - recent).max(1) as f64;
+    // Grid search, all α side by side in one pass over the search window.
+    const GRID: usize = crate::models::SES_ALPHAS.len();
+    let mut levels = [init; GRID];
+    let mut sses = [0.0; GRID];
+    for (t, &v) in y.iter().enumerate().take(earliest).skip(warm) {
+        let (wt, z) = (w[t % 7], v * inv_w[t % 7]);
+        for g in 0..GRID {
+            let e = v - levels[g] * wt;
+            sses[g] += e * e;
+            levels[g] += crate::models::SES_ALPHAS[g] * (z - levels[g]);
+        }
+    }
+    let best = (0..GRID)
+        .min_by(|&a, &b| sses[a].total_cmp(&sses[b]))
+        .unwrap_or(0);
+    let alpha = crate::models::SES_ALPHAS[best];
+    let factor = |origin: usize, h: usize| -> f64 {
+        if yearly == 0.0 {
+            return 1.0;
+        }
+        let o = day0 + origin as i64;
+        power(profile.yearly_factor(o, o + h as i64))
+    };
+    // Top-down: the series' share of its item over the 364 days before day t, times the
+    // item's chain-wide level before t; the own level where the item is not covered.
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0.0);
+    for &v in y {
+        prefix.push(prefix[prefix.len() - 1] + v);
+    }
+    // An item sold in one store only has nothing to pool: its own level is used.
+    let item = item.filter(|i| i.members >= 2);
+    let top_down = |t: usize, own: f64| -> f64 {
+        let Some(item) = item else {
+            return own;
+        };
+        let from = t.saturating_sub(364);
+        let chain = item.demand_between(day0 + from as i64, day0 + t as i64);
+        match item.level_before(day0 + t as i64) {
+            Some(level) if chain > 0.0 && t > from => (prefix[t] - prefix[from]) / chain * level,
+            _ => own,
+        }
+    };
+    let mut forecasts = vec![0.0; origins.len() * b];
+    let mut level = init;
+    let mut next = 0;
+    let mut sse = 0.0;
+    for (t, &v) in y.iter().enumerate().skip(warm) {
+        while next < origins.len() && origins[next] == t {
+            let level = top_down(t, level);
+            let base = (yearly != 0.0).then(|| profile.yearly_base(day0 + t as i64));
+            for h in 0..b {
+                let y_factor = match base {
+                    Some(base) => power(profile.yearly_factor_from(base, day0 + (t + h) as i64)),
+                    None => 1.0,
+                };
+                forecasts[next * b + h] = (level * w[(t + h) % 7] * y_factor).max(0.0);
+            }
+            next += 1;
+        }
+        // One-step residuals of the own level: they only shape the interval sd, whose
+        // scale the backtest calibration sets (and the top-down level per day costs more).
+        let e = v - level * w[t % 7];
+        sse += e * e;
+        level += alpha * (v * inv_w[t % 7] - level);
+    }
+    let residual_sd = (sse / n.saturating_sub(warm).max(1) as f64).sqrt();
+    let level = top_down(n, level);
+    let mean: Vec<f64> = (0..span)
+        .map(|h| finite_or_zero(level * w[(n + h) % 7] * factor(n, h)).max(0.0))
+        .collect();
+    let base_sd = (1..=span)
+        .map(|h| finite_or_zero(residual_sd * (1.0 + (h - 1) as f64 * alpha * alpha).sqrt()))
+        .collect();
+    let sse = origins
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &o)| forecasts[r * b..(r + 1) * b].iter().zip(&y[o..o + b]))
+        .map(|(f, actual)| (actual - f) * (actual - f))
+        .sum::<f64>();
+    sse.is_finite().then_some(Backtest {
+        kind: ModelKind::Pooled,
+        sse,
+        forecasts,
+        mean,
+        base_sd,
+    })
+}
+
 /// Too little history to backtest: SES on what there is, with a Poisson floor on the
 /// residual sd (count demand has variance ≥ its mean) and the in-sample RMSSE.
 fn short_history_forecast(y: &[f64], horizon: usize, level: f64) -> Forecast {
@@ -641,6 +972,7 @@ fn assemble(
         .map(|(m, s)| (m - z * s).max(0.0))
         .collect();
     let hi = mean.iter().zip(&sd).map(|(m, s)| m + z * s).collect();
+    let cumulative_sd = cumulative_sd(&sd, &[]);
     Forecast {
         model,
         mean,
@@ -650,6 +982,7 @@ fn assemble(
         level,
         rmsse,
         backtest_days,
+        cumulative_sd,
     }
 }
 
@@ -962,6 +1295,186 @@ mod tests {
         ) {
             let f = forecast_series(&history, horizon, &SelectConfig::default());
             check_invariants(&f, horizon);
+        }
+    }
+
+    /// A group of 20 series with a strong Saturday peak (index 5 of the week from day 0),
+    /// its profile, and one slow member of it.
+    fn saturday_group() -> (GroupProfile, Vec<f64>) {
+        let mut seed = 7u64;
+        let mut uniform = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let peak = |t: usize| if t % 7 == 5 { 3.0 } else { 0.6 };
+        let members: Vec<Vec<f64>> = (0..20)
+            .map(|_| {
+                (0..400)
+                    .map(|t| (10.0 * peak(t) * (0.5 + uniform())).round())
+                    .collect()
+            })
+            .collect();
+        let profile = crate::pooled::fit_profile(members.iter().map(|m| (0, m.as_slice())));
+        // A slow series: a sale of 1 with probability 0.1 · peak.
+        let slow: Vec<f64> = (0..400)
+            .map(|t| if uniform() < 0.1 * peak(t) { 1.0 } else { 0.0 })
+            .collect();
+        (profile, slow)
+    }
+
+    #[test]
+    fn without_a_context_the_pooled_entry_point_is_forecast_series() {
+        let (profile, slow) = saturday_group();
+        let cfg = SelectConfig::default();
+        assert_eq!(
+            forecast_series_pooled(&slow, 14, &cfg, None),
+            forecast_series(&slow, 14, &cfg)
+        );
+        // PooledUse::Off ignores a context too.
+        let ctx = PooledContext {
+            profile: &profile,
+            start_day: 0,
+            item: None,
+        };
+        let off = SelectConfig {
+            pooled: PooledUse::Off,
+            ..SelectConfig::default()
+        };
+        assert_eq!(
+            forecast_series_pooled(&slow, 14, &off, Some(&ctx)),
+            forecast_series(&slow, 14, &off)
+        );
+    }
+
+    #[test]
+    fn the_pooled_model_gives_a_slow_series_its_groups_weekday_shape() {
+        let (profile, slow) = saturday_group();
+        // Mean peak factor (3 + 6 · 0.6) / 7 ≈ 0.943: the profile is ≈ 3.18 on the peak,
+        // ≈ 0.64 on the other days.
+        assert!(
+            profile.weekday[5] > 2.9 && profile.weekday[0] < 0.7,
+            "{:?}",
+            profile.weekday
+        );
+        let ctx = PooledContext {
+            profile: &profile,
+            start_day: 0,
+            item: None,
+        };
+        // β = 0: the weekday profile only (400 days already give a yearly factor).
+        let weekday_only = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::pooled_only()
+        };
+        let f = forecast_series_pooled(&slow, 14, &weekday_only, Some(&ctx));
+        assert_eq!(f.model, ModelKind::Pooled);
+        check_invariants(&f, 14);
+        // The history is days 0..400, so forecast day h is absolute day 400 + h, of weekday
+        // index (400 + h) % 7: h = 0 is index 1, the peak (index 5) is h = 4 and h = 11.
+        let ratio = f.mean[4] / f.mean[0];
+        let expected = profile.weekday[5] / profile.weekday[1];
+        assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+        assert!((f.mean[4] - f.mean[11]).abs() < 1e-12);
+        // Mean demand over a week matches the series' own rate (≈ 0.1 · mean peak factor).
+        let week: f64 = f.mean[..7].iter().sum::<f64>() / 7.0;
+        let own: f64 = slow[slow.len() - 182..].iter().sum::<f64>() / 182.0;
+        assert!((week - own).abs() < 0.5 * own, "{week} vs {own}");
+        // The default blend takes the pooled model, the local choice or their mean.
+        let blend_cfg = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::default()
+        };
+        let blend = forecast_series_pooled(&slow, 14, &blend_cfg, Some(&ctx));
+        check_invariants(&blend, 14);
+        let local = forecast_series(&slow, 14, &blend_cfg);
+        let mean: Vec<f64> = local
+            .mean
+            .iter()
+            .zip(&f.mean)
+            .map(|(a, b)| 0.5 * (a + b))
+            .collect();
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+        match blend.model {
+            ModelKind::Pooled => assert!(close(&blend.mean, &f.mean)),
+            ModelKind::PooledBlend => assert!(close(&blend.mean, &mean)),
+            _ => assert!(close(&blend.mean, &local.mean)),
+        }
+    }
+
+    #[test]
+    fn top_down_level_uses_the_series_share_of_its_item() {
+        // Item sold in two stores: this one sells 1 a day, the other 3 — but this store's
+        // last 10 days are 4 a day (noise for a slow mover); top-down keeps the long-run
+        // share (≈ 1/4 of the item's level) instead of chasing its own jump.
+        let own: Vec<f64> = (0..400).map(|t| if t >= 390 { 4.0 } else { 1.0 }).collect();
+        let other = vec![3.0; 400];
+        let item = crate::pooled::fit_item_level([(0, own.as_slice()), (0, other.as_slice())]);
+        let flat = GroupProfile::flat();
+        let pooled_only = SelectConfig {
+            pooled_yearly: 0.0,
+            ..SelectConfig::pooled_only()
+        };
+        let with_item = PooledContext {
+            profile: &flat,
+            start_day: 0,
+            item: Some(&item),
+        };
+        let without = PooledContext {
+            item: None,
+            ..with_item
+        };
+        let top = forecast_series_pooled(&own, 7, &pooled_only, Some(&with_item));
+        let alone = forecast_series_pooled(&own, 7, &pooled_only, Some(&without));
+        let share = own[400 - 364..].iter().sum::<f64>() / item.demand_between(36, 400);
+        let expected = share * item.level_before(400).expect("covered");
+        assert!(
+            (top.mean[0] - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            top.mean[0]
+        );
+        assert!(
+            top.mean[0] < alone.mean[0],
+            "{} vs {}",
+            top.mean[0],
+            alone.mean[0]
+        );
+        // An item in one store only is not pooled: the own level.
+        let single = crate::pooled::fit_item_level([(0, own.as_slice())]);
+        let one = PooledContext {
+            item: Some(&single),
+            ..with_item
+        };
+        assert_eq!(
+            forecast_series_pooled(&own, 7, &pooled_only, Some(&one)),
+            alone
+        );
+    }
+
+    #[test]
+    fn cumulative_sd_comes_from_the_backtest_then_adds_daily_variances() {
+        let y = weekly(200);
+        let f = forecast_series(&y, 40, &SelectConfig::default());
+        assert_eq!(f.backtest_days, 28);
+        assert_eq!(f.cumulative_sd.len(), 40);
+        assert!(f.cumulative_sd.iter().all(|s| s.is_finite() && *s >= 0.0));
+        assert!(f.cumulative_sd[27] > 0.0);
+        // Past the 28 backtested days the daily variances are added.
+        for h in 28..40 {
+            let step = f.cumulative_sd[h].powi(2) - f.cumulative_sd[h - 1].powi(2);
+            assert!(
+                (step - f.sd[h].powi(2)).abs() < 1e-9 * (1.0 + step.abs()),
+                "{h}"
+            );
+        }
+        // Too short to backtest: root sum of the daily variances throughout.
+        let short = forecast_series(&y[..10], 5, &SelectConfig::default());
+        assert_eq!(short.backtest_days, 0);
+        let mut total = 0.0;
+        for h in 0..5 {
+            total += short.sd[h].powi(2);
+            assert!((short.cumulative_sd[h] - total.sqrt()).abs() < 1e-9);
         }
     }
     use proptest::strategy::Just;
