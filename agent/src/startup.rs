@@ -57,6 +57,9 @@ pub struct Status {
     pub hub_watermark: u64,
     /// Commands dropped because they did not verify with this store's key.
     pub commands_forged: u64,
+    /// Kafka producers started since this run began (each failed delivery starts a fresh
+    /// one; at most `MAX_PRODUCERS_PER_HOUR` an hour).
+    pub producers_created: u64,
     pub open_alerts: u64,
     /// This data directory was found to be a restored older copy or a clone: nothing is
     /// sent until `bazaar-agent run --resnapshot` (tills are still served).
@@ -219,6 +222,7 @@ impl Agent {
             diverged_copy: diverged,
             hub_watermark: watermark.and_then(|v| v.parse().ok()).unwrap_or(0),
             commands_forged: forged.and_then(|v| v.parse().ok()).unwrap_or(0),
+            producers_created: self.sync.producers_created.load(Ordering::Relaxed),
             last_error: self.sync.last_error.lock().ok().and_then(|e| e.clone()),
             bootstrap,
         })

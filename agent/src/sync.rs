@@ -48,6 +48,9 @@ const DELIVERY_DEADLINE: Duration = Duration::from_secs(25);
 #[derive(Debug, Default)]
 pub struct SyncStatus {
     pub broker_online: AtomicBool,
+    /// Idempotent producers created since start: each takes a producer id that the broker
+    /// keeps for a day (KIP-854), so they are budgeted ([`ProducerBudget`]).
+    pub producers_created: std::sync::atomic::AtomicU64,
     pub hub_online: AtomicBool,
     pub first_contact_done: AtomicBool,
     /// One poll of the hub's store state found this ledger's seqs to be its own.
@@ -187,6 +190,7 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
     let store = agent.config.store.clone();
     let mut backoff = Backoff::new();
     let mut producer: Option<FutureProducer> = None;
+    let mut budget = ProducerBudget::default();
     while !stopping(shutdown) {
         let committed = agent.writer.committed.clone();
         let notified = committed.notified();
@@ -230,8 +234,11 @@ async fn pump(agent: &Arc<Agent>, topic: &str, shutdown: &mut watch::Receiver<bo
         }
         let active = match producer.take() {
             Some(p) => p,
-            None => match connect(&agent.config, topic).await {
-                Ok(p) => p,
+            None => match connect(&agent.config, topic, &mut budget).await {
+                Ok(p) => {
+                    agent.sync.producers_created.fetch_add(1, Ordering::Relaxed);
+                    p
+                }
                 Err(e) => {
                     agent.sync.broker_online.store(false, Ordering::Relaxed);
                     agent.sync.set_error(Some(e));
@@ -332,21 +339,69 @@ pub(crate) async fn park_unsendable(agent: &Arc<Agent>, seq: u64, why: String) {
 }
 
 /// A new producer, once the broker answers for `topic`.
+/// A new idempotent producer, once the broker answers for `topic` and the hour's budget
+/// allows one. The broker is asked first through a plain client, which takes no producer
+/// id: a broker that is down or flapping costs the cluster nothing.
 async fn connect(
     config: &crate::config::AgentConfig,
     topic: &str,
+    budget: &mut ProducerBudget,
 ) -> Result<FutureProducer, String> {
-    let producer = producer(config).map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
-    let topic = topic.to_owned();
+    if let Some(wait) = budget.wait(Instant::now()) {
+        return Err(format!(
+            "{MAX_PRODUCERS_PER_HOUR} Kafka producers were started in the last hour (each failed delivery starts a fresh one); the next in {} s",
+            wait.as_secs()
+        ));
+    }
+    let probe: rdkafka::producer::BaseProducer = config
+        .kafka_config()
+        .create()
+        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    let probe_topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        producer
+        probe
             .client()
-            .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(3)))
-            .map(|_| producer)
+            .fetch_metadata(Some(&probe_topic), Timeout::After(Duration::from_secs(3)))
+            .map(|_| ())
             .map_err(|e| format!("broker unreachable: {e}"))
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())??;
+    budget.record(Instant::now());
+    producer(config).map_err(|e| format!("cannot create a Kafka producer: {e}"))
+}
+
+/// Producers one agent may start in any hour. A store whose link flaps (the broker
+/// answers, deliveries fail) would otherwise start one per backoff period, up to 720 an
+/// hour, each a producer id the broker keeps for a day (KIP-854); past the budget the
+/// pump waits and the outbox keeps the rows (tills are never affected).
+pub const MAX_PRODUCERS_PER_HOUR: usize = 60;
+
+/// The producers started in the last hour.
+#[derive(Debug, Default)]
+pub struct ProducerBudget {
+    started: std::collections::VecDeque<Instant>,
+}
+
+impl ProducerBudget {
+    /// How long until another producer may start; `None`: now.
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
+        let hour = Duration::from_secs(3600);
+        while self
+            .started
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= hour)
+        {
+            self.started.pop_front();
+        }
+        (self.started.len() >= MAX_PRODUCERS_PER_HOUR)
+            .then(|| self.started.front().map(|t| hour - now.duration_since(*t)))
+            .flatten()
+    }
+
+    pub fn record(&mut self, now: Instant) {
+        self.started.push_back(now);
+    }
 }
 
 /// Produces one batch, up to its first row that cannot be encoded, and records what was
@@ -976,5 +1031,28 @@ mod tests {
             "a good poll starts it again"
         );
         assert!(mismatch.confirmed(start + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn a_flapping_link_starts_at_most_the_hours_budget_of_producers() {
+        let mut budget = ProducerBudget::default();
+        let start = Instant::now();
+        // A failure every 5 s (the backoff's cap) for an hour would start 720.
+        let mut started = 0;
+        for i in 0..720u64 {
+            let now = start + Duration::from_secs(5 * i);
+            if budget.wait(now).is_none() {
+                budget.record(now);
+                started += 1;
+            }
+        }
+        assert_eq!(started, MAX_PRODUCERS_PER_HOUR);
+        let wait = budget.wait(start + Duration::from_secs(3599)).unwrap();
+        assert_eq!(
+            wait,
+            Duration::from_secs(1),
+            "the oldest leaves the window first"
+        );
+        assert!(budget.wait(start + Duration::from_secs(3600)).is_none());
     }
 }

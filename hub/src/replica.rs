@@ -282,13 +282,28 @@ impl ReadRouter {
         replica_url: Option<&str>,
         max_lag: Duration,
         redis: Arc<RedisLink>,
+        statement_timeout: Duration,
     ) -> anyhow::Result<ReadRouter> {
         let replica = match replica_url {
             None => None,
             Some(url) => {
+                let seconds = statement_timeout.as_secs_f64();
                 let pool = MySqlPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(2))
+                    // The API's reads, cut off like those on the primary (db.rs).
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            if seconds > 0.0 {
+                                sqlx::query(&format!(
+                                    "SET SESSION max_statement_time = {seconds:.3}"
+                                ))
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect_lazy(url)
                     .map_err(|e| {
                         anyhow::anyhow!(

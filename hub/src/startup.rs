@@ -149,6 +149,7 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         config.mysql_replica_url.as_ref().map(|u| u.expose()),
         Duration::from_millis(config.replica_max_lag_ms),
         redis.clone(),
+        Duration::from_millis(config.api_statement_timeout_ms),
     )?;
     let consumed = Arc::new(crate::snapshot::ConsumedProbe::new(
         &config.kafka_brokers,
