@@ -18,6 +18,7 @@ pub mod api;
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod dashboard_data;
 pub mod db;
 pub mod enrolment;
 pub mod forecast_job;

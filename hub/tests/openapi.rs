@@ -58,6 +58,10 @@ const SERVED: &[(&str, &str)] = &[
     // api/enrolment.rs
     ("POST", "/v1/stores/{store}/enrolment"),
     ("POST", "/v1/enrol"),
+    // api/charts.rs
+    ("GET", "/v1/dashboard/stores"),
+    ("GET", "/v1/dashboard/alerts"),
+    ("GET", "/v1/stores/{store}/sync-history"),
     // api/dashboard.rs
     ("GET", "/"),
     ("GET", "/static/app.js"),

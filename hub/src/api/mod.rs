@@ -9,6 +9,7 @@
 //! small.
 
 pub mod bootstrap;
+pub mod charts;
 pub mod commands;
 pub mod dashboard;
 pub mod enrolment;
@@ -69,6 +70,7 @@ pub fn docs() -> Vec<Operation> {
     operations.extend(bootstrap::docs());
     operations.extend(dashboard::docs());
     operations.extend(enrolment::docs());
+    operations.extend(charts::docs());
     operations
 }
 
@@ -134,6 +136,7 @@ pub fn routes(
         .or(reads::routes(hub.clone()))
         .or(intelligence::routes(hub.clone()))
         .or(enrolment::routes(hub.clone()))
+        .or(charts::routes(hub.clone()))
         .or(bootstrap::routes(hub))
         .or(dashboard::routes())
         .recover(recover)
