@@ -264,6 +264,12 @@ pub fn schema_version() -> anyhow::Result<u32> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
+/// `bazaar-agent schema-version`: the number alone, for the package's preinst.
+pub fn print_schema_version() -> anyhow::Result<()> {
+    println!("{}", schema_version()?);
+    Ok(())
+}
+
 /// `check-config`: what `run` would load, and whether it can work with its data
 /// directory; every failure says what to fix. Prints one line per finding.
 pub fn check_config(explicit: Option<&Path>) -> anyhow::Result<()> {

@@ -139,7 +139,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config, resnapshot } => run(config, resnapshot).await,
         Command::Enroll(args) => bazaar_agent::enroll::main(args).await,
         Command::CheckConfig { config } => bazaar_agent::enroll::check_config(config.as_deref()),
-        Command::SchemaVersion => Ok(println!("{}", bazaar_agent::enroll::schema_version()?)),
+        Command::SchemaVersion => bazaar_agent::enroll::print_schema_version(),
         Command::Status { config, json } => status(config, json).await,
         Command::Doctor { config, json } => {
             let path = AgentConfig::locate(config.as_deref());

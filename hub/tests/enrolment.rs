@@ -2,6 +2,9 @@
 //! expire for the store's (rotated) token and its signing key; a used, expired or unknown
 //! code is refused with what to do; every issue, use and refusal is audited.
 
+// Tests state their expectations with unwrap: a panic there is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{call, register, spawn_hub, ADMIN};

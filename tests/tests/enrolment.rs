@@ -5,6 +5,9 @@
 //! of another store, is refused with what to do. (The installed-service path, as root with
 //! no `--data`, is `installer/test/run`.)
 
+// Tests state their expectations with unwrap: a panic there is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
