@@ -23,6 +23,7 @@ pub mod db;
 pub mod enrolment;
 pub mod forecast_job;
 pub mod hub_movements;
+pub mod import_sales;
 pub mod ingest;
 pub mod lease;
 pub mod metrics;
