@@ -298,7 +298,7 @@ function drawSyncCharts(h) {
 
 function timeLabel(iso) {
   const d = new Date(iso);
-  return isNaN(d) ? iso : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return isNaN(d) ? iso : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
 }
 
 function timeTicks(f, buckets, x) {
