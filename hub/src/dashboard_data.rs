@@ -105,7 +105,13 @@ const STORE_FIGURES: &str = "SELECT s.id, s.name, s.last_seen_at,
 
 /// `LIKE` pattern for an id prefix (ids are `[A-Za-z0-9_-]`: only `_` is special).
 fn prefix_pattern(prefix: &str) -> String {
-    format!("{}%", prefix.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"))
+    format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('_', "\\_")
+            .replace('%', "\\%")
+    )
 }
 
 fn push_prefix(q: &mut QueryBuilder<'_, MySql>, prefix: Option<&str>) {
@@ -428,9 +434,7 @@ pub async fn sync_history(
             let end = (start + step_d).min(now);
             let depth = spans
                 .iter()
-                .filter(|(created, published)| {
-                    *created <= end && published.is_none_or(|p| p > end)
-                })
+                .filter(|(created, published)| *created <= end && published.is_none_or(|p| p > end))
                 .count() as u64;
             SyncBucket {
                 start,

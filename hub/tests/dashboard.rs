@@ -463,36 +463,91 @@ async fn chain_views_filter_page_and_bucket_on_the_server() {
     assert_eq!(first["counts"]["ok"], 29);
     assert_eq!(first["items"][0]["problems"], serde_json::json!(["held"]));
     let cursor = first["next_cursor"].as_str().expect("a next page");
-    let second = get(format!("/v1/dashboard/stores?health=held&limit=2&cursor={cursor}")).await;
+    let second = get(format!(
+        "/v1/dashboard/stores?health=held&limit=2&cursor={cursor}"
+    ))
+    .await;
     assert_eq!(ids(&second), ["S25"]);
     assert!(second["next_cursor"].is_null());
 
     let ok = get("/v1/dashboard/stores?health=ok&prefix=S1&limit=100".into()).await;
-    assert_eq!(ok["items"].as_array().unwrap().len(), 9, "S10..S19 less S17");
+    assert_eq!(
+        ok["items"].as_array().unwrap().len(),
+        9,
+        "S10..S19 less S17"
+    );
     assert_eq!(ok["counts"]["all"], 10);
     // `_` is no wildcard, and the search is case-exact.
-    assert_eq!(ids(&get("/v1/dashboard/stores?prefix=T_".into()).await), ["T_1"]);
+    assert_eq!(
+        ids(&get("/v1/dashboard/stores?prefix=T_".into()).await),
+        ["T_1"]
+    );
     assert!(ids(&get("/v1/dashboard/stores?prefix=s1".into()).await).is_empty());
-    for bad in ["health=sick", "prefix=a%25", "limit=0", "cursor=nope", "colour=red"] {
-        let (status, body) = common::call(&app.hub, "GET", &format!("/v1/dashboard/stores?{bad}"), Some(ADMIN), None).await;
+    for bad in [
+        "health=sick",
+        "prefix=a%25",
+        "limit=0",
+        "cursor=nope",
+        "colour=red",
+    ] {
+        let (status, body) = common::call(
+            &app.hub,
+            "GET",
+            &format!("/v1/dashboard/stores?{bad}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
         assert_eq!(status, 422, "{bad}: {body}");
     }
 
     // Alerts by severity: a negative count is critical, an out-of-stock a warning.
     for (store, body) in [
-        ("S01", serde_json::json!({"kind": "adjustment", "sku": "MILK", "qty": -3, "reason": "damage"})),
-        ("S02", serde_json::json!({"kind": "count", "sku": "MILK", "counted": 0})),
+        (
+            "S01",
+            serde_json::json!({"kind": "adjustment", "sku": "MILK", "qty": -3, "reason": "damage"}),
+        ),
+        (
+            "S02",
+            serde_json::json!({"kind": "count", "sku": "MILK", "counted": 0}),
+        ),
     ] {
-        let (status, reply) = common::call(&app.hub, "POST", &format!("/v1/stores/{store}/movements"), Some(ADMIN), Some(body)).await;
+        let (status, reply) = common::call(
+            &app.hub,
+            "POST",
+            &format!("/v1/stores/{store}/movements"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
         assert_eq!(status, 202, "{reply}");
     }
     let critical = get("/v1/dashboard/alerts?severity=critical&open=true".into()).await;
     let alerts = critical["alerts"].as_array().unwrap();
-    assert!(!alerts.is_empty() && alerts.iter().all(|a| a["severity"] == "critical"), "{critical}");
-    assert!(alerts.iter().any(|a| a["store"] == "S01" && a["kind"] == "negative_stock"), "{critical}");
+    assert!(
+        !alerts.is_empty() && alerts.iter().all(|a| a["severity"] == "critical"),
+        "{critical}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["store"] == "S01" && a["kind"] == "negative_stock"),
+        "{critical}"
+    );
     let s02 = get("/v1/dashboard/alerts?store=S02".into()).await;
-    assert!(s02["alerts"].as_array().unwrap().iter().all(|a| a["store"] == "S02"));
-    let (status, _) = common::call(&app.hub, "GET", "/v1/dashboard/alerts?severity=loud", Some(ADMIN), None).await;
+    assert!(s02["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["store"] == "S02"));
+    let (status, _) = common::call(
+        &app.hub,
+        "GET",
+        "/v1/dashboard/alerts?severity=loud",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(status, 422);
 
     // Sync history: three movements 2, 4 and 30 s late in the last bucket; the hub's
@@ -511,14 +566,37 @@ async fn chain_views_filter_page_and_bucket_on_the_server() {
     assert_eq!(buckets.len(), 12);
     let last = buckets.last().unwrap();
     assert_eq!(last["movements"], 3, "{history}");
-    assert!((last["lag_p50_secs"].as_f64().unwrap() - 4.0).abs() < 0.5, "{last}");
-    assert!((last["lag_max_secs"].as_f64().unwrap() - 30.0).abs() < 0.5, "{last}");
+    assert!(
+        (last["lag_p50_secs"].as_f64().unwrap() - 4.0).abs() < 0.5,
+        "{last}"
+    );
+    assert!(
+        (last["lag_max_secs"].as_f64().unwrap() - 30.0).abs() < 0.5,
+        "{last}"
+    );
     assert_eq!(last["hub_outbox_depth"], history["hub_outbox_pending"]);
-    assert!(history["hub_outbox_pending"].as_u64().unwrap() >= 1, "{history}");
+    assert!(
+        history["hub_outbox_pending"].as_u64().unwrap() >= 1,
+        "{history}"
+    );
     assert!(buckets[0]["lag_p50_secs"].is_null());
-    let (status, _) = common::call(&app.hub, "GET", "/v1/stores/NOPE/sync-history", Some(ADMIN), None).await;
+    let (status, _) = common::call(
+        &app.hub,
+        "GET",
+        "/v1/stores/NOPE/sync-history",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = common::call(&app.hub, "GET", "/v1/stores/S01/sync-history?hours=500", Some(ADMIN), None).await;
+    let (status, _) = common::call(
+        &app.hub,
+        "GET",
+        "/v1/stores/S01/sync-history?hours=500",
+        Some(ADMIN),
+        None,
+    )
+    .await;
     assert_eq!(status, 422);
     app.cleanup().await;
 }

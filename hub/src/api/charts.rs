@@ -105,9 +105,8 @@ fn query<Q: DeserializeOwned + Send + 'static>(
         .or(warp::any().map(String::new))
         .unify()
         .and_then(|raw: String| async move {
-            serde_urlencoded::from_str::<Q>(&raw).map_err(|e| {
-                Rejection::from(ApiError::unprocessable(format!("query string: {e}")))
-            })
+            serde_urlencoded::from_str::<Q>(&raw)
+                .map_err(|e| Rejection::from(ApiError::unprocessable(format!("query string: {e}"))))
         })
 }
 
@@ -122,7 +121,11 @@ fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
     }
 }
 
-fn one_of(what: &str, value: Option<String>, allowed: &[&str]) -> Result<Option<String>, Rejection> {
+fn one_of(
+    what: &str,
+    value: Option<String>,
+    allowed: &[&str],
+) -> Result<Option<String>, Rejection> {
     match value.filter(|v| !v.is_empty()) {
         Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::unprocessable(format!(
             "{what} {v:?} is not one of {}",
@@ -148,7 +151,11 @@ fn stores(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
             let limit = limit_of(q.limit)?;
             let prefix = q.prefix.filter(|p| !p.is_empty());
             if let Some(p) = &prefix {
-                if p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                if p.len() > 64
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
                     return Err(ApiError::unprocessable(format!(
                         "prefix {p:?} is not the start of a store id ([A-Za-z0-9_-], at most 64)"
                     ))
@@ -177,7 +184,11 @@ fn alerts(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and(with_hub(hub))
         .and_then(|who: Principal, q: AlertsQuery, hub: Arc<Hub>| async move {
             who.admin()?;
-            let store = q.store.filter(|s| !s.is_empty()).map(store_param).transpose()?;
+            let store = q
+                .store
+                .filter(|s| !s.is_empty())
+                .map(store_param)
+                .transpose()?;
             let kind = one_of("kind", q.kind, &ALERT_KINDS)?;
             let severity = one_of("severity", q.severity, &SEVERITIES)?;
             let limit = limit_of(q.limit)?;
@@ -223,37 +234,43 @@ fn sync_history(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .and(auth(hub.clone()))
         .and(query::<HistoryQuery>())
         .and(with_hub(hub))
-        .and_then(|raw: String, who: Principal, q: HistoryQuery, hub: Arc<Hub>| async move {
-            let store = store_param(raw)?;
-            who.may_act_on(&store)?;
-            let hours = match q.hours {
-                None => DEFAULT_HOURS,
-                Some(h) if (1..=MAX_HOURS).contains(&h) => h,
-                Some(h) => {
-                    return Err(ApiError::unprocessable(format!(
-                        "hours must be between 1 and {MAX_HOURS}, not {h}"
-                    ))
-                    .into())
-                }
-            };
-            let id = &store;
-            let found = hub
-                .reads
-                .read(Some(&who), |pool| async move {
-                    if !crate::stores::exists(&pool, id).await? {
-                        return Ok(None);
+        .and_then(
+            |raw: String, who: Principal, q: HistoryQuery, hub: Arc<Hub>| async move {
+                let store = store_param(raw)?;
+                who.may_act_on(&store)?;
+                let hours = match q.hours {
+                    None => DEFAULT_HOURS,
+                    Some(h) if (1..=MAX_HOURS).contains(&h) => h,
+                    Some(h) => {
+                        return Err(ApiError::unprocessable(format!(
+                            "hours must be between 1 and {MAX_HOURS}, not {h}"
+                        ))
+                        .into())
                     }
-                    dashboard_data::sync_history(&pool, id.as_str(), hours, Utc::now())
-                        .await
-                        .map(Some)
-                })
-                .await
-                .map_err(internal("could not read the store's sync history"))?;
-            match found {
-                Some(history) => Ok::<_, Rejection>(warp::reply::json(&history).into_response()),
-                None => Err(ApiError::not_found(format!("store {store} is not registered")).into()),
-            }
-        })
+                };
+                let id = &store;
+                let found = hub
+                    .reads
+                    .read(Some(&who), |pool| async move {
+                        if !crate::stores::exists(&pool, id).await? {
+                            return Ok(None);
+                        }
+                        dashboard_data::sync_history(&pool, id.as_str(), hours, Utc::now())
+                            .await
+                            .map(Some)
+                    })
+                    .await
+                    .map_err(internal("could not read the store's sync history"))?;
+                match found {
+                    Some(history) => {
+                        Ok::<_, Rejection>(warp::reply::json(&history).into_response())
+                    }
+                    None => {
+                        Err(ApiError::not_found(format!("store {store} is not registered")).into())
+                    }
+                }
+            },
+        )
         .boxed()
 }
 
