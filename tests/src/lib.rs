@@ -689,3 +689,6 @@ pub async fn hq_movement(
         .as_u64()
         .unwrap_or_else(|| panic!("a hub_seq in {reply}"))
 }
+
+// The randomized fault campaign (`bazaar-chaos`, tests/tests/chaos.rs).
+pub mod chaos;
