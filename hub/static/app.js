@@ -18,7 +18,7 @@ const TOKEN_KEY = "bazaar.adminToken";
 const LIST_LIMIT = 200;
 const STORE_PAGE = 50;
 const ALERT_PAGE = 50;
-const STOCK_PAGE = 100;
+const STOCK_PAGE = 50;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const HEALTH = ["all", "ok", "stale", "held", "parked", "outbox_over_budget"];
 
@@ -164,8 +164,10 @@ function svgLink(href, ...children) {
 // A frame: width/height, margins, the y scale from 0 to max (rounded up) and its ticks.
 function frame(width, height, maxY, opts) {
   const m = { l: 48, r: (opts && opts.right) || 12, t: 10, b: 28 };
-  const top = niceMax(maxY);
-  const y = (v) => m.t + (height - m.t - m.b) * (1 - v / top);
+  const min = opts && opts.min < 0 ? opts.min : 0;
+  const bottom = min < 0 ? -niceMax(-min) : 0;
+  const top = maxY > 0 || bottom === 0 ? niceMax(maxY) : 0;
+  const y = (v) => m.t + (height - m.t - m.b) * ((top - v) / (top - bottom));
   const root = svg("svg", {
     viewBox: `0 0 ${width} ${height}`,
     width: "100%",
@@ -174,7 +176,7 @@ function frame(width, height, maxY, opts) {
     preserveAspectRatio: "xMidYMid meet",
   });
   for (let i = 0; i <= 4; i++) {
-    const v = (top * i) / 4;
+    const v = bottom + ((top - bottom) * i) / 4;
     root.appendChild(svg("line", { x1: m.l, x2: width - m.r, y1: y(v), y2: y(v), class: "grid" }));
     root.appendChild(svg("text", { x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, shortNum(v)));
   }
@@ -313,8 +315,8 @@ function drawStockChart(stock) {
   const rows = stock.stores.slice().sort((a, b) => b.on_hand - a.on_hand || (a.store < b.store ? -1 : 1));
   const maxY = Math.max(1, ...rows.map((r) => r.on_hand));
   const minY = Math.min(0, ...rows.map((r) => r.on_hand));
-  const f = frame(900, 240, maxY - minY);
-  const zero = (v) => f.y(v - minY);
+  const f = frame(900, 240, maxY, { min: minY });
+  const zero = (v) => f.y(v);
   const step = f.plotW / Math.max(rows.length, 1);
   const bars = svg("g", { class: "stock-bars" });
   rows.forEach((r, i) => {

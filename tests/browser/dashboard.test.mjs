@@ -368,9 +368,18 @@ async function main() {
     const byStore = new Map(api.stores.map((s) => [s.store, s.on_hand]));
     for (const [s, v] of bars) assert.equal(v, byStore.get(s), s);
     const rows = await rowsOf(page, "stock");
-    assert.deepEqual(rows.map((r) => [r[0], r[1]]), api.stores.slice(0, 100).map((s) => [s.store, String(s.on_hand)]));
+    assert.deepEqual(rows.map((r) => [r[0], r[1]]), api.stores.slice(0, 50).map((s) => [s.store, String(s.on_hand)]));
     await page.click("#stock-next");
-    await waitRows(page, "stock", api.stores[100].store);
+    await waitRows(page, "stock", api.stores[50].store);
+    assert.equal(await text(page, "#stock-page"), "page 2 of " + Math.ceil(STORES / 50));
+    // The bars stand on the zero line: a negative figure hangs below it.
+    const zeroOk = await page.$$eval("#stock-chart rect.bar", (rs) => {
+      const pos = rs.filter((r) => Number(r.dataset.onHand) > 0).map((r) => Number(r.getAttribute("y")) + Number(r.getAttribute("height")));
+      const neg = rs.filter((r) => Number(r.dataset.onHand) < 0).map((r) => Number(r.getAttribute("y")));
+      const base = pos[0];
+      return pos.every((b) => Math.abs(b - base) < 0.01) && neg.every((t) => Math.abs(t - base) < 0.01);
+    });
+    assert.ok(zeroOk, "every bar starts at 0");
     await shot(page, "#panel-sku-stock", "sku-stock");
     // A bar links to its store.
     await page.locator(`#stock-chart a[href="#/store/${id(1)}"]`).dispatchEvent("click");
