@@ -180,6 +180,7 @@ function frame(width, height, maxY, opts) {
     root.appendChild(svg("line", { x1: m.l, x2: width - m.r, y1: y(v), y2: y(v), class: "grid" }));
     root.appendChild(svg("text", { x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, shortNum(v)));
   }
+  if (bottom < 0) root.appendChild(svg("line", { x1: m.l, x2: width - m.r, y1: y(0), y2: y(0), class: "zero" }));
   return { root, m, y, top, plotW: width - m.l - m.r, height, width };
 }
 

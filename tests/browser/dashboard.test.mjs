@@ -217,7 +217,9 @@ async function main() {
   });
 
   await check("stores: the first page and the health counts are the API's", async () => {
+    const t0 = Date.now();
     const api = await get("/v1/dashboard/stores?limit=50");
+    log(`GET /v1/dashboard/stores with counts over ${STORES} stores: ${Date.now() - t0} ms`);
     await waitRows(page, "stores", api.items[0].store);
     await storesMatch(page, api);
     assert.equal(api.counts.all, STORES);
