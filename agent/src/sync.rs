@@ -26,10 +26,7 @@ use std::time::{Duration, Instant};
 use bazaar_shared::topics::DEFAULT_PARTITIONS;
 use bazaar_shared::Topics;
 use futures::future::join_all;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
@@ -107,7 +104,7 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
         // Raced against shutdown: with the broker down, topic creation can wait out
         // librdkafka's request timeout.
         let created = tokio::select! {
-            created = ensure_topics(&agent.config, &names, DEFAULT_PARTITIONS) => created,
+            created = bazaar_shared::kafka::ensure_topics_on(agent.config.kafka_config(), &names, DEFAULT_PARTITIONS, 1) => created,
             _ = shutdown.changed() => return,
         };
         match created {
@@ -127,37 +124,6 @@ pub async fn run(agent: Arc<Agent>, hub: HubClient, mut shutdown: watch::Receive
     let acks = tokio::spawn(acknowledgements(agent.clone(), hub, shutdown.clone()));
     pump(&agent, &topics.movements, &mut shutdown).await;
     acks.abort();
-}
-
-/// Creates each topic that does not exist yet (DESIGN §5), through an admin client that
-/// carries the operator's Kafka properties like every other client here.
-async fn ensure_topics(
-    config: &crate::config::AgentConfig,
-    topics: &[&str],
-    partitions: i32,
-) -> Result<(), String> {
-    let brokers = &config.kafka_brokers;
-    let admin: AdminClient<DefaultClientContext> = config
-        .kafka_config()
-        .create()
-        .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(new_topics.iter(), &options)
-        .await
-        .map_err(|e| format!("cannot create topics on {brokers}: {e}"))?;
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("cannot create topic {topic}: {code}")),
-        }
-    }
-    Ok(())
 }
 
 /// The operator's properties (TLS, SASL) come from `kafka_config`; the settings the

@@ -161,8 +161,25 @@ pub async fn ensure_topics_with(
     partitions: i32,
     replication: i32,
 ) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = properties
-        .client_config(brokers)
+    ensure_topics_on(
+        properties.client_config(brokers),
+        topics,
+        partitions,
+        replication,
+    )
+    .await
+}
+
+/// [`ensure_topics`] through an admin client made from `config` (a binary's own base
+/// configuration, brokers and properties included).
+pub async fn ensure_topics_on(
+    config: ClientConfig,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), String> {
+    let brokers = config.get("bootstrap.servers").unwrap_or("?").to_owned();
+    let admin: AdminClient<DefaultClientContext> = config
         .create()
         .map_err(|e| format!("cannot create a Kafka admin client for {brokers}: {e}"))?;
     let new_topics: Vec<NewTopic<'_>> = topics

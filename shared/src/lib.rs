@@ -17,6 +17,8 @@ pub mod secret;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod signing;
+#[cfg(feature = "service")]
+pub mod systemd;
 pub mod topics;
 
 pub use command::{Command, CommandBody, Document, HubMessage};
