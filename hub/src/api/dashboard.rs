@@ -63,7 +63,7 @@ fn page(body: &'static str, content_type: &'static str, policy: Option<&'static 
 pub fn docs() -> Vec<Operation> {
     vec![
         Operation::get("/", "dashboard", "The HQ dashboard")
-            .describe("A page that asks for the admin token (kept in the tab's sessionStorage) and shows, refreshed every few seconds from this API: stores with their sync health, open alerts (with acknowledge), reorder and transfer suggestions, and a chain-wide stock lookup. Compiled into the hub; no third-party code.")
+            .describe("A page that asks for the admin token (kept in the tab's sessionStorage) and shows, from this API: the stores paged, filtered by health and searched by id; alerts filtered by kind, severity and store (with acknowledge); reorder and transfer suggestions; and charts drawn as SVG (a sku's sales history with its forecast, band and reorder point; the chain's stock of a sku by store; a store's sync lag and movements over the last hours). Compiled into the hub; no third-party code.")
             .tag("dashboard")
             .access(Access::Open)
             .content(200, HTML, "The page")
