@@ -33,19 +33,27 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 #[serde(deny_unknown_fields)]
 pub struct MovementRequest {
     /// receipt, adjustment, count, transfer_out or transfer_in.
+    #[schemars(extend("enum" = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]))]
     pub kind: String,
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
     pub sku: String,
-    /// Units, positive (the kind gives the sign); an adjustment's signed delta.
+    /// Units, positive (the kind gives the sign); an adjustment's signed delta, not 0.
+    #[schemars(range(min = -bazaar_shared::envelope::MAX_QUANTITY, max = bazaar_shared::envelope::MAX_QUANTITY))]
     pub qty: Option<i64>,
     /// A count's figure (≥ 0) instead of `qty`: the delta is counted − the hub's on-hand.
+    #[schemars(range(min = 0, max = bazaar_shared::envelope::MAX_QUANTITY))]
     pub counted: Option<i64>,
     /// An adjustment's reason: damage, theft, expiry or correction.
+    #[schemars(extend("enum" = ["damage", "theft", "expiry", "correction", null]))]
     pub reason: Option<String>,
     #[serde(rename = "ref")]
+    #[schemars(length(max = 128))]
     pub reference: Option<String>,
     /// A transfer_out's receiving store (registered here): it gets an expected-transfer notice.
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
     pub to_store: Option<String>,
     /// A transfer_in's sending store.
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
     pub from_store: Option<String>,
 }
 

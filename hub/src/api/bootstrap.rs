@@ -38,6 +38,7 @@ pub struct SnapshotQuery {
     /// `next_cursor` of the previous page; absent for the first page.
     cursor: Option<String>,
     /// Skus per page, 1 to 20,000; 5,000 when absent.
+    #[schemars(range(min = 1, max = 20_000))]
     limit: Option<u32>,
 }
 

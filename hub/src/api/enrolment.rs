@@ -32,6 +32,7 @@ pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 pub struct IssueRequest {
     /// How long the code stays valid, 1 to 744 hours; 24 when absent. An empty body is
     /// the same as `{}`.
+    #[schemars(range(min = 1, max = 744))]
     valid_hours: Option<u32>,
 }
 
@@ -39,6 +40,7 @@ pub struct IssueRequest {
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The store's id, as HQ gave it with the code.
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
     store: String,
     /// The one-time code (`XXXXX-XXXXX-XXXXX-XXXXX`; case, dashes and spaces do not matter).
     code: String,
