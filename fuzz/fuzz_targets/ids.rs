@@ -6,7 +6,8 @@ use libfuzzer_sys::fuzz_target;
 
 fn matches_pattern(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fuzz_target!(|data: &[u8]| {
