@@ -102,7 +102,7 @@ pub async fn sync_health(
     let row = sqlx::query(
         "SELECT s.id, y.last_seq,
                 (SELECT m.id FROM movements m WHERE m.store = s.id AND m.origin = 'store' AND m.seq = y.last_seq) AS last_id,
-                y.last_hub_seq, y.last_event_at, y.last_applied_at, s.last_seen_at,
+                y.last_hub_seq, y.last_event_at, y.last_applied_at, COALESCE(y.last_seen_at, s.last_seen_at) AS last_seen_at,
                 (SELECT count(*) FROM held_events h WHERE h.store = s.id) AS held,
                 (SELECT count(*) FROM parked_events p WHERE p.store = s.id AND p.resolved_at IS NULL) AS parked
          FROM stores s JOIN store_sync y ON y.store = s.id WHERE s.id = ?",
