@@ -970,6 +970,64 @@ mod tests {
     }
 
     #[test]
+    fn the_route_table_names_the_methods_of_a_path_and_each_bad_query_parameter() {
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct PageQuery {
+            #[schemars(range(min = 1, max = 1000))]
+            limit: Option<u32>,
+            #[schemars(pattern(IDENTIFIER_PATTERN))]
+            store: String,
+        }
+        let list = Operation::get("/v1/things/{store}", "list", "List")
+            .path_param("store", "The store")
+            .query::<PageQuery>()
+            .json::<Thing>(200, "ok");
+        let delete = Operation::delete("/v1/things/{store}", "drop", "Drop")
+            .path_param("store", "The store")
+            .json::<Thing>(200, "ok");
+        let table = RouteTable::of(&document(&[list, delete]));
+        assert_eq!(
+            table.explain("GET", "/v1/nothing", ""),
+            Explanation::UnknownPath
+        );
+        assert_eq!(
+            table.explain("GET", "/v1/things/", ""),
+            Explanation::UnknownPath
+        );
+        assert_eq!(
+            table.explain("PUT", "/v1/things/S1", "x=1"),
+            Explanation::WrongMethod {
+                allow: "DELETE, GET".into()
+            }
+        );
+        assert_eq!(
+            table.explain("GET", "/v1/things/S1", "store=S1&limit=10"),
+            Explanation::Nothing
+        );
+        let Explanation::BadQuery(why) =
+            table.explain("GET", "/v1/things/S1", "limit=0&limit=x&store=a%20b&y=")
+        else {
+            panic!("a bad query");
+        };
+        for part in [
+            "`limit` must be an integer from 1 to 1000, not `0`",
+            "`limit` is given 2 times",
+            "`store` must match",
+            "unknown parameter `y` (this route takes limit, store)",
+        ] {
+            assert!(why.contains(part), "{part}: {why}");
+        }
+        let Explanation::BadQuery(why) = table.explain("GET", "/v1/things/S1", "") else {
+            panic!("a missing parameter");
+        };
+        assert!(
+            why.contains("the required parameter `store` is missing"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn inconsistent_registrations_are_named() {
         let dup = sample();
         let missing_param = Operation::get("/v1/x/{sku}", "x", "X").json::<Thing>(200, "ok");

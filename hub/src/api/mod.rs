@@ -483,8 +483,10 @@ pub(crate) fn rate_limited(
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
     /// The new store's id, `^[A-Za-z0-9_-]{1,64}$`.
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
     store: String,
     /// A name for people, at most 200 characters.
+    #[schemars(length(max = 200))]
     name: Option<String>,
 }
 
