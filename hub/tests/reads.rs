@@ -962,8 +962,10 @@ async fn readyz_shows_ingest_down_in_a_hub_that_runs_it_without_a_broker() {
         f.kafka_brokers = Some(format!("127.0.0.1:{}", free_port()));
         f.topic_prefix = Some(format!("bzingest{name}."));
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let hub = tokio::spawn(bazaar_hub::startup::run(config, listener, async move {
         let _ = stopped.await;
@@ -987,7 +989,10 @@ async fn readyz_shows_ingest_down_in_a_hub_that_runs_it_without_a_broker() {
         "{body}"
     );
     assert!(
-        ingest["error"].as_str().unwrap().contains("not running"),
+        ingest["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not running"),
         "{body}"
     );
     assert!(
@@ -1002,10 +1007,12 @@ async fn readyz_shows_ingest_down_in_a_hub_that_runs_it_without_a_broker() {
     assert!(open.starts_with("HTTP/1.1 200"), "{open}");
     assert!(open.ends_with(r#"{"status":"degraded"}"#), "{open}");
     let _ = stop.send(());
-    hub.await.unwrap().expect("the hub stops cleanly");
+    hub.await
+        .expect("the hub task")
+        .expect("the hub stops cleanly");
     let admin = sqlx::MySqlPool::connect("mysql://root@127.0.0.1:3306/mysql")
         .await
-        .unwrap();
+        .expect("MariaDB");
     let _ = sqlx::query(&format!("DROP DATABASE `{database}`"))
         .execute(&admin)
         .await;
