@@ -45,6 +45,8 @@ pub fn routes(
     local_only(agent)
         .and(healthz().or(authorised))
         .map(|(), reply| reply)
+        // A refused request's body is read (bounded) before the refusal is sent.
+        .or(bazaar_shared::http::drain_refused_body())
         .recover(recover)
         .with(warp::log("bazaar_agent::http"))
 }

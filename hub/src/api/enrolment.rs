@@ -124,7 +124,12 @@ fn enrol_route(hub: Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Reje
                 let request: EnrolRequest = parse_json(&body)?;
                 let store = store_param(request.store)?;
                 match enrolment::redeem(&hub.pool, &store, &request.code, from).await {
-                    Ok(credentials) => Ok(warp::reply::json(&credentials).into_response()),
+                    Ok(credentials) => {
+                        // The old token stops working here at once (elsewhere within
+                        // stores::TOKEN_CACHE_TTL).
+                        hub.tokens.forget_store(&store);
+                        Ok(warp::reply::json(&credentials).into_response())
+                    }
                     Err(e @ RedeemError::Unknown(_)) => {
                         Err(Rejection::from(ApiError::not_found(e.to_string())))
                     }
