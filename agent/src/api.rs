@@ -80,7 +80,7 @@ fn is_json(content_type: Option<&str>) -> bool {
 }
 
 /// What a request must be to reach any route: see the module's header.
-fn check_local(
+pub fn check_local(
     listen: std::net::SocketAddr,
     method: &warp::http::Method,
     host: Option<&str>,
@@ -300,7 +300,7 @@ impl MovementRequest {
     }
 }
 
-fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
     match raw {
         None => Ok(None),
         Some(k)
@@ -388,9 +388,9 @@ fn get_stock_item(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StockQuery {
-    after: Option<String>,
-    limit: Option<u32>,
+pub struct StockQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
 }
 
 fn get_stock(
@@ -429,9 +429,9 @@ fn get_status(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AlertsQuery {
-    all: Option<bool>,
-    limit: Option<u32>,
+pub struct AlertsQuery {
+    pub all: Option<bool>,
+    pub limit: Option<u32>,
 }
 
 /// Open alerts (or all with `?all=true`), newest first. Raised locally, with no network.
@@ -454,9 +454,9 @@ fn get_alerts(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ParkedQuery {
-    after: Option<i64>,
-    limit: Option<u32>,
+pub struct ParkedQuery {
+    pub after: Option<i64>,
+    pub limit: Option<u32>,
 }
 
 /// Movements parked here (never sent, or refused by the hub), oldest first, paged by
