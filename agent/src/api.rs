@@ -229,7 +229,10 @@ impl MovementRequest {
             (Kind::Count, _, _) => return invalid("a count sends `counted` (the units on the shelf) and no `qty`".into()),
             (_, _, Some(_)) => return invalid(format!("a {} sends `qty`, not `counted`", kind.as_str())),
             (_, None, None) => return invalid(format!("a {} needs `qty`", kind.as_str())),
-            (Kind::Adjustment, Some(q), None) if q != 0 && q.abs() <= MAX_QUANTITY => Quantity::Delta(q),
+            // unsigned_abs: i64::MIN.abs() overflows (found by fuzz/agent_requests).
+            (Kind::Adjustment, Some(q), None) if q != 0 && q.unsigned_abs() <= MAX_QUANTITY.unsigned_abs() => {
+                Quantity::Delta(q)
+            }
             (Kind::Adjustment, Some(q), None) => {
                 return invalid(format!("adjustment qty {q} must be a non-zero signed delta within ±{MAX_QUANTITY}"))
             }
@@ -803,6 +806,25 @@ mod tests {
         let count =
             request(serde_json::json!({"kind": "count", "sku": "A", "counted": 0})).unwrap();
         assert_eq!(count.quantity, Quantity::Counted(0));
+    }
+
+    /// Found by fuzz/agent_requests: `i64::MIN.abs()` overflowed (a panic in a debug
+    /// build, an accepted delta of −2^63 in a release one).
+    #[test]
+    fn an_adjustment_of_i64_min_is_refused_not_a_panic() {
+        for qty in [i64::MIN, i64::MIN + 1, -MAX_QUANTITY - 1, i64::MAX] {
+            let err = request(
+                serde_json::json!({"kind": "adjustment", "sku": "A", "qty": qty, "reason": "theft"}),
+            )
+            .unwrap_err();
+            assert_eq!(err.status, 422, "{qty}");
+            assert!(err.message.contains("within"), "{qty}: {}", err.message);
+        }
+        let edge = request(
+            serde_json::json!({"kind": "adjustment", "sku": "A", "qty": -MAX_QUANTITY, "reason": "theft"}),
+        )
+        .unwrap();
+        assert_eq!(edge.quantity, Quantity::Delta(-MAX_QUANTITY));
     }
 
     #[test]
