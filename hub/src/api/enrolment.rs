@@ -33,7 +33,7 @@ pub struct IssueRequest {
     /// How long the code stays valid, 1 to 744 hours; 24 when absent. An empty body is
     /// the same as `{}`.
     #[schemars(range(min = 1, max = 744))]
-    valid_hours: Option<u32>,
+    pub valid_hours: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,9 +41,9 @@ pub struct IssueRequest {
 pub struct EnrolRequest {
     /// The store's id, as HQ gave it with the code.
     #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
-    store: String,
+    pub store: String,
     /// The one-time code (`XXXXX-XXXXX-XXXXX-XXXXX`; case, dashes and spaces do not matter).
-    code: String,
+    pub code: String,
 }
 
 /// For `/openapi.json` (see [`crate::openapi`]).

@@ -245,11 +245,11 @@ pub(crate) fn auth(
         })
 }
 
-pub(crate) fn store_param(raw: String) -> Result<StoreId, Rejection> {
+pub fn store_param(raw: String) -> Result<StoreId, Rejection> {
     StoreId::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
-pub(crate) fn sku_param(raw: String) -> Result<Sku, Rejection> {
+pub fn sku_param(raw: String) -> Result<Sku, Rejection> {
     Sku::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
@@ -481,13 +481,13 @@ pub(crate) fn rate_limited(
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
+pub struct RegisterRequest {
     /// The new store's id, `^[A-Za-z0-9_-]{1,64}$`.
     #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
-    store: String,
+    pub store: String,
     /// A name for people, at most 200 characters.
     #[schemars(length(max = 200))]
-    name: Option<String>,
+    pub name: Option<String>,
 }
 
 fn register_store(

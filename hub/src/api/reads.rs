@@ -194,7 +194,7 @@ fn query<Q: DeserializeOwned + Send + 'static>(
         })
 }
 
-fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
+pub fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -204,7 +204,7 @@ fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-fn optional_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
+pub fn optional_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
     raw.map(store_param).transpose()
 }
 
