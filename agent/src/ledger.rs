@@ -76,16 +76,17 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 pub fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()
 }
 
 pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -226,16 +227,19 @@ pub fn record(
     // Past both the ledger's own last seq and the hub's applied seq: compaction may have
     // deleted every acknowledged row, and a bootstrapped ledger starts empty after the
     // hub's `last_seq`; neither may make a seq come round again.
-    let seq: u64 = conn
+    // The hub watermark comes in the same statement: one step fewer per movement.
+    let (seq, watermark): (u64, u64) = conn
         .prepare_cached(
             "SELECT max(
                  ifnull((SELECT max(seq) FROM movements WHERE origin = 'store'), 0),
-                 ifnull((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0)) + 1",
+                 ifnull((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1), 0)) + 1,
+                 ifnull((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?2), 0)",
         )?
-        .query_row([META_HUB_APPLIED_SEQ], |r| r.get(0))?;
+        .query_row([META_HUB_APPLIED_SEQ, META_HUB_WATERMARK], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let id = Uuid::now_v7().to_string();
     let now = now_rfc3339();
-    let watermark = meta_u64(conn, META_HUB_WATERMARK)?;
     conn.prepare_cached(
         "INSERT INTO movements (origin, seq, id, kind, sku, delta, counted, hub_watermark, reason,
              ref, to_store, from_store, occurred_at, recorded_at, state)

@@ -8,6 +8,7 @@
 //! Run:
 //!   cargo build --release --bins -p bazaar-hub -p bazaar-agent
 //!   cargo bench -p bazaar-e2e --bench throughput
+//!   (`BENCH_ONLY=agent` or `BENCH_ONLY=hub` runs one half)
 //!
 //! Progress goes to stderr; the figures to stdout.
 
@@ -162,9 +163,13 @@ async fn run(
 ) -> anyhow::Result<()> {
     // 1 and 2. The agent's accept path, with no broker and no hub (movements stay
     // pending), alternating with raw durable SQLite commits on the same filesystem.
-    // `BENCH_ONLY=hub` measures the hub alone.
-    if std::env::var("BENCH_ONLY").as_deref() != Ok("hub") {
+    // `BENCH_ONLY=hub` measures the hub alone, `BENCH_ONLY=agent` the agent alone.
+    let only = std::env::var("BENCH_ONLY").ok();
+    if only.as_deref() != Some("hub") {
         bench_agent(dir, names, results).await?;
+    }
+    if only.as_deref() == Some("agent") {
+        return Ok(());
     }
 
     // 3. The hub applying a backlog of 100,000 movements from 2,000 stores.
@@ -1125,7 +1130,7 @@ fn print_table(r: &Results) {
         ratio(&r.agent_serial, &r.raw_sqlite)
     );
     println!(
-        "agent / raw SQLite, {AGENT_CLIENTS} clients: {:>5}  (target >= 50%)",
+        "agent / raw SQLite, {AGENT_CLIENTS} clients: {:>5}  (target >= 150%)",
         ratio(&r.agent_concurrent, &r.raw_sqlite)
     );
     println!(
