@@ -732,7 +732,7 @@ async fn scenario(shared: &Arc<Run>) -> anyhow::Result<bool> {
                 sim::traffic(&shared.chain, &sinks, 1.0, duration, seed, |_| {}).await?;
                 let traffic_end = Utc::now();
                 report.fanout = Some(hq.await??);
-                let drained = drain(&shared, &sinks, drain_timeout).await?;
+                let drained = drain(&shared, &sinks, drain_timeout.min(Duration::from_secs(120))).await?;
                 report.kill = match kill {
                     Some(k) => k.await.ok().flatten(),
                     None => None,

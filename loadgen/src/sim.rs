@@ -604,7 +604,8 @@ pub fn drive_agent(chain: Arc<Chain>, index: usize, url: String) -> mpsc::Unboun
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             };
-            let movement = &reply["movement"];
+            // The agent answers with the movement itself (DESIGN §6: `201 {movement}`).
+            let movement = reply.get("movement").unwrap_or(&reply);
             let delta = movement["delta"].as_i64().unwrap_or(0);
             let id = movement["id"]
                 .as_str()
