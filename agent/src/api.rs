@@ -45,6 +45,8 @@ pub fn routes(
     local_only(agent)
         .and(healthz().or(authorised))
         .map(|(), reply| reply)
+        // A refused request's body is read (bounded) before the refusal is sent.
+        .or(bazaar_shared::http::drain_refused_body())
         .recover(recover)
         .with(warp::log("bazaar_agent::http"))
 }
@@ -80,7 +82,7 @@ fn is_json(content_type: Option<&str>) -> bool {
 }
 
 /// What a request must be to reach any route: see the module's header.
-fn check_local(
+pub fn check_local(
     listen: std::net::SocketAddr,
     method: &warp::http::Method,
     host: Option<&str>,
@@ -229,7 +231,10 @@ impl MovementRequest {
             (Kind::Count, _, _) => return invalid("a count sends `counted` (the units on the shelf) and no `qty`".into()),
             (_, _, Some(_)) => return invalid(format!("a {} sends `qty`, not `counted`", kind.as_str())),
             (_, None, None) => return invalid(format!("a {} needs `qty`", kind.as_str())),
-            (Kind::Adjustment, Some(q), None) if q != 0 && q.abs() <= MAX_QUANTITY => Quantity::Delta(q),
+            // unsigned_abs: i64::MIN.abs() overflows (found by fuzz/agent_requests).
+            (Kind::Adjustment, Some(q), None) if q != 0 && q.unsigned_abs() <= MAX_QUANTITY.unsigned_abs() => {
+                Quantity::Delta(q)
+            }
             (Kind::Adjustment, Some(q), None) => {
                 return invalid(format!("adjustment qty {q} must be a non-zero signed delta within ±{MAX_QUANTITY}"))
             }
@@ -300,7 +305,7 @@ impl MovementRequest {
     }
 }
 
-fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(raw: Option<String>) -> Result<Option<String>, ApiError> {
     match raw {
         None => Ok(None),
         Some(k)
@@ -388,9 +393,9 @@ fn get_stock_item(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StockQuery {
-    after: Option<String>,
-    limit: Option<u32>,
+pub struct StockQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
 }
 
 fn get_stock(
@@ -429,9 +434,9 @@ fn get_status(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AlertsQuery {
-    all: Option<bool>,
-    limit: Option<u32>,
+pub struct AlertsQuery {
+    pub all: Option<bool>,
+    pub limit: Option<u32>,
 }
 
 /// Open alerts (or all with `?all=true`), newest first. Raised locally, with no network.
@@ -454,9 +459,9 @@ fn get_alerts(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ParkedQuery {
-    after: Option<i64>,
-    limit: Option<u32>,
+pub struct ParkedQuery {
+    pub after: Option<i64>,
+    pub limit: Option<u32>,
 }
 
 /// Movements parked here (never sent, or refused by the hub), oldest first, paged by
@@ -803,6 +808,25 @@ mod tests {
         let count =
             request(serde_json::json!({"kind": "count", "sku": "A", "counted": 0})).unwrap();
         assert_eq!(count.quantity, Quantity::Counted(0));
+    }
+
+    /// Found by fuzz/agent_requests: `i64::MIN.abs()` overflowed (a panic in a debug
+    /// build, an accepted delta of −2^63 in a release one).
+    #[test]
+    fn an_adjustment_of_i64_min_is_refused_not_a_panic() {
+        for qty in [i64::MIN, i64::MIN + 1, -MAX_QUANTITY - 1, i64::MAX] {
+            let err = request(
+                serde_json::json!({"kind": "adjustment", "sku": "A", "qty": qty, "reason": "theft"}),
+            )
+            .unwrap_err();
+            assert_eq!(err.status, 422, "{qty}");
+            assert!(err.message.contains("within"), "{qty}: {}", err.message);
+        }
+        let edge = request(
+            serde_json::json!({"kind": "adjustment", "sku": "A", "qty": -MAX_QUANTITY, "reason": "theft"}),
+        )
+        .unwrap();
+        assert_eq!(edge.quantity, Quantity::Delta(-MAX_QUANTITY));
     }
 
     #[test]

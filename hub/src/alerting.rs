@@ -10,10 +10,10 @@
 //!   is resolved by the same evaluation that finds it cleared.
 //! - Evaluation runs after each ingest commit on every (store, sku) the batch touched
 //!   (duplicates included), before the batch's offsets are stored: a crash re-delivers
-//!   the batch and evaluates again. Reads are batched (about three queries per 250 keys:
-//!   stock with today's sales, forecast bound and derived thresholds; explicit thresholds;
-//!   open alerts — see [`thresholds::key_groups`] for their shape), whatever the batch
-//!   size; writes happen only on a transition.
+//!   the batch and evaluates again. Reads are two statements per 5,000 keys, whatever the
+//!   number of stores the batch spans: stock with today's sales, the forecast bound and
+//!   every threshold level in one, open alerts in the other, each joined from the keys as
+//!   a table (see [`crate::db::push_keys_table`]). Writes happen only on a transition.
 //! - Every raise and resolve writes an `alert_events` row in the same transaction. One
 //!   relay across the hubs (a Redis lease) publishes pending events on `{prefix}alerts`
 //!   in id order, key = store, and stamps them once the broker acknowledged them: delivery
@@ -256,17 +256,13 @@ impl Alerting {
     ) -> Result<Transitions, sqlx::Error> {
         let keys: Vec<(String, String)> = keys.iter().cloned().collect();
         let mut all = Transitions::default();
-        for group in thresholds::key_groups(&keys) {
+        for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
             let now = Utc::now();
-            let facts = self.read_facts(&group, now.date_naive()).await?;
-            let chunk: Vec<(String, String)> = group
-                .iter()
-                .flat_map(|(store, skus)| skus.iter().map(|sku| (store.clone(), sku.clone())))
-                .collect();
-            let open = self.open_for(&chunk).await?;
+            let facts = self.read_facts(chunk, now.date_naive()).await?;
+            let open = self.open_for(chunk).await?;
             let mut raises = Vec::new();
             let mut resolves = Vec::new();
-            for (store, sku) in &chunk {
+            for (store, sku) in chunk {
                 // A touched key with no stock row changed nothing (a duplicate, a parked
                 // message): nothing to judge.
                 let Some(f) = facts.get(&(store.clone(), sku.clone())) else {
@@ -303,11 +299,11 @@ impl Alerting {
         Ok(all)
     }
 
-    /// Stock, today's sales, today's forecast bound and the forecast-derived thresholds in
-    /// one query; the explicit thresholds in one more.
+    /// Stock, today's sales, today's forecast bound, the forecast-derived thresholds and the
+    /// three explicit levels of every key of `keys` that has a stock row, in one statement.
     async fn read_facts(
         &self,
-        group: &[(String, Vec<String>)],
+        keys: &[(String, String)],
         today: NaiveDate,
     ) -> Result<HashMap<(String, String), KeyFacts>, sqlx::Error> {
         let mut q = QueryBuilder::<MySql>::new(
@@ -318,74 +314,77 @@ impl Alerting {
             ", f.first_day), ']')) AS DOUBLE) AS forecast_lo,
                     CAST(JSON_VALUE(f.body, CONCAT('$.hi[', DATEDIFF(",
         );
-        q.push_bind(today).push(
+        q.push_bind(today).push(format!(
             ", f.first_day), ']')) AS DOUBLE) AS forecast_hi,
-                    r.derived_reorder_point, r.derived_max_stock
-             FROM stock s
+                    r.derived_reorder_point, r.derived_max_stock, {}
+             FROM ",
+            thresholds::LEVEL_COLUMNS
+        ));
+        crate::db::push_keys_table(&mut q, "k", thresholds::pairs(keys));
+        q.push(
+            " JOIN stock s ON s.store = k.store AND s.sku = k.sku
              LEFT JOIN daily_sales d ON d.store = s.store AND d.sku = s.sku AND d.day = ",
         );
         q.push_bind(today).push(
             " LEFT JOIN forecasts f ON f.store = s.store AND f.sku = s.sku AND f.first_day <= ",
         );
         q.push_bind(today)
-            .push(" LEFT JOIN reorder_suggestions r ON r.store = s.store AND r.sku = s.sku WHERE ");
-        thresholds::push_key_filter(&mut q, "s.store", "s.sku", group);
+            .push(" LEFT JOIN reorder_suggestions r ON r.store = s.store AND r.sku = s.sku")
+            .push(thresholds::LEVEL_JOINS);
         let mut facts: HashMap<(String, String), KeyFacts> = HashMap::new();
-        let mut derived: HashMap<(String, String), thresholds::Levels> = HashMap::new();
         for r in q.build().fetch_all(&self.pool).await? {
             let key: (String, String) = (r.try_get("store")?, r.try_get("sku")?);
-            if self.with_forecast {
-                derived.insert(
-                    key.clone(),
-                    thresholds::Levels {
-                        reorder_point: r.try_get("derived_reorder_point")?,
-                        max_stock: r.try_get("derived_max_stock")?,
-                    },
-                );
-            }
+            let derived = if self.with_forecast {
+                thresholds::Levels {
+                    reorder_point: r.try_get("derived_reorder_point")?,
+                    max_stock: r.try_get("derived_max_stock")?,
+                }
+            } else {
+                thresholds::Levels::default()
+            };
+            let (exact, chain, store_wide) = thresholds::levels_of(&r)?;
             let forecast_lo: Option<f64> = r.try_get("forecast_lo")?;
             let forecast_hi: Option<f64> = r.try_get("forecast_hi")?;
             facts.insert(
                 key,
                 KeyFacts {
                     on_hand: r.try_get("on_hand")?,
-                    thresholds: thresholds::Effective::default(),
+                    thresholds: thresholds::resolve(exact, chain, store_wide, derived),
                     sold_today: r.try_get("sold_today")?,
                     forecast_lo: forecast_lo.filter(|l| l.is_finite()),
                     forecast_hi: forecast_hi.filter(|h| h.is_finite()),
                 },
             );
         }
-        if facts.is_empty() {
-            return Ok(facts);
-        }
-        let present: Vec<(String, String)> = facts.keys().cloned().collect();
-        for (key, e) in thresholds::effective_given(&self.pool, &present, &derived).await? {
-            if let Some(f) = facts.get_mut(&key) {
-                f.thresholds = e;
-            }
-        }
         Ok(facts)
     }
 
-    /// Open per-key alerts of `chunk`, by open key (found through the unique index; the
-    /// lists stay below MariaDB's IN-to-subquery threshold, see [`thresholds::CHUNK`]).
+    /// Open per-key alerts of `keys`, by open key: each a lookup in the unique index, the
+    /// open keys joined as a table (see [`crate::db::push_strings_table`]).
     async fn open_for(
         &self,
-        chunk: &[(String, String)],
+        keys: &[(String, String)],
     ) -> Result<HashMap<String, Open>, sqlx::Error> {
         let mut open = HashMap::new();
-        for part in chunk.chunks(150) {
-            let mut q = QueryBuilder::<MySql>::new(
-                "SELECT id, store, sku, kind, open_key FROM alerts WHERE open_key IN (",
+        let wanted: Vec<String> = keys
+            .iter()
+            .flat_map(|(store, sku)| {
+                KEY_KINDS
+                    .iter()
+                    .map(move |kind| open_key(kind.as_str(), store, sku))
+            })
+            .collect();
+        for part in wanted.chunks(crate::db::KEYS_PER_STATEMENT) {
+            let mut q =
+                QueryBuilder::<MySql>::new("SELECT a.id, a.store, a.sku, a.kind, a.open_key FROM ");
+            crate::db::push_strings_table(
+                &mut q,
+                "w",
+                "open_key",
+                200,
+                part.iter().map(String::as_str),
             );
-            let mut sep = q.separated(", ");
-            for (store, sku) in part {
-                for kind in KEY_KINDS {
-                    sep.push_bind(open_key(kind.as_str(), store, sku));
-                }
-            }
-            q.push(")");
+            q.push(" JOIN alerts a ON a.open_key = w.open_key");
             for r in q.build().fetch_all(&self.pool).await? {
                 open.insert(
                     r.try_get::<String, _>("open_key")?,
@@ -500,7 +499,7 @@ impl Alerting {
         };
         let rows = sqlx::query(
             "SELECT s.id, GREATEST(s.created_at, COALESCE(s.last_seen_at, s.created_at),
-                                   COALESCE(y.last_applied_at, s.created_at)) AS last_seen,
+                                   COALESCE(y.last_applied_at, s.created_at), COALESCE(y.last_seen_at, s.created_at)) AS last_seen,
                     a.id AS open_id
              FROM stores s
              LEFT JOIN store_sync y ON y.store = s.id

@@ -267,7 +267,7 @@ impl StockCache {
             return;
         };
         let keys: Vec<&(String, String)> = touched.iter().collect();
-        for chunk in keys.chunks(500) {
+        for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
             let figures = match read_figures(pool, chunk).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -299,16 +299,14 @@ async fn read_figures(
     keys: &[&(String, String)],
 ) -> Result<Vec<StockFigure>, sqlx::Error> {
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT store, sku, on_hand, version, updated_at FROM stock WHERE (store, sku) IN (",
+        "SELECT s.store, s.sku, s.on_hand, s.version, s.updated_at FROM ",
     );
-    let mut sep = q.separated(", ");
-    for (store, sku) in keys {
-        sep.push("(")
-            .push_bind_unseparated(store)
-            .push_unseparated(", ")
-            .push_bind_unseparated(sku)
-            .push_unseparated(")");
-    }
-    q.push(")");
+    crate::db::push_keys_table(
+        &mut q,
+        "k",
+        keys.iter()
+            .map(|(store, sku)| (store.as_str(), sku.as_str())),
+    );
+    q.push(" JOIN stock s ON s.store = k.store AND s.sku = k.sku");
     q.build_query_as::<StockFigure>().fetch_all(pool).await
 }

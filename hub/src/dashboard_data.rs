@@ -94,7 +94,7 @@ pub struct DashboardStores {
 
 pub const DASHBOARD_STORES_ROUTE: &str = "dashboard-stores";
 
-const STORE_FIGURES: &str = "SELECT s.id, s.name, s.last_seen_at,
+const STORE_FIGURES: &str = "SELECT s.id, s.name, COALESCE(y.last_seen_at, s.last_seen_at) AS last_seen_at,
         y.last_seq, y.last_hub_seq, y.last_applied_at,
         (SELECT COUNT(*) FROM held_events h WHERE h.store = s.id) AS held,
         (SELECT COUNT(*) FROM parked_events p WHERE p.store = s.id AND p.resolved_at IS NULL) AS parked,

@@ -521,13 +521,14 @@ async fn histories(
     to: NaiveDate,
 ) -> Result<HashMap<(String, String), Vec<f64>>, sqlx::Error> {
     let mut days: HashMap<(String, String), Vec<(NaiveDate, i64)>> = HashMap::new();
-    for group in crate::thresholds::key_groups(keys) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT store, sku, day, qty FROM daily_sales WHERE day BETWEEN ",
-        );
-        q.push_bind(from).push(" AND ").push_bind(to).push(" AND ");
-        crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
-        q.push(" ORDER BY store, sku, day");
+    for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new("SELECT d.store, d.sku, d.day, d.qty FROM ");
+        crate::db::push_keys_table(&mut q, "k", crate::thresholds::pairs(chunk));
+        q.push(" JOIN daily_sales d ON d.store = k.store AND d.sku = k.sku AND d.day BETWEEN ")
+            .push_bind(from)
+            .push(" AND ")
+            .push_bind(to);
+        q.push(" ORDER BY d.store, d.sku, d.day");
         for r in q.build().fetch_all(pool).await? {
             days.entry((r.try_get("store")?, r.try_get("sku")?))
                 .or_default()
@@ -589,9 +590,10 @@ async fn on_hand(
     keys: &[(String, String)],
 ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
     let mut found = HashMap::new();
-    for group in crate::thresholds::key_groups(keys) {
-        let mut q = QueryBuilder::<MySql>::new("SELECT store, sku, on_hand FROM stock WHERE ");
-        crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
+    for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new("SELECT s.store, s.sku, s.on_hand FROM ");
+        crate::db::push_keys_table(&mut q, "k", crate::thresholds::pairs(chunk));
+        q.push(" JOIN stock s ON s.store = k.store AND s.sku = k.sku");
         for r in q.build().fetch_all(pool).await? {
             found.insert(
                 (r.try_get("store")?, r.try_get("sku")?),
@@ -625,12 +627,12 @@ async fn write_page(
             .iter()
             .map(|p| (p.store.clone(), p.sku.clone()))
             .collect();
-        for group in crate::thresholds::key_groups(&keys) {
+        for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
             let mut q = QueryBuilder::<MySql>::new(
-                "SELECT store, sku, derived_reorder_point, derived_max_stock FROM reorder_suggestions WHERE ",
+                "SELECT r.store, r.sku, r.derived_reorder_point, r.derived_max_stock FROM ",
             );
-            crate::thresholds::push_key_filter(&mut q, "store", "sku", &group);
-            q.push(" FOR UPDATE");
+            crate::db::push_keys_table(&mut q, "k", crate::thresholds::pairs(chunk));
+            q.push(" JOIN reorder_suggestions r ON r.store = k.store AND r.sku = k.sku FOR UPDATE");
             for r in q.build().fetch_all(&mut *tx).await? {
                 previous.insert(
                     (r.try_get("store")?, r.try_get("sku")?),

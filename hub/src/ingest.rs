@@ -204,9 +204,13 @@ pub async fn run(
             }
         };
         metrics.record(&outcome);
-        cache.refresh(&pool, &outcome.touched).await;
-        // Before the offsets: a crash re-delivers the batch and evaluates again.
-        alerting.after_change(&outcome.touched).await;
+        // Both before the offsets (a crash re-delivers the batch, which refreshes and
+        // evaluates again), side by side: they read different rows and write nothing ingest
+        // reads.
+        tokio::join!(
+            cache.refresh(&pool, &outcome.touched),
+            alerting.after_change(&outcome.touched)
+        );
         if let Err(e) = store_offsets(&consumer, &batch) {
             tracing::warn!(error = %e, "could not store offsets; the batch will be re-delivered and skipped as duplicates");
         }
@@ -320,6 +324,11 @@ fn store_offsets(
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     }
     consumer.store_offsets(&list)
+}
+
+/// The ledger's unique id refused a row (1062 on `movements_id`).
+fn is_reused_id(e: &sqlx::Error) -> bool {
+    mysql_error_number(e) == Some(1062) && e.to_string().contains("movements_id")
 }
 
 pub(crate) fn is_retryable_conflict(e: &sqlx::Error) -> bool {
@@ -533,11 +542,18 @@ async fn apply_once(
 ) -> Result<BatchOutcome, ApplyError> {
     use futures::FutureExt;
     let mut attempt = 0;
+    // Ids are unique by construction (UUIDs), so the ledger is first written without asking
+    // which ids it already holds: that question costs as much as the insert itself at 2,000
+    // stores a batch. An id already in the ledger then fails the insert (1062 on
+    // `movements_id`), and the batch is applied again with the question asked, which parks
+    // the reused id (`id_reused`) and applies the rest.
+    let mut check_ids = false;
     loop {
         let mut tx = crate::db::begin_read_committed(pool).await?;
-        let applied = std::panic::AssertUnwindSafe(apply_in(&mut tx, batch, refused, limits))
-            .catch_unwind()
-            .await;
+        let applied =
+            std::panic::AssertUnwindSafe(apply_in(&mut tx, batch, refused, limits, check_ids))
+                .catch_unwind()
+                .await;
         let result = match applied {
             Ok(Ok(outcome)) => tx.commit().await.map(|()| outcome),
             Ok(Err(e)) => {
@@ -556,6 +572,10 @@ async fn apply_once(
         };
         match result {
             Ok(outcome) => return Ok(outcome),
+            Err(e) if !check_ids && is_reused_id(&e) => {
+                check_ids = true;
+                tracing::info!("an id of the batch is already in the ledger; applying it again with the ids checked");
+            }
             Err(e) if is_retryable_conflict(&e) && attempt < 10 => {
                 attempt += 1;
                 tracing::info!(attempt, "deadlock; retrying the batch");
@@ -588,6 +608,7 @@ async fn apply_in(
     batch: &[RawMessage],
     refused: &HashMap<Position, String>,
     limits: &Limits,
+    check_ids: bool,
 ) -> Result<BatchOutcome, sqlx::Error> {
     let now = Utc::now();
     let mut parked: Vec<Parked> = Vec::new();
@@ -662,9 +683,11 @@ async fn apply_in(
         for row in q.build().fetch_all(&mut **tx).await? {
             held_from.insert(row.try_get("store")?, row.try_get("first")?);
         }
-        // Ids the ledger already holds among the messages that may be applied.
+        // Ids the ledger already holds among the messages that may be applied (asked only
+        // once the optimistic insert met one, see `apply_once`).
         let candidates: Vec<String> = by_store
             .iter()
+            .filter(|_| check_ids)
             .flat_map(|(store, ms)| {
                 let last = watermarks.get(store).copied().unwrap_or(u64::MAX);
                 ms.iter()
@@ -691,7 +714,7 @@ async fn apply_in(
     };
     let mut holds: Vec<(Envelope, Vec<u8>)> = Vec::new();
     let mut drained_held: Vec<(String, u64)> = Vec::new();
-    let mut new_watermarks: Vec<(String, u64, Option<DateTime<Utc>>)> = Vec::new();
+    let mut new_watermarks: Vec<(String, u64, Option<DateTime<Utc>>, bool)> = Vec::new();
     let no_refusals = HashMap::new();
     for (store, mut messages) in by_store {
         let (Some(last_seq), Some(key)) = (watermarks.get(&store).copied(), keys.get(&store))
@@ -755,9 +778,10 @@ async fn apply_in(
         if held_from.contains_key(&store) && plan.last_seq > last_seq {
             drained_held.push((store.clone(), plan.last_seq));
         }
-        if plan.last_seq != last_seq || latest_event.is_some() {
-            new_watermarks.push((store, plan.last_seq, latest_event));
-        }
+        // Every store of the batch: its row says when the hub last heard from it, and,
+        // when something was applied, up to where and when.
+        let applied = plan.last_seq != last_seq || latest_event.is_some();
+        new_watermarks.push((store, plan.last_seq, latest_event, applied));
     }
 
     write_ledger(tx, &ledger, now).await?;
@@ -787,25 +811,22 @@ async fn apply_in(
     for chunk in new_watermarks.chunks(INSERT_CHUNK) {
         // One statement for every store of the batch; the rows exist and are locked above.
         let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO store_sync (store, last_seq, last_applied_at, last_event_at) ",
+            "INSERT INTO store_sync (store, last_seq, last_applied_at, last_event_at, last_seen_at) ",
         );
-        q.push_values(chunk, |mut b, (store, last, latest_event)| {
+        q.push_values(chunk, |mut b, (store, last, latest_event, applied)| {
             b.push_bind(store)
                 .push_bind(*last)
-                .push_bind(now)
-                .push_bind(*latest_event);
+                .push_bind(applied.then_some(now))
+                .push_bind(*latest_event)
+                .push_bind(now);
         });
         q.push(
-            " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq), last_applied_at = VALUES(last_applied_at),
+            " ON DUPLICATE KEY UPDATE last_seq = VALUES(last_seq),
+              last_applied_at = COALESCE(VALUES(last_applied_at), last_applied_at),
               last_event_at = IF(VALUES(last_event_at) IS NULL, COALESCE(last_event_at, VALUES(last_applied_at)),
-                                 GREATEST(COALESCE(last_event_at, VALUES(last_event_at)), VALUES(last_event_at)))",
+                                 GREATEST(COALESCE(last_event_at, VALUES(last_event_at)), VALUES(last_event_at))),
+              last_seen_at = VALUES(last_seen_at)",
         );
-        q.build().execute(&mut **tx).await?;
-    }
-    if !stores.is_empty() {
-        let mut q = QueryBuilder::<MySql>::new("UPDATE stores SET last_seen_at = ");
-        q.push_bind(now).push(" WHERE id IN (");
-        push_in(&mut q, &stores);
         q.build().execute(&mut **tx).await?;
     }
     outcome.parked = parked.len();

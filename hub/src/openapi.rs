@@ -666,6 +666,245 @@ pub fn document(operations: &[Operation]) -> Value {
     })
 }
 
+/// The documented routes, read back from the rendered document, for what the router
+/// alone cannot say: which methods a path takes (405 with `Allow`) and what is wrong with a
+/// query string, parameter by parameter (422).
+pub struct RouteTable {
+    routes: Vec<DocumentedRoute>,
+}
+
+struct DocumentedRoute {
+    method: String,
+    /// `None` for a `{parameter}` segment.
+    segments: Vec<Option<String>>,
+    query: Vec<QueryParam>,
+}
+
+struct QueryParam {
+    name: String,
+    required: bool,
+    schema: Value,
+}
+
+/// What [`RouteTable::explain`] makes of a request no route took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explanation {
+    /// No documented path matches.
+    UnknownPath,
+    /// The path is documented, not with this method; `allow` lists its methods.
+    WrongMethod { allow: String },
+    /// Method and path are documented; this is what is wrong with the query string.
+    BadQuery(String),
+    /// Method and path are documented and the query is what they take.
+    Nothing,
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.strip_prefix('/').unwrap_or(path).split('/').collect()
+}
+
+impl RouteTable {
+    /// The table of a document [`document`] rendered.
+    pub fn of(document: &Value) -> RouteTable {
+        let resolve = |schema: &Value| -> Value {
+            let Some(name) = schema
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            else {
+                return schema.clone();
+            };
+            document["components"]["schemas"][name].clone()
+        };
+        let mut routes = Vec::new();
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let query = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "query")
+                    .map(|p| QueryParam {
+                        name: p["name"].as_str().unwrap_or_default().to_owned(),
+                        required: p["required"] == true,
+                        schema: resolve(&p["schema"]),
+                    })
+                    .collect();
+                routes.push(DocumentedRoute {
+                    method: method.to_ascii_uppercase(),
+                    segments: segments(path)
+                        .into_iter()
+                        .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
+                        .collect(),
+                    query,
+                });
+            }
+        }
+        RouteTable { routes }
+    }
+
+    /// Which documented operation `method path?query` is, and what is wrong with it.
+    pub fn explain(&self, method: &str, path: &str, query: &str) -> Explanation {
+        let asked = segments(path);
+        let on_path: Vec<&DocumentedRoute> = self
+            .routes
+            .iter()
+            .filter(|r| {
+                r.segments.len() == asked.len()
+                    && r.segments.iter().zip(&asked).all(|(t, s)| match t {
+                        Some(literal) => literal == s,
+                        None => !s.is_empty(),
+                    })
+            })
+            .collect();
+        if on_path.is_empty() {
+            return Explanation::UnknownPath;
+        }
+        let Some(route) = on_path.iter().find(|r| r.method == method) else {
+            let methods: std::collections::BTreeSet<&str> =
+                on_path.iter().map(|r| r.method.as_str()).collect();
+            return Explanation::WrongMethod {
+                allow: methods.into_iter().collect::<Vec<_>>().join(", "),
+            };
+        };
+        match query_problems(&route.query, query) {
+            Some(problems) => Explanation::BadQuery(problems),
+            None => Explanation::Nothing,
+        }
+    }
+}
+
+/// Everything wrong with `raw` for an operation taking `params`, one clause per problem;
+/// `None` when nothing is.
+fn query_problems(params: &[QueryParam], raw: &str) -> Option<String> {
+    let taken = || {
+        if params.is_empty() {
+            "this route takes no query parameters".to_owned()
+        } else {
+            let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            format!("this route takes {}", names.join(", "))
+        }
+    };
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(raw) {
+        Ok(pairs) => pairs,
+        Err(e) => return Some(format!("not a form-encoded query string ({e})")),
+    };
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for (name, value) in &pairs {
+        *seen.entry(name.as_str()).or_default() += 1;
+        match params.iter().find(|p| &p.name == name) {
+            None => problems.push(format!("unknown parameter `{name}` ({})", taken())),
+            Some(param) => {
+                if let Some(why) = value_problem(&param.schema, value) {
+                    problems.push(format!("`{name}` {why}, not `{}`", shorten(value)));
+                }
+            }
+        }
+    }
+    for (name, count) in &seen {
+        if *count > 1 && params.iter().any(|p| p.name == *name) {
+            problems.push(format!("`{name}` is given {count} times; give it once"));
+        }
+    }
+    for param in params {
+        if param.required && !seen.contains_key(param.name.as_str()) {
+            problems.push(format!(
+                "the required parameter `{}` is missing",
+                param.name
+            ));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn shorten(value: &str) -> String {
+    let mut short: String = value.chars().take(64).collect();
+    if short.len() < value.len() {
+        short.push('…');
+    }
+    short
+}
+
+/// Why `value` is not of `schema` (the subset of JSON Schema the hub's query types use:
+/// type, bounds, lengths, the identifier pattern, enums, RFC 3339 times), or `None`.
+fn value_problem(schema: &Value, value: &str) -> Option<String> {
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.iter().any(|a| a.as_str() == Some(value)) {
+            let names: Vec<String> = allowed
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|a| format!("`{a}`"))
+                .collect();
+            return Some(format!("must be one of {}", names.join(", ")));
+        }
+    }
+    let range = || match (
+        schema.get("minimum").and_then(Value::as_f64),
+        schema.get("maximum").and_then(Value::as_f64),
+    ) {
+        (Some(min), Some(max)) => format!(" from {min} to {max}"),
+        (Some(min), None) => format!(" of at least {min}"),
+        (None, Some(max)) => format!(" of at most {max}"),
+        (None, None) => String::new(),
+    };
+    let in_range = |n: f64| {
+        schema
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_none_or(|min| n >= min)
+            && schema
+                .get("maximum")
+                .and_then(Value::as_f64)
+                .is_none_or(|max| n <= max)
+    };
+    match schema.get("type").and_then(Value::as_str) {
+        Some("integer") => match value.parse::<i128>() {
+            Ok(n) if in_range(n as f64) => None,
+            _ => Some(format!("must be an integer{}", range())),
+        },
+        Some("number") => match value.parse::<f64>() {
+            Ok(n) if n.is_finite() && in_range(n) => None,
+            _ => Some(format!("must be a number{}", range())),
+        },
+        Some("boolean") => {
+            (!matches!(value, "true" | "false")).then(|| "must be `true` or `false`".to_owned())
+        }
+        Some("string") => {
+            let chars = value.chars().count() as u64;
+            if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
+                if chars < min {
+                    return Some(format!("must be at least {min} characters"));
+                }
+            }
+            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
+                if chars > max {
+                    return Some(format!("must be at most {max} characters"));
+                }
+            }
+            if schema.get("pattern").and_then(Value::as_str) == Some(IDENTIFIER_PATTERN)
+                && !is_identifier(value)
+            {
+                return Some(format!("must match {IDENTIFIER_PATTERN}"));
+            }
+            if schema.get("format").and_then(Value::as_str) == Some("date-time")
+                && chrono::DateTime::parse_from_rfc3339(value).is_err()
+            {
+                return Some("must be an RFC 3339 time".to_owned());
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn is_identifier(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +967,64 @@ mod tests {
             "Opaque position from `next_cursor`."
         );
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+
+    #[test]
+    fn the_route_table_names_the_methods_of_a_path_and_each_bad_query_parameter() {
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct PageQuery {
+            #[schemars(range(min = 1, max = 1000))]
+            limit: Option<u32>,
+            #[schemars(pattern(IDENTIFIER_PATTERN))]
+            store: String,
+        }
+        let list = Operation::get("/v1/things/{store}", "list", "List")
+            .path_param("store", "The store")
+            .query::<PageQuery>()
+            .json::<Thing>(200, "ok");
+        let delete = Operation::delete("/v1/things/{store}", "drop", "Drop")
+            .path_param("store", "The store")
+            .json::<Thing>(200, "ok");
+        let table = RouteTable::of(&document(&[list, delete]));
+        assert_eq!(
+            table.explain("GET", "/v1/nothing", ""),
+            Explanation::UnknownPath
+        );
+        assert_eq!(
+            table.explain("GET", "/v1/things/", ""),
+            Explanation::UnknownPath
+        );
+        assert_eq!(
+            table.explain("PUT", "/v1/things/S1", "x=1"),
+            Explanation::WrongMethod {
+                allow: "DELETE, GET".into()
+            }
+        );
+        assert_eq!(
+            table.explain("GET", "/v1/things/S1", "store=S1&limit=10"),
+            Explanation::Nothing
+        );
+        let Explanation::BadQuery(why) =
+            table.explain("GET", "/v1/things/S1", "limit=0&limit=x&store=a%20b&y=")
+        else {
+            panic!("a bad query");
+        };
+        for part in [
+            "`limit` must be an integer from 1 to 1000, not `0`",
+            "`limit` is given 2 times",
+            "`store` must match",
+            "unknown parameter `y` (this route takes limit, store)",
+        ] {
+            assert!(why.contains(part), "{part}: {why}");
+        }
+        let Explanation::BadQuery(why) = table.explain("GET", "/v1/things/S1", "") else {
+            panic!("a missing parameter");
+        };
+        assert!(
+            why.contains("the required parameter `store` is missing"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -42,8 +42,7 @@ pub struct Counter {
 impl Counter {
     /// Locks `store`'s counter row for the rest of the transaction.
     pub async fn lock(conn: &mut MySqlConnection, store: &StoreId) -> Result<Counter, OutboxError> {
-        // Only the counter row is locked; the key is a plain read (it never changes), so
-        // the `stores` row stays free for ingest's `last_seen_at`.
+        // Only the counter row is locked; the key is a plain read (it never changes).
         let last_hub_seq: Option<u64> =
             sqlx::query_scalar("SELECT last_hub_seq FROM store_sync WHERE store = ? FOR UPDATE")
                 .bind(store.as_str())

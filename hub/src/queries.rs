@@ -111,7 +111,7 @@ pub async fn stores_page(
         None => None,
     };
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT s.id, s.name, s.created_at, s.last_seen_at,
+        "SELECT s.id, s.name, s.created_at, COALESCE(y.last_seen_at, s.last_seen_at) AS last_seen_at,
                 y.last_seq, y.last_hub_seq, y.last_event_at, y.last_applied_at,
                 (SELECT COUNT(*) FROM held_events h WHERE h.store = s.id) AS held,
                 (SELECT COUNT(*) FROM parked_events p WHERE p.store = s.id AND p.resolved_at IS NULL) AS parked

@@ -9,9 +9,15 @@
 //!   with `"status": "degraded"`: the hub goes on serving (reads fall back to the primary,
 //!   stock to MySQL, ingest waits for the broker), and every instance shares those
 //!   dependencies, so failing readiness on them would take the whole fleet out of the
-//!   balancer for what is a slowdown (DESIGN §7: Redis down means no 5xx).
+//!   balancer for what is a slowdown (DESIGN §7: Redis down means no 5xx);
+//! - ingest is checked only in a hub that runs it (`bazaar-hub serve` starts it; a hub
+//!   built without it, as the API tests build theirs, has no ingest check): not running,
+//!   or applying nothing for [`INGEST_STALL`] while messages wait, is `degraded`;
+//! - anyone may ask, and gets the status alone (`{"status": "ready"}`); what each check
+//!   found, which names hosts and settings, is for the admin token ([`Readiness::summary`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,15 +32,18 @@ use crate::startup::Hub;
 /// The deadline of each check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Ingest that has applied nothing for this long while messages wait for it is stalled.
+pub const INGEST_STALL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Every check passed.
     Ready,
     /// A check that is not required failed: the hub serves, with less.
     Degraded,
     /// A required check failed: route requests elsewhere.
-    Unready,
+    NotReady,
 }
 
 /// One dependency's outcome.
@@ -51,32 +60,50 @@ pub struct Check {
     /// What to do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// What the check saw when it passed, where there is something to say (ingest: the
+    /// age of the last batch and the messages behind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The body of `/readyz`, 200 or 503.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Readiness {
     pub status: Status,
-    /// By dependency: `mysql`, `mysql_replica` (when configured), `redis`, `kafka`.
-    pub checks: BTreeMap<String, Check>,
+    /// By dependency: `mysql`, `mysql_replica` (when configured), `redis`, `kafka`,
+    /// `ingest` (when this hub runs it). Only with the admin token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<String, Check>>,
 }
 
 impl Readiness {
     pub fn from_checks(checks: BTreeMap<String, Check>) -> Readiness {
         let status = if checks.values().any(|c| c.required && !c.ok) {
-            Status::Unready
+            Status::NotReady
         } else if checks.values().any(|c| !c.ok) {
             Status::Degraded
         } else {
             Status::Ready
         };
-        Readiness { status, checks }
+        Readiness {
+            status,
+            checks: Some(checks),
+        }
+    }
+
+    /// What an anonymous caller gets: the status, without the checks (they name hosts,
+    /// settings and errors).
+    pub fn summary(self) -> Readiness {
+        Readiness {
+            checks: None,
+            ..self
+        }
     }
 
     /// 503 only when a required check failed.
     pub fn http_status(&self) -> u16 {
         match self.status {
-            Status::Unready => 503,
+            Status::NotReady => 503,
             Status::Ready | Status::Degraded => 200,
         }
     }
@@ -93,6 +120,7 @@ fn check(required: bool, started: Instant, outcome: Outcome) -> Check {
             took_ms,
             error: None,
             fix: None,
+            detail: None,
         },
         Err((error, fix)) => Check {
             ok: false,
@@ -100,6 +128,7 @@ fn check(required: bool, started: Instant, outcome: Outcome) -> Check {
             took_ms,
             error: Some(error),
             fix: Some(fix),
+            detail: None,
         },
     }
 }
@@ -126,7 +155,76 @@ pub async fn assess(hub: &Hub) -> Readiness {
     }
     checks.insert("redis".to_owned(), redis);
     checks.insert("kafka".to_owned(), kafka);
+    if let Some(ingest) = ingest(hub) {
+        checks.insert("ingest".to_owned(), ingest);
+    }
     Readiness::from_checks(checks)
+}
+
+/// What ingest is doing in this hub; `None` when this hub never started it.
+fn ingest(hub: &Hub) -> Option<Check> {
+    let counters = &hub.ingest;
+    let started_ms = counters.started_ms.load(Ordering::Relaxed);
+    if started_ms == 0 {
+        return None;
+    }
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+    let last_batch_ms = counters.last_batch_ms.load(Ordering::Relaxed);
+    let behind: Option<i64> = counters
+        .lag()
+        .latest()
+        .map(|(_, partitions)| partitions.values().map(|p| p.lag().max(0)).sum());
+    let outcome = ingest_outcome(IngestState {
+        running: counters.running.load(Ordering::Relaxed),
+        since_start: Duration::from_millis(now_ms.saturating_sub(started_ms)),
+        since_last_batch: (last_batch_ms > 0)
+            .then(|| Duration::from_millis(now_ms.saturating_sub(last_batch_ms))),
+        behind,
+    });
+    let (result, detail) = match outcome {
+        Ok(detail) => (Ok(()), Some(detail)),
+        Err(failure) => (Err(failure), None),
+    };
+    let mut check = check(false, Instant::now(), result);
+    check.detail = detail;
+    Some(check)
+}
+
+/// What the ingest check reads.
+#[derive(Debug, Clone, Copy)]
+struct IngestState {
+    running: bool,
+    since_start: Duration,
+    since_last_batch: Option<Duration>,
+    /// Messages in this hub's partitions not consumed yet (`None` before librdkafka's
+    /// first statistics).
+    behind: Option<i64>,
+}
+
+/// `Ok(detail)` or `Err((error, fix))`.
+fn ingest_outcome(state: IngestState) -> Result<String, (String, String)> {
+    if !state.running {
+        return Err((
+            "ingest is not running in this hub: it waits for the broker, or it stopped".to_owned(),
+            "see the hub's log (`ingest`, `broker not ready`); check BAZAAR_HUB_KAFKA_BROKERS and BAZAAR_HUB_KAFKA_PROPERTIES; movements wait in Kafka meanwhile".to_owned(),
+        ));
+    }
+    let idle = state.since_last_batch.unwrap_or(state.since_start);
+    let last = match state.since_last_batch {
+        Some(age) => format!("last batch {} s ago", age.as_secs()),
+        None => "no batch applied yet".to_owned(),
+    };
+    let behind = match state.behind {
+        Some(n) => format!("{n} messages behind"),
+        None => "lag not sampled yet".to_owned(),
+    };
+    match state.behind {
+        Some(n) if n > 0 && idle > INGEST_STALL => Err((
+            format!("ingest has applied nothing for {} s while {n} messages wait", idle.as_secs()),
+            "see the hub's log for the batch it is stuck on (`ingest`, `transient`); check that MySQL takes writes; `bazaar_hub_ingest_lag_messages` in /metrics shows the partitions".to_owned(),
+        )),
+        _ => Ok(format!("running; {last}; {behind}")),
+    }
 }
 
 async fn mysql_primary(hub: &Hub) -> Outcome {
@@ -233,6 +331,7 @@ async fn kafka(hub: &Hub) -> Outcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -267,11 +366,54 @@ mod tests {
         let unready = of(&[("mysql", false, true), ("redis", true, false)]);
         assert_eq!(
             (unready.status, unready.http_status()),
-            (Status::Unready, 503)
+            (Status::NotReady, 503)
         );
         let json = serde_json::to_value(&unready).unwrap();
-        assert_eq!(json["status"], "unready");
+        assert_eq!(json["status"], "not_ready");
         assert_eq!(json["checks"]["mysql"]["fix"], "start it");
         assert!(json["checks"]["redis"].get("error").is_none());
+        // The anonymous view: the status alone.
+        let summary = unready.summary();
+        assert_eq!(summary.http_status(), 503);
+        assert_eq!(
+            serde_json::to_value(&summary).unwrap(),
+            serde_json::json!({"status": "not_ready"})
+        );
+    }
+
+    fn state(running: bool, last_batch_secs: Option<u64>, behind: Option<i64>) -> IngestState {
+        IngestState {
+            running,
+            since_start: Duration::from_secs(3600),
+            since_last_batch: last_batch_secs.map(Duration::from_secs),
+            behind,
+        }
+    }
+
+    #[test]
+    fn ingest_is_degraded_when_stopped_or_stalled_behind_not_when_idle() {
+        // Stopped (waiting for the broker, or ended).
+        let stopped = ingest_outcome(state(false, Some(1), Some(0))).unwrap_err();
+        assert!(stopped.0.contains("not running"), "{stopped:?}");
+        assert!(
+            stopped.1.contains("BAZAAR_HUB_KAFKA_BROKERS"),
+            "{stopped:?}"
+        );
+        // Idle chain: nothing to apply, however old the last batch.
+        let idle = ingest_outcome(state(true, Some(7200), Some(0))).unwrap();
+        assert!(
+            idle.contains("last batch 7200 s ago") && idle.contains("0 messages behind"),
+            "{idle}"
+        );
+        // Messages waiting and nothing applied for longer than the stall bound.
+        let stalled = ingest_outcome(state(true, Some(INGEST_STALL.as_secs() + 1), Some(12)));
+        assert!(stalled.unwrap_err().0.contains("12 messages wait"));
+        // Behind but applying.
+        assert!(ingest_outcome(state(true, Some(2), Some(500))).is_ok());
+        // Started an hour ago, never applied, messages waiting: stalled.
+        assert!(ingest_outcome(state(true, None, Some(3))).is_err());
+        // Before the first lag sample nothing says it is behind.
+        let unsampled = ingest_outcome(state(true, None, None)).unwrap();
+        assert!(unsampled.contains("no batch applied yet"), "{unsampled}");
     }
 }

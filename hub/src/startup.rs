@@ -47,6 +47,8 @@ pub struct Hub {
     pub forecasts: crate::forecast_job::ForecastJobs,
     /// The outbox relay's counters (`/metrics`).
     pub relay: Arc<crate::relay::RelayStats>,
+    /// Whom recently seen store tokens belong to (`crate::stores::TOKEN_CACHE_TTL`).
+    pub tokens: crate::stores::TokenCache,
 }
 
 impl Hub {
@@ -80,6 +82,9 @@ pub struct IngestCounters {
     pub running: Arc<std::sync::atomic::AtomicBool>,
     /// Unix milliseconds of the last batch applied (0: none yet).
     pub last_batch_ms: Arc<AtomicU64>,
+    /// Unix milliseconds when this process started ingest (0: it does not run it), for
+    /// `/readyz`.
+    pub started_ms: Arc<AtomicU64>,
     lag: crate::metrics::IngestLag,
 }
 
@@ -177,6 +182,10 @@ pub async fn build(config: HubConfig) -> anyhow::Result<Arc<Hub>> {
         reads,
         consumed,
         relay: Arc::default(),
+        tokens: crate::stores::TokenCache::new(
+            crate::stores::TOKEN_CACHE_TTL,
+            crate::stores::TOKEN_CACHE_CAPACITY,
+        ),
     }))
 }
 
@@ -286,6 +295,10 @@ fn spawn_intelligence(
 /// so this is a bug) ends the process non-zero, for its supervisor (systemd, Kubernetes)
 /// to start it again, rather than leaving a hub that serves HTTP and applies nothing.
 async fn supervise_ingest(hub: Arc<Hub>, stop: watch::Receiver<bool>) {
+    hub.ingest.started_ms.store(
+        chrono::Utc::now().timestamp_millis().max(1) as u64,
+        Ordering::Relaxed,
+    );
     let running = hub.ingest.running.clone();
     let task = tokio::spawn(consume(hub, stop));
     if let Err(e) = task.await {

@@ -441,8 +441,9 @@ pub async fn announce(
     Ok(())
 }
 
-/// The effective thresholds of each (store, sku) in `keys`, in a few queries however many
-/// keys there are. Keys where nothing is in force are absent.
+/// The effective thresholds of each (store, sku) in `keys`, in one statement per
+/// [`crate::db::KEYS_PER_STATEMENT`] keys (two with forecast-derived levels). Keys where
+/// nothing is in force are absent.
 pub async fn effective_for(
     pool: &MySqlPool,
     keys: &[(String, String)],
@@ -450,11 +451,12 @@ pub async fn effective_for(
 ) -> Result<HashMap<(String, String), Effective>, sqlx::Error> {
     let mut derived: HashMap<(String, String), Levels> = HashMap::new();
     if with_forecast {
-        for group in key_groups(keys) {
+        for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
             let mut q = QueryBuilder::<MySql>::new(
-                "SELECT store, sku, derived_reorder_point, derived_max_stock FROM reorder_suggestions WHERE ",
+                "SELECT r.store, r.sku, r.derived_reorder_point, r.derived_max_stock FROM ",
             );
-            push_key_filter(&mut q, "store", "sku", &group);
+            crate::db::push_keys_table(&mut q, "k", pairs(chunk));
+            q.push(" JOIN reorder_suggestions r ON r.store = k.store AND r.sku = k.sku");
             for r in q.build().fetch_all(pool).await? {
                 derived.insert(
                     (r.try_get("store")?, r.try_get("sku")?),
@@ -469,123 +471,63 @@ pub async fn effective_for(
     effective_given(pool, keys, &derived).await
 }
 
-/// Keys per query (see [`key_groups`]).
-pub const CHUNK: usize = 250;
-/// Stores per query (see [`key_groups`]).
-const STORES_PER_QUERY: usize = 16;
-
-/// Splits (store, sku) keys into groups of at most [`CHUNK`] keys and 16 stores, each to be
-/// matched by [`push_key_filter`]. Why not `(store, sku) IN ((…), …)`: MariaDB plans a
-/// row-value IN list in time that grows faster than its length (0.8 ms for 25 pairs, 100 ms
-/// for 250, measured on 10.11), and turns lists of 1000 scalars or more into a materialized
-/// table joined by a full scan (`in_predicate_conversion_threshold`), whereas
-/// `store = ? AND sku IN (…)` per store stays a cheap range on the primary key.
-pub fn key_groups(keys: &[(String, String)]) -> Vec<Vec<(String, Vec<String>)>> {
-    let mut by_store: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (store, sku) in keys {
-        by_store
-            .entry(store.as_str())
-            .or_default()
-            .push(sku.as_str());
-    }
-    let mut groups: Vec<Vec<(String, Vec<String>)>> = Vec::new();
-    let mut current: Vec<(String, Vec<String>)> = Vec::new();
-    let mut size = 0;
-    for (store, skus) in by_store {
-        for part in skus.chunks(CHUNK) {
-            if size + part.len() > CHUNK || current.len() == STORES_PER_QUERY {
-                groups.push(std::mem::take(&mut current));
-                size = 0;
-            }
-            size += part.len();
-            current.push((
-                store.to_owned(),
-                part.iter().map(|s| (*s).to_owned()).collect(),
-            ));
-        }
-    }
-    if !current.is_empty() {
-        groups.push(current);
-    }
-    groups
+/// The keys as `(&str, &str)`, for [`crate::db::push_keys_table`].
+pub fn pairs(keys: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    keys.iter()
+        .map(|(store, sku)| (store.as_str(), sku.as_str()))
 }
 
-/// Appends `((store_col = ? AND sku_col IN (?, …)) OR …)` for one group of [`key_groups`].
-pub fn push_key_filter(
-    q: &mut QueryBuilder<'_, MySql>,
-    store_col: &str,
-    sku_col: &str,
-    group: &[(String, Vec<String>)],
-) {
-    q.push("(");
-    for (i, (store, skus)) in group.iter().enumerate() {
-        if i > 0 {
-            q.push(" OR ");
-        }
-        q.push(format!("({store_col} = "))
-            .push_bind(store.clone())
-            .push(format!(" AND {sku_col} IN ("));
-        let mut sep = q.separated(", ");
-        for sku in skus {
-            sep.push_bind(sku.clone());
-        }
-        q.push("))");
-    }
-    q.push(")");
+/// The three explicit levels of a key as columns of one row: the statement fragment
+/// `LEFT JOIN`s them onto a keys table `k` (see [`crate::db::push_keys_table`]) and
+/// [`levels_of`] reads them back.
+pub const LEVEL_JOINS: &str = " LEFT JOIN thresholds te ON te.store = k.store AND te.sku = k.sku
+     LEFT JOIN thresholds tc ON tc.store = '' AND tc.sku = k.sku
+     LEFT JOIN thresholds ts ON ts.store = k.store AND ts.sku = ''";
+/// The columns [`LEVEL_JOINS`] brings, for the `SELECT` list.
+pub const LEVEL_COLUMNS: &str = "te.reorder_point AS te_rp, te.max_stock AS te_ms,
+     tc.reorder_point AS tc_rp, tc.max_stock AS tc_ms,
+     ts.reorder_point AS ts_rp, ts.max_stock AS ts_ms";
+
+/// The explicit levels of a row selected with [`LEVEL_COLUMNS`]: (store and sku, chain-wide
+/// sku, store-wide).
+pub fn levels_of(r: &sqlx::mysql::MySqlRow) -> Result<(Levels, Levels, Levels), sqlx::Error> {
+    let level = |rp: &str, ms: &str| -> Result<Levels, sqlx::Error> {
+        Ok(Levels {
+            reorder_point: r.try_get(rp)?,
+            max_stock: r.try_get(ms)?,
+        })
+    };
+    Ok((
+        level("te_rp", "te_ms")?,
+        level("tc_rp", "tc_ms")?,
+        level("ts_rp", "ts_ms")?,
+    ))
 }
 
-/// [`effective_for`] with the forecast level supplied by the caller (empty: not in force),
-/// for callers that read it along with other figures.
+/// The effective thresholds of `keys` given their forecast-derived levels, one statement
+/// per [`crate::db::KEYS_PER_STATEMENT`] keys.
 pub async fn effective_given(
     pool: &MySqlPool,
     keys: &[(String, String)],
     derived: &HashMap<(String, String), Levels>,
 ) -> Result<HashMap<(String, String), Effective>, sqlx::Error> {
     let mut found = HashMap::new();
-    for chunk in keys.chunks(CHUNK) {
-        // Plain IN lists (not pairs): cheap to plan; the pairs outside `chunk` they fetch are
-        // threshold rows only, few by nature.
-        let stores: BTreeSet<&str> = chunk.iter().map(|k| k.0.as_str()).collect();
-        let skus: BTreeSet<&str> = chunk.iter().map(|k| k.1.as_str()).collect();
-        // Every row of the three levels for these stores and skus (a store-wide row has sku
-        // '', a chain-wide one store ''); pairs outside `chunk` are filtered below.
-        let mut q = QueryBuilder::<MySql>::new(
-            "SELECT store, sku, reorder_point, max_stock FROM thresholds WHERE store IN ('', ",
-        );
-        let mut sep = q.separated(", ");
-        for s in &stores {
-            sep.push_bind(*s);
-        }
-        q.push(") AND sku IN ('', ");
-        let mut sep = q.separated(", ");
-        for s in &skus {
-            sep.push_bind(*s);
-        }
-        q.push(")");
-        let mut rows: HashMap<(String, String), Levels> = HashMap::new();
+    for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::<MySql>::new(format!("SELECT k.store, k.sku, {LEVEL_COLUMNS} FROM "));
+        crate::db::push_keys_table(&mut q, "k", pairs(chunk));
+        q.push(LEVEL_JOINS);
         for r in q.build().fetch_all(pool).await? {
-            rows.insert(
-                (r.try_get("store")?, r.try_get("sku")?),
-                Levels {
-                    reorder_point: r.try_get("reorder_point")?,
-                    max_stock: r.try_get("max_stock")?,
-                },
-            );
-        }
-        let level = |store: &str, sku: &str| {
-            rows.get(&(store.to_owned(), sku.to_owned()))
-                .copied()
-                .unwrap_or_default()
-        };
-        for key in chunk {
+            let key: (String, String) = (r.try_get("store")?, r.try_get("sku")?);
+            let (exact, chain, store_wide) = levels_of(&r)?;
             let effective = resolve(
-                level(&key.0, &key.1),
-                level("", &key.1),
-                level(&key.0, ""),
-                derived.get(key).copied().unwrap_or_default(),
+                exact,
+                chain,
+                store_wide,
+                derived.get(&key).copied().unwrap_or_default(),
             );
             if !effective.is_empty() {
-                found.insert(key.clone(), effective);
+                found.insert(key, effective);
             }
         }
     }
@@ -756,30 +698,6 @@ mod tests {
             .unwrap_err()
             .contains("above"));
         assert!(l(None, Some(MAX_VALUE + 1)).validate().is_err());
-    }
-
-    #[test]
-    fn key_groups_bound_keys_and_stores_per_query() {
-        let keys: Vec<(String, String)> = (0..40)
-            .flat_map(|st| (0..20).map(move |k| (format!("S{st:02}"), format!("K{k:03}"))))
-            .collect();
-        let groups = key_groups(&keys);
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for g in &groups {
-            assert!(g.len() <= STORES_PER_QUERY);
-            assert!(g.iter().map(|(_, skus)| skus.len()).sum::<usize>() <= CHUNK);
-            for (store, skus) in g {
-                seen.extend(skus.iter().map(|k| (store.clone(), k.clone())));
-            }
-        }
-        seen.sort();
-        let mut expected = keys.clone();
-        expected.sort();
-        assert_eq!(seen, expected, "every key exactly once");
-        let one_store: Vec<(String, String)> = (0..600)
-            .map(|k| ("S1".to_owned(), format!("K{k:04}")))
-            .collect();
-        assert_eq!(key_groups(&one_store).len(), 3);
     }
 
     #[test]

@@ -1142,3 +1142,102 @@ async fn a_lease_has_one_holder_renews_and_is_released_only_by_it() {
         .unwrap();
     app.cleanup().await;
 }
+
+/// A batch spanning many stores, with skus and stores that differ only in case, is judged
+/// key by key: every threshold level (store and sku, chain-wide sku, store-wide) reaches
+/// the key it names and no other, in one evaluation of the whole batch.
+#[tokio::test]
+async fn a_batch_across_stores_is_judged_key_by_key_with_exact_identifiers() {
+    let mut app = spawn_app().await;
+    const STORES: usize = 300;
+    let mut stores = Vec::new();
+    for i in 0..STORES {
+        // `Ab7` and `ab7`: two stores.
+        let store = if i % 2 == 0 {
+            format!("Ab{i}")
+        } else {
+            format!("ab{}", i - 1)
+        };
+        app.register(&store).await;
+        stores.push(store);
+    }
+    app.product("milk", 1, 1).await;
+    app.product("MILK", 1, 1).await;
+    // Chain-wide on `milk` only; store-wide on the upper-case stores; exact on one key.
+    for (scope, level) in [
+        (json!({"sku": "milk", "reorder_point": 5}), 5),
+        (
+            json!({"store": "Ab0", "sku": "MILK", "reorder_point": 20}),
+            20,
+        ),
+    ] {
+        let (status, body) = app
+            .call("PUT", "/v1/thresholds", Some(ADMIN), Some(scope))
+            .await;
+        assert_eq!(status, 200, "{body} (level {level})");
+    }
+    for store in stores.iter().filter(|s| s.starts_with('A')) {
+        let (status, body) = app
+            .call(
+                "PUT",
+                "/v1/thresholds",
+                Some(ADMIN),
+                Some(json!({"store": store, "reorder_point": 2})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // One batch, not applied one by one (`App::movement` ingests at once).
+    let mut batch = Vec::new();
+    for store in &stores {
+        for (seq, sku, delta) in [(1, "milk", 3), (2, "MILK", 9)] {
+            let envelope = Envelope::movement(
+                StoreId::parse(store).unwrap(),
+                Origin::Store,
+                seq,
+                Kind::Receipt,
+                Sku::parse(sku).unwrap(),
+                delta,
+            );
+            batch.push(RawMessage {
+                position: Position {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: batch.len() as i64,
+                },
+                payload: envelope.to_signed_bytes(&app.keys[store].1).unwrap(),
+            });
+        }
+    }
+    let outcome = ingest::apply_batch(&app.hub.pool, &batch).await.unwrap();
+    assert_eq!(outcome.applied, 2 * STORES);
+    let judged = app
+        .hub
+        .alerting
+        .evaluate_keys(&outcome.touched)
+        .await
+        .unwrap();
+    // milk: 3 ≤ 5 (chain-wide sku beats store-wide 2) everywhere; MILK: only Ab0's exact 20.
+    assert_eq!(judged.raised.len(), STORES + 1, "{judged:?}");
+    for store in &stores {
+        assert_eq!(app.on_hand(store, "milk").await, 3);
+        assert_eq!(app.on_hand(store, "MILK").await, 9);
+        let expected_milk: BTreeSet<String> = ["low_stock".to_owned()].into();
+        assert_eq!(
+            app.open_kinds(store, "milk").await,
+            expected_milk,
+            "{store}/milk"
+        );
+        let expected_upper: BTreeSet<String> = if store == "Ab0" {
+            ["low_stock".to_owned()].into()
+        } else {
+            BTreeSet::new()
+        };
+        assert_eq!(
+            app.open_kinds(store, "MILK").await,
+            expected_upper,
+            "{store}/MILK"
+        );
+    }
+    app.cleanup().await;
+}

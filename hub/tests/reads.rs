@@ -687,9 +687,12 @@ async fn readyz_is_ready_when_every_dependency_answers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let started = Instant::now();
-    let (status, body) = app.call("/readyz", None).await;
+    let (status, body) = app.call("/readyz", Some(ADMIN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready", "{body}");
+    // A hub that does not run ingest (this one is built without `serve`) has no ingest
+    // check, and is not degraded for it.
+    assert!(body["checks"].get("ingest").is_none(), "{body}");
     for check in ["mysql", "redis", "kafka"] {
         assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
         assert!(body["checks"][check]["error"].is_null(), "{body}");
@@ -700,6 +703,17 @@ async fn readyz_is_ready_when_every_dependency_answers() {
         "no replica configured"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Anyone else gets the status alone: no token, a store's token, a wrong one.
+    let mut app = app;
+    let store = app.register("S1").await;
+    for token in [None, Some(store.as_str()), Some("not-a-token")] {
+        let (status, body) = app.call("/readyz", token).await;
+        assert_eq!(
+            (status, &body),
+            (200, &json!({"status": "ready"})),
+            "{token:?}"
+        );
+    }
     app.cleanup().await;
 }
 
@@ -712,8 +726,11 @@ async fn readyz_names_what_failed_and_what_to_do() {
         f.kafka_brokers = Some(format!("127.0.0.1:{dead_broker}"));
     })
     .await;
-    let started = Instant::now();
+    // The open view says degraded and nothing about hosts or settings.
     let (status, body) = app.call("/readyz", None).await;
+    assert_eq!((status, &body), (200, &json!({"status": "degraded"})));
+    let started = Instant::now();
+    let (status, body) = app.call("/readyz", Some(ADMIN)).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "every check is bounded"
@@ -757,13 +774,15 @@ async fn readyz_names_what_failed_and_what_to_do() {
     // Reads still work meanwhile.
     assert_eq!(app.call("/v1/stores", Some(ADMIN)).await.0, 200);
 
-    // Without the primary the hub is unready.
+    // Without the primary the hub is not ready; the open view says so with the 503.
     let database = app.database.clone();
     app.hub.pool.close().await;
     let (status, body) = app.call("/readyz", None).await;
+    assert_eq!((status, &body), (503, &json!({"status": "not_ready"})));
+    let (status, body) = app.call("/readyz", Some(ADMIN)).await;
     assert_eq!(
         (status, &body["status"]),
-        (503, &json!("unready")),
+        (503, &json!("not_ready")),
         "{body}"
     );
     let mysql = &body["checks"]["mysql"];
@@ -785,13 +804,22 @@ async fn readyz_names_what_failed_and_what_to_do() {
 
 /// `GET path` over a real socket, the body as text.
 async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    http_get_with(address, path, None).await
+}
+
+/// `GET path` over a real socket with a bearer `token`, the whole response as text.
+async fn http_get_with(address: std::net::SocketAddr, path: &str, token: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: hub\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .expect("request");
@@ -902,10 +930,90 @@ async fn metrics_show_ingest_lag_per_partition_from_a_running_consumer() {
         "{lag_lines:?}"
     );
     assert!(metrics.contains("# TYPE bazaar_hub_ingest_lag_age_seconds gauge"));
+    // The hub that runs ingest reports it in /readyz: running, its last batch, no lag.
+    let ready = http_get_with(address, "/readyz", Some(ADMIN)).await;
+    let (_, body) = ready.split_once("\r\n\r\n").expect("a response");
+    let body: Value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    let ingest = &body["checks"]["ingest"];
+    assert_eq!(
+        (&ingest["ok"], &ingest["required"]),
+        (&json!(true), &json!(false)),
+        "{body}"
+    );
+    let detail = ingest["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("running; last batch") && detail.ends_with("0 messages behind"),
+        "{body}"
+    );
+    assert_eq!(body["status"], "ready", "{body}");
 
     let _ = stop.send(());
     hub.await.unwrap().expect("the hub stops cleanly");
     let _ = sqlx::query(&format!("DROP DATABASE `{database}`"))
         .execute(&pool)
+        .await;
+}
+
+#[tokio::test]
+async fn readyz_shows_ingest_down_in_a_hub_that_runs_it_without_a_broker() {
+    let name = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    let database = format!("bz_reads_{name}");
+    let config = config(&database, |f| {
+        f.kafka_brokers = Some(format!("127.0.0.1:{}", free_port()));
+        f.topic_prefix = Some(format!("bzingest{name}."));
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub = tokio::spawn(bazaar_hub::startup::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let text = http_get_with(address, "/readyz", Some(ADMIN)).await;
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            let body: Value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+            if body["checks"].get("ingest").is_some() {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no ingest check: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ingest = &body["checks"]["ingest"];
+    assert_eq!(
+        (&ingest["ok"], &ingest["required"]),
+        (&json!(false), &json!(false)),
+        "{body}"
+    );
+    assert!(
+        ingest["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not running"),
+        "{body}"
+    );
+    assert!(
+        ingest["fix"]
+            .as_str()
+            .unwrap()
+            .contains("BAZAAR_HUB_KAFKA_BROKERS"),
+        "{body}"
+    );
+    assert_eq!(body["status"], "degraded", "{body}");
+    let open = http_get_with(address, "/readyz", None).await;
+    assert!(open.starts_with("HTTP/1.1 200"), "{open}");
+    assert!(open.ends_with(r#"{"status":"degraded"}"#), "{open}");
+    let _ = stop.send(());
+    hub.await
+        .expect("the hub task")
+        .expect("the hub stops cleanly");
+    let admin = sqlx::MySqlPool::connect("mysql://root@127.0.0.1:3306/mysql")
+        .await
+        .expect("MariaDB");
+    let _ = sqlx::query(&format!("DROP DATABASE `{database}`"))
+        .execute(&admin)
         .await;
 }

@@ -274,7 +274,9 @@ impl Envelope {
         if self.hub_watermark > crate::canonical::MAX_SAFE_INTEGER as u64 {
             return bad("hub_watermark is out of range".into());
         }
-        if self.delta.abs() > MAX_QUANTITY {
+        // unsigned_abs: i64::MIN has no i64 absolute value (abs() overflows, or wraps to
+        // i64::MIN and passes the check in a release build).
+        if self.delta.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
             return bad(format!("delta {} exceeds ±{MAX_QUANTITY}", self.delta));
         }
         if let Some(reference) = &self.reference {
@@ -468,6 +470,30 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         assert_eq!(Kind::parse("void"), None, "no client records a void");
+    }
+
+    /// Found by fuzz/hub_bodies: `i64::MIN.abs()` overflowed in `validate`.
+    #[test]
+    fn a_delta_of_i64_min_is_invalid_not_a_panic() {
+        for delta in [i64::MIN, i64::MIN + 1, -MAX_QUANTITY - 1] {
+            let e = Envelope {
+                kind: Kind::Adjustment,
+                reason: Some(Reason::Damage),
+                delta,
+                ..sale()
+            };
+            assert!(
+                matches!(e.validate(), Err(EnvelopeError::Invalid(_))),
+                "{delta}"
+            );
+        }
+        let edge = Envelope {
+            kind: Kind::Adjustment,
+            reason: Some(Reason::Damage),
+            delta: -MAX_QUANTITY,
+            ..sale()
+        };
+        assert!(edge.validate().is_ok());
     }
 
     #[test]

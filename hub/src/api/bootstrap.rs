@@ -36,10 +36,10 @@ pub fn routes(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
     /// `next_cursor` of the previous page; absent for the first page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
     /// Skus per page, 1 to 20,000; 5,000 when absent.
     #[schemars(range(min = 1, max = 20_000))]
-    limit: Option<u32>,
+    pub limit: Option<u32>,
 }
 
 /// For `/openapi.json` (see [`crate::openapi`]).

@@ -27,7 +27,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 const DEFAULT_HOURS: u32 = 6;
 const MAX_HOURS: u32 = 168;
-const ALERT_KINDS: [&str; 6] = [
+pub const ALERT_KINDS: [&str; 6] = [
     "low_stock",
     "out_of_stock",
     "negative_stock",
@@ -35,7 +35,7 @@ const ALERT_KINDS: [&str; 6] = [
     "demand_anomaly",
     "stale_store",
 ];
-const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
+pub const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,7 @@ fn query<Q: DeserializeOwned + Send + 'static>(
         })
 }
 
-fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
+pub fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -121,7 +121,7 @@ fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
     }
 }
 
-fn one_of(
+pub fn one_of(
     what: &str,
     value: Option<String>,
     allowed: &[&str],

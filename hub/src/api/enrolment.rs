@@ -33,7 +33,7 @@ pub struct IssueRequest {
     /// How long the code stays valid, 1 to 744 hours; 24 when absent. An empty body is
     /// the same as `{}`.
     #[schemars(range(min = 1, max = 744))]
-    valid_hours: Option<u32>,
+    pub valid_hours: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,9 +41,9 @@ pub struct IssueRequest {
 pub struct EnrolRequest {
     /// The store's id, as HQ gave it with the code.
     #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
-    store: String,
+    pub store: String,
     /// The one-time code (`XXXXX-XXXXX-XXXXX-XXXXX`; case, dashes and spaces do not matter).
-    code: String,
+    pub code: String,
 }
 
 /// For `/openapi.json` (see [`crate::openapi`]).
@@ -124,7 +124,12 @@ fn enrol_route(hub: Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Reje
                 let request: EnrolRequest = parse_json(&body)?;
                 let store = store_param(request.store)?;
                 match enrolment::redeem(&hub.pool, &store, &request.code, from).await {
-                    Ok(credentials) => Ok(warp::reply::json(&credentials).into_response()),
+                    Ok(credentials) => {
+                        // The old token stops working here at once (elsewhere within
+                        // stores::TOKEN_CACHE_TTL).
+                        hub.tokens.forget_store(&store);
+                        Ok(warp::reply::json(&credentials).into_response())
+                    }
                     Err(e @ RedeemError::Unknown(_)) => {
                         Err(Rejection::from(ApiError::not_found(e.to_string())))
                     }

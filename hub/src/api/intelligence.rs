@@ -74,7 +74,7 @@ fn internal(context: &str) -> impl FnOnce(sqlx::Error) -> Rejection + '_ {
     move |e| ApiError::internal(context, e).into()
 }
 
-fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
+pub fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -85,11 +85,11 @@ fn limit_of(raw: Option<u32>) -> Result<u32, Rejection> {
     }
 }
 
-fn opt_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
+pub fn opt_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
     raw.filter(|s| !s.is_empty()).map(store_param).transpose()
 }
 
-fn opt_sku(raw: Option<String>) -> Result<Option<Sku>, Rejection> {
+pub fn opt_sku(raw: Option<String>) -> Result<Option<Sku>, Rejection> {
     raw.filter(|s| !s.is_empty()).map(sku_param).transpose()
 }
 
@@ -106,7 +106,7 @@ fn scoped_store(who: &Principal, store: Option<StoreId>) -> Result<Option<StoreI
 }
 
 /// `store:sku` cursors ('' for "any" on either side; ids never contain ':').
-fn pair_cursor(raw: &str) -> Result<(String, String), Rejection> {
+pub fn pair_cursor(raw: &str) -> Result<(String, String), Rejection> {
     let invalid = || {
         Rejection::from(ApiError::unprocessable(format!(
             "cursor {raw:?} is not one this API issued"
@@ -147,11 +147,11 @@ async fn require_sku(hub: &Hub, who: &Principal, sku: &Sku) -> Result<(), Reject
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ThresholdQuery {
-    store: Option<String>,
-    sku: Option<String>,
-    cursor: Option<String>,
-    limit: Option<u32>,
+pub struct ThresholdQuery {
+    pub store: Option<String>,
+    pub sku: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
 }
 
 /// `GET /v1/thresholds?store&sku`: the stored rows that bear on them; with both, also the
@@ -212,14 +212,14 @@ fn get_thresholds(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PutThreshold {
-    store: Option<String>,
-    sku: Option<String>,
-    reorder_point: Option<i64>,
-    max_stock: Option<i64>,
+pub struct PutThreshold {
+    pub store: Option<String>,
+    pub sku: Option<String>,
+    pub reorder_point: Option<i64>,
+    pub max_stock: Option<i64>,
 }
 
-fn scope_of(store: Option<String>, sku: Option<String>) -> Result<Scope, Rejection> {
+pub fn scope_of(store: Option<String>, sku: Option<String>) -> Result<Scope, Rejection> {
     Scope::of(opt_store(store)?, opt_sku(sku)?).ok_or_else(|| {
         ApiError::unprocessable(
             "name the scope: store, sku, or both (store alone: every sku of the store; sku alone: chain-wide)",
@@ -315,9 +315,9 @@ fn put_thresholds(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ScopeQuery {
-    store: Option<String>,
-    sku: Option<String>,
+pub struct ScopeQuery {
+    pub store: Option<String>,
+    pub sku: Option<String>,
 }
 
 /// `DELETE /v1/thresholds?store&sku` (admin): removes the row at that scope.
@@ -370,15 +370,15 @@ fn store_document(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AlertQuery {
-    store: Option<String>,
-    kind: Option<String>,
-    open: Option<bool>,
-    cursor: Option<String>,
-    limit: Option<u32>,
+pub struct AlertQuery {
+    pub store: Option<String>,
+    pub kind: Option<String>,
+    pub open: Option<bool>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
 }
 
-const ALERT_KINDS: [&str; 6] = [
+pub const ALERT_KINDS: [&str; 6] = [
     "low_stock",
     "out_of_stock",
     "negative_stock",
@@ -623,10 +623,10 @@ fn chain_forecast(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReorderQuery {
-    store: Option<String>,
-    cursor: Option<String>,
-    limit: Option<u32>,
+pub struct ReorderQuery {
+    pub store: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
 }
 
 /// `GET /v1/reorders?store&cursor&limit`: what to buy now — every (store, sku) at or below
@@ -669,10 +669,10 @@ fn list_reorders(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TransferQuery {
-    sku: Option<String>,
-    cursor: Option<String>,
-    limit: Option<u32>,
+pub struct TransferQuery {
+    pub sku: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
 }
 
 /// `GET /v1/transfers/suggestions?sku&cursor&limit` (admin): surplus → stores that will run

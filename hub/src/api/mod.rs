@@ -19,7 +19,9 @@ pub mod reads;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bazaar_shared::http::{bearer, parse_json, recover, ApiError};
+use bazaar_shared::http::{
+    bearer, drain_refused_body, parse_json, recover, ApiError, QueryProblems, WrongMethod,
+};
 use bazaar_shared::{Sku, StoreId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -27,7 +29,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::cache::Lookup;
-use crate::openapi::{Access, Operation};
+use crate::openapi::{Access, Explanation, Operation, RouteTable};
 use crate::ratelimit::{client_ip, Decision, RateLimiter};
 use crate::startup::Hub;
 use crate::stores;
@@ -139,6 +141,11 @@ pub fn routes(
         .or(charts::routes(hub.clone()))
         .or(bootstrap::routes(hub))
         .or(dashboard::routes())
+        // Reached only when every route above refused the request: the first reads what is
+        // left of its body, so the refusal reaches a client still writing it; the second
+        // says which methods the path takes and what is wrong with its query.
+        .or(drain_refused_body())
+        .or(last_resort())
         .recover(recover)
         .with(warp::log("bazaar_hub::http"))
         .with(warp::log::custom(move |info| {
@@ -149,6 +156,45 @@ pub fn routes(
                 info.elapsed(),
             );
         }))
+}
+
+/// The OpenAPI document of [`docs`], rendered once per process (it depends on the code
+/// only): served at `/openapi.json`, and what [`last_resort`] knows the routes from.
+pub(crate) fn document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| crate::openapi::document(&docs()))
+}
+
+/// After every route: refuses with what the documented routes say about the request, so
+/// that [`recover`] can tell a wrong method (405 with `Allow`, only when no operation of
+/// the path takes the method) from a bad query (422 naming each bad parameter) and from
+/// an unknown path (404). It never succeeds, and decides nothing when a route refused the
+/// request for a reason of its own.
+fn last_resort() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and_then(
+            |method: warp::http::Method, path: warp::path::FullPath, query: String| async move {
+                let rejection = match route_table().explain(method.as_str(), path.as_str(), &query)
+                {
+                    Explanation::UnknownPath | Explanation::Nothing => warp::reject::not_found(),
+                    Explanation::WrongMethod { allow } => warp::reject::custom(WrongMethod {
+                        method: method.to_string(),
+                        allow,
+                    }),
+                    Explanation::BadQuery(message) => {
+                        warp::reject::custom(QueryProblems { message })
+                    }
+                };
+                Err::<warp::reply::Response, _>(rejection)
+            },
+        )
+}
+
+fn route_table() -> &'static RouteTable {
+    static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| RouteTable::of(document()))
 }
 
 pub(crate) fn with_hub(
@@ -168,10 +214,18 @@ pub(crate) async fn authenticate(hub: &Hub, header: Option<&str>) -> Result<Prin
             return Ok(Principal::Admin);
         }
     }
-    match stores::store_for_token(&hub.pool, token).await {
+    match hub.tokens.store_for_token(&hub.pool, token).await {
         Ok(Some(store)) => Ok(Principal::Store(store)),
         Ok(None) => Err(ApiError::unauthorized("unknown token")),
         Err(e) => Err(ApiError::internal("could not check the token", e)),
+    }
+}
+
+/// Whether `header` carries the admin token (no database involved, so `/readyz` can ask).
+pub(crate) fn is_admin(hub: &Hub, header: Option<&str>) -> bool {
+    match (bearer(header), &hub.config.admin_token) {
+        (Some(token), Some(admin)) => constant_time_eq(token.as_bytes(), admin.expose().as_bytes()),
+        _ => false,
     }
 }
 
@@ -191,11 +245,11 @@ pub(crate) fn auth(
         })
 }
 
-pub(crate) fn store_param(raw: String) -> Result<StoreId, Rejection> {
+pub fn store_param(raw: String) -> Result<StoreId, Rejection> {
     StoreId::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
-pub(crate) fn sku_param(raw: String) -> Result<Sku, Rejection> {
+pub fn sku_param(raw: String) -> Result<Sku, Rejection> {
     Sku::parse(raw).map_err(|e| ApiError::unprocessable(e.to_string()).into())
 }
 
@@ -427,11 +481,13 @@ pub(crate) fn rate_limited(
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
+pub struct RegisterRequest {
     /// The new store's id, `^[A-Za-z0-9_-]{1,64}$`.
-    store: String,
+    #[schemars(pattern(crate::openapi::IDENTIFIER_PATTERN))]
+    pub store: String,
     /// A name for people, at most 200 characters.
-    name: Option<String>,
+    #[schemars(length(max = 200))]
+    pub name: Option<String>,
 }
 
 fn register_store(

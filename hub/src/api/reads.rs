@@ -150,10 +150,10 @@ pub fn docs() -> Vec<Operation> {
             .error(403, "A store token asking for another store")
             .error(422, PAGE_422),
         Operation::get("/readyz", "readyz", "Readiness: the hub's dependencies, each checked within 2 s")
-            .describe("200 `ready` when every check passes; 200 `degraded` when only the replica, Redis or Kafka fails (the hub still serves: reads fall back to the primary and to MySQL, ingest waits); 503 `unready` when the MySQL primary fails. Each failed check says what failed and what to do.")
+            .describe("200 `ready` when every check passes; 200 `degraded` when only the replica, Redis, Kafka or this hub's ingest fails (the hub still serves: reads fall back to the primary and to MySQL, ingest waits); 503 `not_ready` when the MySQL primary fails. Without a token the answer is the status alone, `{\"status\": \"ready\"}`; with the admin token (`Authorization: Bearer`) it has `checks`, each failed one saying what failed and what to do. Any other token is treated as none (no 401: probes must not depend on a token).")
             .tag("operations")
-            .json::<crate::readiness::Readiness>(200, "Ready, or degraded but serving")
-            .json::<crate::readiness::Readiness>(503, "Unready: the MySQL primary does not answer")
+            .json::<crate::readiness::Readiness>(200, "Ready, or degraded but serving; `checks` only with the admin token")
+            .json::<crate::readiness::Readiness>(503, "Not ready: the MySQL primary does not answer; `checks` only with the admin token")
             .infallible(),
         Operation::get("/openapi.json", "openapi", "This document")
             .describe("Generated from the code: every route, each status it answers with, and the schemas of the Rust types it reads and writes.")
@@ -194,7 +194,7 @@ fn query<Q: DeserializeOwned + Send + 'static>(
         })
 }
 
-fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
+pub fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -204,7 +204,7 @@ fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-fn optional_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
+pub fn optional_store(raw: Option<String>) -> Result<Option<StoreId>, Rejection> {
     raw.map(store_param).transpose()
 }
 
@@ -420,15 +420,22 @@ fn parked(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Open, like `/healthz`: balancers and orchestrators call it without a token.
+/// Open, like `/healthz`: balancers and orchestrators call it without a token and get the
+/// status alone; the admin token gets what each check found (hosts, settings, errors).
 fn readyz(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
     warp::path!("readyz")
         .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
         .and(with_hub(hub))
-        .then(|hub: Arc<Hub>| async move {
+        .then(|header: Option<String>, hub: Arc<Hub>| async move {
             let readiness = crate::readiness::assess(&hub).await;
             let status = StatusCode::from_u16(readiness.http_status())
                 .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let readiness = if super::is_admin(&hub, header.as_deref()) {
+                readiness
+            } else {
+                readiness.summary()
+            };
             warp::reply::with_status(warp::reply::json(&readiness), status).into_response()
         })
         .boxed()
@@ -436,13 +443,12 @@ fn readyz(hub: Arc<Hub>) -> BoxedFilter<(Response,)> {
 
 /// Rendered once per process: the document depends on the code only.
 fn openapi() -> BoxedFilter<(Response,)> {
-    static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
+    static BODY: OnceLock<Vec<u8>> = OnceLock::new();
     warp::path!("openapi.json")
         .and(warp::get())
         .map(|| {
-            let body = DOCUMENT.get_or_init(|| {
-                serde_json::to_vec(&crate::openapi::document(&super::docs())).unwrap_or_default()
-            });
+            let body =
+                BODY.get_or_init(|| serde_json::to_vec(super::document()).unwrap_or_default());
             warp::reply::with_header(body.clone(), "content-type", "application/json")
                 .into_response()
         })
