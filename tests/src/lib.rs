@@ -26,6 +26,10 @@ pub fn free_port() -> u16 {
 /// `bazaar-hub` and `bazaar-agent`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
+    // A binary of the workspace (bazaar-loadgen) finds the others beside itself.
+    if let Some(beside) = exe.parent().map(|d| d.join(name)).filter(|p| p.exists()) {
+        return beside;
+    }
     let dir = exe
         .parent()
         .and_then(Path::parent)
