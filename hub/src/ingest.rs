@@ -110,6 +110,67 @@ pub fn lag_from_statistics(statistics: &rdkafka::Statistics) -> crate::metrics::
     lag
 }
 
+/// Where ingest reads from: enough to make a fresh consumer, subscribed, whenever this hub
+/// has to join its group again under a new member id ([`StallWatch`]).
+#[derive(Clone)]
+pub struct Source {
+    pub brokers: String,
+    pub properties: bazaar_shared::kafka::KafkaProperties,
+    pub group: String,
+    pub topic: String,
+    pub lag: crate::metrics::IngestLag,
+}
+
+impl Source {
+    /// A new consumer (a new member of the group) subscribed to the movements topic.
+    fn connect(&self) -> Result<StreamConsumer<IngestContext>, rdkafka::error::KafkaError> {
+        let consumer = consumer(
+            &self.brokers,
+            &self.properties,
+            &self.group,
+            self.lag.clone(),
+        )?;
+        consumer.subscribe(&[self.topic.as_str()])?;
+        Ok(consumer)
+    }
+
+    /// This hub's membership of the group, subscribed.
+    pub fn subscribe(self) -> Result<Subscription, rdkafka::error::KafkaError> {
+        let consumer = self.connect()?;
+        Ok(Subscription {
+            source: self,
+            consumer,
+        })
+    }
+}
+
+/// The consumer ingest reads from, and where to make a new one.
+pub struct Subscription {
+    source: Source,
+    consumer: StreamConsumer<IngestContext>,
+}
+
+impl Subscription {
+    /// Leaves the group and joins it again as a new member; what this member stored is
+    /// committed first, so the new one starts where it stopped. `false` when no new
+    /// consumer could be made (the old one is kept).
+    fn rejoin(&mut self) -> bool {
+        let _ = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        match self.source.connect() {
+            Ok(fresh) => {
+                drop(std::mem::replace(&mut self.consumer, fresh));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not make a new consumer; keeping the old one");
+                false
+            }
+        }
+    }
+}
+
 pub fn consumer(
     brokers: &str,
     properties: &bazaar_shared::kafka::KafkaProperties,
@@ -127,6 +188,12 @@ pub fn consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        // How long the broker may hold a fetch when it has nothing new. Apache Kafka answers
+        // as soon as data is there, so this only sets how often an idle hub asks; tansu 0.6
+        // holds every fetch, data waiting or not, for half of it (all of it below 500 ms),
+        // which at librdkafka's 500 ms default puts a quarter second on every movement's
+        // way in. A few hubs asking 20 times a second cost the broker nothing.
+        .set("fetch.wait.max.ms", "50")
         // The group leader assigns from the metadata it holds; a topic it saw as missing
         // or empty (a broker just restarted) yields an empty assignment that is only
         // revisited when the leader next refreshes metadata (5 minutes by default).
@@ -137,7 +204,7 @@ pub fn consumer(
 
 /// Consumes until `shutdown`; every batch is applied before its offsets are stored.
 pub async fn run(
-    consumer: StreamConsumer<IngestContext>,
+    mut subscription: Subscription,
     pool: MySqlPool,
     mut shutdown: watch::Receiver<bool>,
     metrics: crate::startup::IngestCounters,
@@ -145,26 +212,30 @@ pub async fn run(
     alerting: std::sync::Arc<crate::alerting::Alerting>,
     limits: Limits,
 ) {
-    let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
-    assignment_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut stalled_checks = 0u32;
-    let mut last_progress = None;
+    let mut partition_check = tokio::time::interval(PARTITION_CHECK);
+    partition_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut watch = StallWatch::default();
     loop {
         let first = tokio::select! {
-            m = consumer.recv() => m,
-            _ = assignment_check.tick() => {
-                let progress = idle_progress(&consumer);
-                stalled_checks = match (progress, last_progress) {
-                    (Some(now), Some(before)) if now.waiting && now == before => stalled_checks + 1,
-                    _ => 0,
+            m = subscription.consumer.recv() => m,
+            _ = partition_check.tick() => {
+                // A few round trips to the broker with short timeouts: on a multi-threaded
+                // runtime (the hub's) this worker hands its other tasks over meanwhile.
+                let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+                let views = if multi_threaded {
+                    tokio::task::block_in_place(|| partition_views(&subscription.consumer))
+                } else {
+                    partition_views(&subscription.consumer)
                 };
-                last_progress = progress;
-                // Several checks in a row, so a rebalance or a slow peer is never mistaken
-                // for a stranded group.
-                if stalled_checks >= STALLED_CHECKS {
-                    rejoin(&consumer);
-                    stalled_checks = 0;
-                    last_progress = None;
+                if let Some(views) = views {
+                    if let Some(stalled) = watch.observe(&views) {
+                        tracing::warn!(partitions = ?stalled, next_after_checks = watch.needed,
+                            "partitions this hub does not hold have messages waiting and their group offsets have not moved; joining the group again as a new member");
+                        if subscription.rejoin() {
+                            metrics.rejoined();
+                        }
+                    }
                 }
                 continue;
             }
@@ -181,7 +252,7 @@ pub async fn run(
         }
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            match tokio::time::timeout_at(deadline, subscription.consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(raw(&m)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -211,46 +282,124 @@ pub async fn run(
             cache.refresh(&pool, &outcome.touched),
             alerting.after_change(&outcome.touched)
         );
-        if let Err(e) = store_offsets(&consumer, &batch) {
+        if let Err(e) = store_offsets(&subscription.consumer, &batch) {
             tracing::warn!(error = %e, "could not store offsets; the batch will be re-delivered and skipped as duplicates");
         }
         tracing::debug!(?outcome, "batch applied");
     }
     // Commit what was stored before leaving the group.
-    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    let _ = subscription
+        .consumer
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
 }
 
-/// How often a member with no partition checks that someone consumes the topic.
-const ASSIGNMENT_CHECK: Duration = Duration::from_secs(5);
-/// Checks without progress before this member joins its group again (about 15 s).
+/// How often a hub looks at the partitions it does not hold.
+const PARTITION_CHECK: Duration = Duration::from_secs(5);
+/// Checks without progress before this member joins its group again (about 15 s), then
+/// twice as many after each rejoin that did not help, up to [`MAX_STALLED_CHECKS`].
 const STALLED_CHECKS: u32 = 3;
+/// About two minutes: a peer that is slow for a reason of its own (its database away) is
+/// not rebalanced more often than this.
+const MAX_STALLED_CHECKS: u32 = 24;
 
-/// What an idle member sees of its group's progress: the sum of the group's committed
-/// offsets, and whether any partition still holds messages beyond them.
+/// One partition of the movements topic as this member sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct GroupProgress {
+struct PartitionView {
+    partition: i32,
+    /// Assigned to this member.
+    held: bool,
+    /// The group's committed offset (the low watermark when it has none).
     committed: i64,
-    waiting: bool,
+    high_watermark: i64,
 }
 
-/// `Some` when this member holds no partition; `None` when it holds some or the broker
-/// cannot say. A member that holds nothing while messages wait and the group's offsets do
-/// not move over several checks is stranded: nobody is consuming. Seen on tansu 0.6 after
-/// a broker restart, where the group re-formed with an empty assignment and stayed so.
-/// (tansu answers no ListGroups/DescribeGroups, so the group's members cannot be asked.)
-/// Only runs while this consumer has nothing to read, so its blocking calls (short
-/// timeouts) cost no throughput.
-fn idle_progress(consumer: &StreamConsumer<IngestContext>) -> Option<GroupProgress> {
-    let timeout = Duration::from_secs(1);
-    if consumer.assignment().map(|a| a.count()).unwrap_or(1) > 0 {
-        return None;
+/// Finds partitions nobody consumes. A partition this member does not hold, with messages
+/// beyond the group's committed offset, whose offset has not moved over several checks, is
+/// stranded: its owner is gone. Seen on tansu 0.6: a hub killed -9 and restarted within the
+/// session timeout leaves its old member in the generation, holding its partitions, and the
+/// broker drops the dead member's heartbeat without starting a new generation, so the
+/// survivors never get those partitions. It is also what a group left with an empty
+/// assignment after a broker restart looks like. (tansu answers no ListGroups or
+/// DescribeGroups, so the group's members cannot be asked.) The cure is a JoinGroup by a
+/// new member, which makes the broker form a new generation.
+#[derive(Debug)]
+struct StallWatch {
+    /// The committed offset of each stalled-looking partition at the last check.
+    last: HashMap<i32, i64>,
+    stalled_checks: u32,
+    /// Checks in a row that found nothing stalled.
+    healthy_checks: u32,
+    needed: u32,
+}
+
+impl Default for StallWatch {
+    fn default() -> Self {
+        Self {
+            last: HashMap::new(),
+            stalled_checks: 0,
+            healthy_checks: 0,
+            needed: STALLED_CHECKS,
+        }
     }
+}
+
+impl StallWatch {
+    /// One check; `Some(partitions)` when this member should join the group again.
+    fn observe(&mut self, views: &[PartitionView]) -> Option<Vec<i32>> {
+        let waiting: HashMap<i32, i64> = views
+            .iter()
+            .filter(|v| !v.held && v.high_watermark > v.committed)
+            .map(|v| (v.partition, v.committed))
+            .collect();
+        let stalled: Vec<i32> = {
+            let mut s: Vec<i32> = waiting
+                .iter()
+                .filter(|(p, c)| self.last.get(p) == Some(c))
+                .map(|(p, _)| *p)
+                .collect();
+            s.sort_unstable();
+            s
+        };
+        if stalled.is_empty() {
+            self.stalled_checks = 0;
+            self.healthy_checks += 1;
+            // As long healthy as the longest patience: the rejoin worked, and a later
+            // stall is a new one.
+            if self.healthy_checks >= MAX_STALLED_CHECKS {
+                self.needed = STALLED_CHECKS;
+            }
+        } else {
+            self.stalled_checks += 1;
+            self.healthy_checks = 0;
+        }
+        self.last = waiting;
+        if self.stalled_checks < self.needed {
+            return None;
+        }
+        self.stalled_checks = 0;
+        self.last.clear();
+        self.needed = (self.needed * 2).min(MAX_STALLED_CHECKS);
+        Some(stalled)
+    }
+}
+
+/// Every partition of the subscribed topic with the group's committed offset and the high
+/// watermark; `None` when the broker cannot say right now (the check is skipped).
+fn partition_views(consumer: &StreamConsumer<IngestContext>) -> Option<Vec<PartitionView>> {
+    let timeout = Duration::from_secs(1);
     let topic = consumer
         .subscription()
         .ok()?
         .elements()
         .first()
         .map(|e| e.topic().to_owned())?;
+    let held: HashSet<i32> = consumer
+        .assignment()
+        .ok()?
+        .elements_for_topic(&topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect();
     let metadata = consumer.fetch_metadata(Some(&topic), timeout).ok()?;
     let partitions = metadata
         .topics()
@@ -264,36 +413,94 @@ fn idle_progress(consumer: &StreamConsumer<IngestContext>) -> Option<GroupProgre
             .ok()?;
     }
     let committed = consumer.committed_offsets(wanted, timeout).ok()?;
-    let mut progress = GroupProgress {
-        committed: 0,
-        waiting: false,
-    };
+    let mut views = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(&topic, p, timeout).ok()?;
-        let position = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+        let committed = match committed.find_partition(&topic, p).map(|e| e.offset()) {
             Some(rdkafka::Offset::Offset(o)) => o,
             _ => low,
         };
-        progress.committed += position;
-        progress.waiting |= high > position;
+        views.push(PartitionView {
+            partition: p,
+            held: held.contains(&p),
+            committed,
+            high_watermark: high,
+        });
     }
-    Some(progress)
+    Some(views)
 }
 
-fn rejoin(consumer: &StreamConsumer<IngestContext>) {
-    let Ok(subscription) = consumer.subscription() else {
-        return;
-    };
-    let topics: Vec<String> = subscription
-        .elements()
-        .iter()
-        .map(|e| e.topic().to_owned())
-        .collect();
-    tracing::warn!(?topics, "this hub holds no partition while messages wait and the group makes no progress; joining the group again");
-    consumer.unsubscribe();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if let Err(e) = consumer.subscribe(&names) {
-        tracing::error!(error = %e, "could not subscribe again");
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    fn view(partition: i32, held: bool, committed: i64, high: i64) -> PartitionView {
+        PartitionView {
+            partition,
+            held,
+            committed,
+            high_watermark: high,
+        }
+    }
+
+    #[test]
+    fn a_partition_held_by_a_dead_member_is_found_after_three_still_checks() {
+        let mut watch = StallWatch::default();
+        let views = [view(0, true, 10, 20), view(8, false, 5, 30)];
+        // The first check only records the offsets; three more without movement act.
+        assert_eq!(watch.observe(&views), None);
+        assert_eq!(watch.observe(&views), None);
+        assert_eq!(watch.observe(&views), None);
+        assert_eq!(watch.observe(&views), Some(vec![8]));
+        // After a rejoin that did not help, twice the patience.
+        for _ in 0..6 {
+            assert_eq!(watch.observe(&views), None);
+        }
+        assert_eq!(watch.observe(&views), Some(vec![8]));
+        assert_eq!(watch.needed, 12);
+    }
+
+    #[test]
+    fn progress_caught_up_partitions_and_held_ones_never_trigger() {
+        let mut watch = StallWatch::default();
+        for round in 0..50 {
+            let views = [
+                // Another member consumes it: its offset moves.
+                view(1, false, round, round + 100),
+                // Caught up: nothing waits.
+                view(2, false, 40, 40),
+                // Ours, however slow: our own loop is not stranded.
+                view(3, true, 0, 1_000),
+            ];
+            assert_eq!(watch.observe(&views), None, "round {round}");
+        }
+    }
+
+    #[test]
+    fn patience_doubles_to_its_bound_and_resets_after_as_long_healthy() {
+        let mut watch = StallWatch::default();
+        let stuck = [view(4, false, 7, 9)];
+        let mut rejoins = 0;
+        for _ in 0..400 {
+            if watch.observe(&stuck).is_some() {
+                rejoins += 1;
+            }
+        }
+        assert_eq!(watch.needed, MAX_STALLED_CHECKS);
+        // After 4, then 7, 13 and 25 checks, then every 25 (the check after a rejoin only
+        // records): at 4, 11, 24, 49, 74, ..., 399.
+        assert_eq!(rejoins, 18);
+        // The 400th check only recorded: one healthy check so far.
+        assert_eq!(watch.healthy_checks, 1);
+        // Caught up on one, another consumed by its owner: healthy, and the patience earned
+        // goes back to its start only once it has been so for MAX_STALLED_CHECKS checks.
+        let healthy = |round: u32| [view(4, false, 9, 9), view(5, false, i64::from(round), 99)];
+        for round in 0..MAX_STALLED_CHECKS - 2 {
+            assert_eq!(watch.observe(&healthy(round)), None);
+            assert_eq!(watch.needed, MAX_STALLED_CHECKS, "round {round}");
+        }
+        assert_eq!(watch.observe(&healthy(99)), None);
+        assert_eq!(watch.needed, STALLED_CHECKS);
     }
 }
 

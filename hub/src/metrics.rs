@@ -226,6 +226,21 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         "Stock reads that went to MySQL (not cached, or Redis down).",
         misses,
     );
+    let (token_hits, token_misses) = hub.tokens.stats();
+    scalar(
+        &mut out,
+        "bazaar_hub_token_cache_hits_total",
+        "counter",
+        "Bearer tokens recognised (or refused) from this hub's memory, without MySQL.",
+        token_hits,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_token_cache_misses_total",
+        "counter",
+        "Bearer tokens looked up in MySQL: first seen, older than 5 s, or forgotten when their store's token changed.",
+        token_misses,
+    );
     scalar(
         &mut out,
         "bazaar_hub_redis_up",
@@ -287,7 +302,7 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         "Movements parked (bad signature, unknown store, malformed, conflict, id reused, too far ahead, failed on their own).",
         parked,
     );
-    let [isolations, capped, transient] = hub.ingest.more_totals();
+    let [isolations, capped, transient, rejoins] = hub.ingest.more_totals();
     scalar(
         &mut out,
         "bazaar_hub_ingest_isolations_total",
@@ -308,6 +323,13 @@ pub fn render(hub: &crate::startup::Hub) -> String {
         "counter",
         "Batches tried again because the database was away or busy.",
         transient,
+    );
+    scalar(
+        &mut out,
+        "bazaar_hub_ingest_rejoins_total",
+        "counter",
+        "Times this hub joined its consumer group again as a new member: partitions it did not hold had messages waiting and no progress.",
+        rejoins,
     );
     scalar(
         &mut out,

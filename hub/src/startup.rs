@@ -76,8 +76,8 @@ impl Hub {
 #[derive(Clone, Default)]
 pub struct IngestCounters {
     inner: Arc<[AtomicU64; 4]>,
-    /// Isolations, capped transfer notices, transient failures.
-    more: Arc<[AtomicU64; 3]>,
+    /// Isolations, capped transfer notices, transient failures, rejoins.
+    more: Arc<[AtomicU64; 4]>,
     /// The consumer loop is running (set by `consume`, cleared when it ends).
     pub running: Arc<std::sync::atomic::AtomicBool>,
     /// Unix milliseconds of the last batch applied (0: none yet).
@@ -107,9 +107,14 @@ impl IngestCounters {
         self.more[2].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (isolations, transfer notices capped, transient failures) since start.
-    pub fn more_totals(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.more[i].load(Ordering::Relaxed))
+    /// The consumer left its group and joined again as a new member (stranded partitions).
+    pub fn rejoined(&self) {
+        self.more[3].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (isolations, transfer notices capped, transient failures, rejoins) since start.
+    pub fn more_totals(&self) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| self.more[i].load(Ordering::Relaxed))
     }
 
     /// Ingest lag per partition, sampled by the consumer's statistics.
@@ -333,28 +338,25 @@ async fn consume(hub: Arc<Hub>, mut stop: watch::Receiver<bool>) {
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    let consumer = match ingest::consumer(
-        &brokers,
-        &hub.config.kafka_properties,
-        &hub.config.kafka_group,
-        hub.ingest.lag().clone(),
-    ) {
+    let source = ingest::Source {
+        brokers: brokers.clone(),
+        properties: hub.config.kafka_properties.clone(),
+        group: hub.config.kafka_group.clone(),
+        topic: topics.movements.clone(),
+        lag: hub.ingest.lag().clone(),
+    };
+    let subscription = match source.subscribe() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot create the Kafka consumer");
+            tracing::error!(error = %e, topic = %topics.movements, "cannot create the Kafka consumer or subscribe");
             return;
         }
     };
-    if let Err(e) = rdkafka::consumer::Consumer::subscribe(&consumer, &[topics.movements.as_str()])
-    {
-        tracing::error!(error = %e, topic = %topics.movements, "cannot subscribe");
-        return;
-    }
     tracing::info!(topic = %topics.movements, group = %hub.config.kafka_group,
         kafka_properties = %hub.config.kafka_properties.describe(), "ingest started");
     hub.ingest.running.store(true, Ordering::Relaxed);
     ingest::run(
-        consumer,
+        subscription,
         hub.ingest_pool.clone(),
         stop,
         hub.ingest.clone(),
