@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use bazaar_shared::envelope::{MAX_QUANTITY, MAX_REF_LEN};
-use bazaar_shared::http::{bearer, parse_json, recover, ApiError};
+use bazaar_shared::http::{bearer, parse_json, recover, ApiError, WrongMethod};
 use bazaar_shared::{Kind, Reason, Sku, StoreId};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -43,12 +43,62 @@ pub fn routes(
     let api = api.or(get_parked(agent.clone()));
     let authorised = local_auth(agent.clone()).and(api).map(|(), reply| reply);
     local_only(agent)
-        .and(healthz().or(authorised))
+        .and(healthz().or(authorised).or(wrong_method()))
         .map(|(), reply| reply)
         // A refused request's body is read (bounded) before the refusal is sent.
         .or(bazaar_shared::http::drain_refused_body())
         .recover(recover)
         .with(warp::log("bazaar_agent::http"))
+}
+
+/// Every path the agent serves (`*` is one segment) and the method it takes there: what a
+/// 405's `Allow` names.
+const ROUTES: &[(&str, &str)] = &[
+    ("/healthz", "GET"),
+    ("/v1/movements", "POST"),
+    ("/v1/stock", "GET"),
+    ("/v1/stock/*", "GET"),
+    ("/v1/status", "GET"),
+    ("/v1/alerts", "GET"),
+    ("/v1/parked", "GET"),
+    ("/v1/transfers/expected", "GET"),
+];
+
+/// The methods `path` takes, when it is one of [`ROUTES`].
+fn methods_of(path: &str) -> Option<&'static str> {
+    let given: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ROUTES.iter().find_map(|(pattern, method)| {
+        let wanted: Vec<&str> = pattern.split('/').collect();
+        let same = wanted.len() == given.len()
+            && wanted
+                .iter()
+                .zip(&given)
+                .all(|(w, g)| w == g || (*w == "*" && !g.is_empty()));
+        same.then_some(*method)
+    })
+}
+
+/// After every route: a known path asked with a method it does not take is a 405 that
+/// names the method it does take (`Allow`); anything else is left to the routes' own
+/// refusals.
+fn wrong_method() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::method().and(warp::path::full()).and_then(
+        |method: warp::http::Method, path: warp::path::FullPath| async move {
+            let rejection = match methods_of(path.as_str()) {
+                Some(allow)
+                    if method.as_str() != allow
+                        && !(allow == "GET" && method == warp::http::Method::HEAD) =>
+                {
+                    warp::reject::custom(WrongMethod {
+                        method: method.to_string(),
+                        allow: allow.to_owned(),
+                    })
+                }
+                _ => warp::reject::not_found(),
+            };
+            Err::<warp::reply::Response, _>(rejection)
+        },
+    )
 }
 
 /// The `Host` values the agent answers to; `None` when it listens on every interface.
@@ -932,6 +982,59 @@ mod tests {
             response.status().as_u16(),
             serde_json::from_slice(response.body()).unwrap_or_default(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_405_naming_the_one_the_path_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path(), None);
+        let cases = [
+            ("GET", "/v1/movements", "POST"),
+            ("DELETE", "/v1/movements", "POST"),
+            ("PUT", "/v1/stock/A", "GET"),
+            ("POST", "/v1/stock", "GET"),
+            ("PATCH", "/v1/status", "GET"),
+            ("DELETE", "/v1/parked", "GET"),
+            ("POST", "/v1/transfers/expected", "GET"),
+            ("POST", "/healthz", "GET"),
+        ];
+        for (method, path, allow) in cases {
+            let mut request = local_request().method(method).path(path);
+            if method == "POST" || method == "PUT" || method == "PATCH" {
+                request = request
+                    .header("content-type", "application/json")
+                    .body("{}");
+            }
+            let response = request.reply(&routes(agent.clone())).await;
+            let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            assert_eq!(
+                (
+                    response.status().as_u16(),
+                    response.headers().get("allow").map(|v| v.to_str().unwrap())
+                ),
+                (405, Some(allow)),
+                "{method} {path}: {body}"
+            );
+            assert_eq!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}: {body}"
+            );
+        }
+        // Unknown paths stay 404 whatever the method; a right method is never a 405.
+        for (method, path) in [
+            ("DELETE", "/v1/nothing"),
+            ("GET", "/v1/stock/A/extra"),
+            ("GET", "/v1/status"),
+        ] {
+            let status = local_request()
+                .method(method)
+                .path(path)
+                .reply(&routes(agent.clone()))
+                .await
+                .status();
+            assert_ne!(status.as_u16(), 405, "{method} {path}");
+        }
+        assert_eq!(pending(&agent).await, 0, "nothing was recorded");
     }
 
     #[tokio::test]
