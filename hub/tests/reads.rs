@@ -120,6 +120,21 @@ impl App {
         }
     }
 
+    /// Asserts that `/metrics` has each of `lines`, exactly.
+    async fn metrics_show(&self, lines: &[&str]) {
+        let response = warp::test::request()
+            .path("/metrics")
+            .reply(&bazaar_hub::api::routes(self.hub.clone()))
+            .await;
+        let text = String::from_utf8_lossy(response.body());
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     async fn cleanup(self) {
         common::drop_database(&self.hub, &self.database).await;
     }
@@ -197,21 +212,35 @@ async fn stores_are_listed_in_pages_with_their_sync_health_for_the_admin_only() 
     bad_queries_are_refused(&app, "/v1/stores").await;
 
     // /metrics labels the route by its documented template, never the raw path.
-    let response = warp::test::request()
-        .path("/metrics")
-        .reply(&bazaar_hub::api::routes(app.hub.clone()))
-        .await;
-    let text = String::from_utf8_lossy(response.body());
-    for line in [
+    app.metrics_show(&[
         "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"200\"} 4",
         "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"422\"} 9",
         "bazaar_hub_http_requests_total{route=\"/v1/stores\",method=\"GET\",status=\"403\"} 1",
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing {line:?} in\n{text}"
-        );
+    ])
+    .await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn metrics_count_tokens_recognised_from_memory_and_looked_up_in_mysql() {
+    let mut app = spawn_app().await;
+    let own = app.register("S1").await;
+    for _ in 0..3 {
+        let (status, _) = app.call("/v1/stores/S1/stock", Some(&own)).await;
+        assert_eq!(status, 200);
     }
+    // An unknown token is remembered as unknown too: one lookup for two refusals.
+    app.refused("/v1/stores/S1/stock", Some("forged"), 401)
+        .await;
+    app.refused("/v1/stores/S1/stock", Some("forged"), 401)
+        .await;
+    // The admin token never reaches the cache.
+    app.call("/v1/stores", Some(ADMIN)).await;
+    app.metrics_show(&[
+        "bazaar_hub_token_cache_hits_total 3",
+        "bazaar_hub_token_cache_misses_total 2",
+    ])
+    .await;
     app.cleanup().await;
 }
 
