@@ -442,33 +442,43 @@ pub async fn announce(
 }
 
 /// The effective thresholds of each (store, sku) in `keys`, in one statement per
-/// [`crate::db::KEYS_PER_STATEMENT`] keys (two with forecast-derived levels). Keys where
-/// nothing is in force are absent.
+/// [`crate::db::KEYS_PER_STATEMENT`] keys: the three explicit levels and, `with_forecast`,
+/// the forecast-derived ones joined onto the keys. Keys where nothing is in force are
+/// absent.
 pub async fn effective_for(
     pool: &MySqlPool,
     keys: &[(String, String)],
     with_forecast: bool,
 ) -> Result<HashMap<(String, String), Effective>, sqlx::Error> {
-    let mut derived: HashMap<(String, String), Levels> = HashMap::new();
-    if with_forecast {
-        for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<MySql>::new(
-                "SELECT r.store, r.sku, r.derived_reorder_point, r.derived_max_stock FROM ",
-            );
-            crate::db::push_keys_table(&mut q, "k", pairs(chunk));
-            q.push(" JOIN reorder_suggestions r ON r.store = k.store AND r.sku = k.sku");
-            for r in q.build().fetch_all(pool).await? {
-                derived.insert(
-                    (r.try_get("store")?, r.try_get("sku")?),
-                    Levels {
-                        reorder_point: r.try_get("derived_reorder_point")?,
-                        max_stock: r.try_get("derived_max_stock")?,
-                    },
-                );
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(format!("SELECT k.store, k.sku, {LEVEL_COLUMNS}"));
+        if with_forecast {
+            q.push(", r.derived_reorder_point AS d_rp, r.derived_max_stock AS d_ms");
+        }
+        q.push(" FROM ");
+        crate::db::push_keys_table(&mut q, "k", pairs(chunk));
+        q.push(LEVEL_JOINS);
+        if with_forecast {
+            q.push(" LEFT JOIN reorder_suggestions r ON r.store = k.store AND r.sku = k.sku");
+        }
+        for r in q.build().fetch_all(pool).await? {
+            let (exact, chain, store_wide) = levels_of(&r)?;
+            let derived = if with_forecast {
+                Levels {
+                    reorder_point: r.try_get("d_rp")?,
+                    max_stock: r.try_get("d_ms")?,
+                }
+            } else {
+                Levels::default()
+            };
+            let effective = resolve(exact, chain, store_wide, derived);
+            if !effective.is_empty() {
+                found.insert((r.try_get("store")?, r.try_get("sku")?), effective);
             }
         }
     }
-    effective_given(pool, keys, &derived).await
+    Ok(found)
 }
 
 /// The keys as `(&str, &str)`, for [`crate::db::push_keys_table`].
@@ -502,36 +512,6 @@ pub fn levels_of(r: &sqlx::mysql::MySqlRow) -> Result<(Levels, Levels, Levels), 
         level("tc_rp", "tc_ms")?,
         level("ts_rp", "ts_ms")?,
     ))
-}
-
-/// The effective thresholds of `keys` given their forecast-derived levels, one statement
-/// per [`crate::db::KEYS_PER_STATEMENT`] keys.
-pub async fn effective_given(
-    pool: &MySqlPool,
-    keys: &[(String, String)],
-    derived: &HashMap<(String, String), Levels>,
-) -> Result<HashMap<(String, String), Effective>, sqlx::Error> {
-    let mut found = HashMap::new();
-    for chunk in keys.chunks(crate::db::KEYS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<MySql>::new(format!("SELECT k.store, k.sku, {LEVEL_COLUMNS} FROM "));
-        crate::db::push_keys_table(&mut q, "k", pairs(chunk));
-        q.push(LEVEL_JOINS);
-        for r in q.build().fetch_all(pool).await? {
-            let key: (String, String) = (r.try_get("store")?, r.try_get("sku")?);
-            let (exact, chain, store_wide) = levels_of(&r)?;
-            let effective = resolve(
-                exact,
-                chain,
-                store_wide,
-                derived.get(&key).copied().unwrap_or_default(),
-            );
-            if !effective.is_empty() {
-                found.insert(key, effective);
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// One line of a store's thresholds document.
