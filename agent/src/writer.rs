@@ -269,15 +269,14 @@ mod tests {
         assert!(writer.queued.load(Ordering::SeqCst) == 0);
     }
 
-    /// Many callers at once: some run at once, the rest are grouped by the writer
-    /// thread; every one is answered, and the failed ones alone are rolled back.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_jobs_on_a_multi_threaded_runtime_all_commit_or_roll_back_alone() {
+    /// `jobs` callers at once, each inserting its own key, every `refuse_every`-th one
+    /// failing after its insert: all are answered, and the failed ones alone roll back.
+    async fn concurrent_inserts_commit_or_roll_back_alone(jobs: i64, refuse_every: i64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let writer = Writer::start(&path).unwrap();
         let mut handles = Vec::new();
-        for i in 0..300i64 {
+        for i in 0..jobs {
             let w = writer.clone();
             handles.push(tokio::spawn(async move {
                 w.write(move |conn| {
@@ -286,7 +285,7 @@ mod tests {
                         [format!("k{i}")],
                     )
                     .map_err(|e| e.to_string())?;
-                    if i % 7 == 0 {
+                    if i % refuse_every == 0 {
                         return Err("refused".to_string());
                     }
                     Ok(i)
@@ -300,13 +299,13 @@ mod tests {
                 ok += 1;
             }
         }
-        let refused = (0..300).filter(|i| i % 7 == 0).count();
-        assert_eq!(ok, 300 - refused);
+        let kept = (0..jobs).filter(|i| i % refuse_every != 0).count();
+        assert_eq!(ok, kept);
         let conn = crate::ledger::open(&path).unwrap();
         let rows: usize = conn
             .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(rows, 300 - refused);
+        assert_eq!(rows, kept, "the refused jobs' inserts were rolled back");
         assert_eq!(
             writer.queued.load(Ordering::SeqCst),
             0,
@@ -314,39 +313,15 @@ mod tests {
         );
     }
 
+    /// Some callers run on their own thread, the rest are grouped by the writer thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_jobs_on_a_multi_threaded_runtime_all_commit_or_roll_back_alone() {
+        concurrent_inserts_commit_or_roll_back_alone(300, 7).await;
+    }
+
+    /// On a current-thread runtime (no `block_in_place`) every job goes through the queue.
     #[tokio::test]
     async fn concurrent_jobs_commit_and_failed_ones_roll_back_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = Writer::start(&dir.path().join("w.db")).unwrap();
-        let mut handles = Vec::new();
-        for i in 0..200i64 {
-            let w = writer.clone();
-            handles.push(tokio::spawn(async move {
-                w.write(move |conn| {
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES (?1, 'v')",
-                        [format!("k{i}")],
-                    )
-                    .map_err(|e| e.to_string())?;
-                    if i % 10 == 0 {
-                        return Err("refused".to_string());
-                    }
-                    Ok(i)
-                })
-                .await
-            }));
-        }
-        let mut ok = 0;
-        for h in handles {
-            if h.await.unwrap().is_ok() {
-                ok += 1;
-            }
-        }
-        assert_eq!(ok, 180);
-        let conn = crate::ledger::open(&dir.path().join("w.db")).unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 180, "the refused jobs' inserts were rolled back");
+        concurrent_inserts_commit_or_roll_back_alone(200, 10).await;
     }
 }

@@ -283,6 +283,37 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// What the model keeps of a movement store `index` made: its id and time (the exactness
+/// and lag checks), its on-hand, and, for a transfer out, the goods arriving at the other
+/// store 2 to 5 s later (`spread` picks where in that window).
+#[allow(clippy::too_many_arguments)]
+fn remember(
+    stores: &mut [Store],
+    index: usize,
+    id: Uuid,
+    at: DateTime<Utc>,
+    sku_name: String,
+    delta: i64,
+    intent: Intent,
+    spread: u64,
+) {
+    let store = &mut stores[index];
+    store.ids.push(id);
+    store.occurred.push(at.timestamp_micros());
+    *store.on_hand.entry(sku_name).or_insert(0) += delta;
+    if let Intent::TransferOut { sku, qty, to } = intent {
+        let arrive = Instant::now() + Duration::from_millis(2000 + spread % 3000);
+        stores[to].arriving.push((
+            arrive,
+            Intent::TransferIn {
+                sku,
+                qty,
+                from: index,
+            },
+        ));
+    }
+}
+
 /// Makes the next store-origin movement of a lightweight store from an intent: updates the
 /// model and returns the signed wire bytes.
 pub fn make_light(
@@ -330,21 +361,17 @@ pub fn make_light(
         envelope.from_store = Some(chain.names[*from].clone());
     }
     let payload = envelope.to_signed_bytes(&store.key)?;
-    store.ids.push(envelope.id);
-    store.occurred.push(now.timestamp_micros());
-    *store.on_hand.entry(sku_name).or_insert(0) += delta;
     let key = store.id.to_string();
-    if let Intent::TransferOut { sku, qty, to } = intent {
-        let arrive = Instant::now() + Duration::from_millis(2000 + (seq % 3000));
-        stores[to].arriving.push((
-            arrive,
-            Intent::TransferIn {
-                sku,
-                qty,
-                from: index,
-            },
-        ));
-    }
+    remember(
+        stores,
+        index,
+        envelope.id,
+        now,
+        sku_name,
+        delta,
+        intent,
+        seq,
+    );
     Ok(Outgoing {
         store: index,
         key,
@@ -620,21 +647,17 @@ pub fn drive_agent(chain: Arc<Chain>, index: usize, url: String) -> mpsc::Unboun
                     s.ids.len() + 1
                 );
             }
-            s.ids.push(id);
-            s.occurred.push(Utc::now().timestamp_micros());
             s.delivered += 1;
-            *s.on_hand.entry(sku_name).or_insert(0) += delta;
-            if let Intent::TransferOut { sku, qty, to } = intent {
-                let arrive = Instant::now() + Duration::from_millis(2000 + n % 3000);
-                stores[to].arriving.push((
-                    arrive,
-                    Intent::TransferIn {
-                        sku,
-                        qty,
-                        from: index,
-                    },
-                ));
-            }
+            remember(
+                &mut stores,
+                index,
+                id,
+                Utc::now(),
+                sku_name,
+                delta,
+                intent,
+                n,
+            );
             chain.delivered.fetch_add(1, Ordering::Relaxed);
         }
     });
