@@ -479,7 +479,6 @@ pub fn follow_commands(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
         .create()?;
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
