@@ -339,14 +339,59 @@ pub async fn delete(
     change(pool, scope, None, actor).await
 }
 
+impl ThresholdError {
+    /// A deadlock, a lock wait or a lost connection: the change is worth trying again.
+    fn is_transient(&self) -> bool {
+        match self {
+            ThresholdError::Database(e) => crate::ingest::is_transient(e),
+            ThresholdError::Announce(e) => e.chain().any(|c| {
+                c.downcast_ref::<sqlx::Error>()
+                    .is_some_and(crate::ingest::is_transient)
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Conflicting changes (16 HQ clients at once, a chain-wide figure announced to every
+/// store while store figures change) are tried again inside the hub, with a jittered,
+/// growing wait, before a client sees a failure.
+const RETRIES: u32 = 10;
+
 async fn change(
     pool: &MySqlPool,
     scope: &Scope,
     after: Option<Levels>,
     actor: &str,
 ) -> Result<Change, ThresholdError> {
+    let mut attempt = 0;
+    loop {
+        match change_once(pool, scope, after, actor).await {
+            Err(e) if e.is_transient() && attempt < RETRIES => {
+                attempt += 1;
+                tracing::info!(attempt, target = %scope.target(), error = %e, "lock conflict; retrying the thresholds change");
+                let wait = 5u64 << attempt.min(6);
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    wait + rand::random::<u64>() % wait,
+                ))
+                .await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// One try of [`change`], in one READ COMMITTED transaction: the row's lock is the only
+/// one taken before the store counters (no gap locks on a missing row, which made two
+/// first-time store figures deadlock), and those are taken in ascending store order.
+async fn change_once(
+    pool: &MySqlPool,
+    scope: &Scope,
+    after: Option<Levels>,
+    actor: &str,
+) -> Result<Change, ThresholdError> {
     let (store, sku) = scope.key();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_read_committed(pool).await?;
     let before = sqlx::query(
         "SELECT reorder_point, max_stock FROM thresholds WHERE store = ? AND sku = ? FOR UPDATE",
     )
