@@ -584,15 +584,21 @@ impl Alerting {
 
     /// Publishes pending alert events on `topic` while this hub holds the relay lease; wakes
     /// at once after a local transition, else every `poll` (events raised by other hubs).
+    /// After a failed delivery the producer is dropped and the next attempt makes a fresh
+    /// one with `connect`, as the outbox relay does: an idempotent producer whose messages
+    /// timed out bumps its epoch, and tansu 0.6 panics on that epoch and stops serving every
+    /// client (seen: a broker outage longer than the 10 s message timeout while an alert was
+    /// pending left the restarted broker refusing the agents' and the hubs' requests).
     pub async fn run_relay(
         self: Arc<Self>,
-        producer: FutureProducer,
+        connect: impl Fn() -> Result<FutureProducer, rdkafka::error::KafkaError> + Send + 'static,
         topic: String,
         lease: Lease,
         poll: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut backoff = poll;
+        let mut producer: Option<FutureProducer> = None;
         loop {
             tokio::select! {
                 _ = self.wake_relay.notified() => {}
@@ -603,10 +609,22 @@ impl Alerting {
                 backoff = poll;
                 continue;
             }
-            backoff = match self.publish_pending(&producer, &topic).await {
-                Ok(_) => poll,
+            let current = match producer.take().map_or_else(&connect, Ok) {
+                Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, %topic, "alert events not published; retrying");
+                    tracing::warn!(error = %e, %topic, "cannot create the alerts producer; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            backoff = match self.publish_pending(&current, &topic).await {
+                Ok(_) => {
+                    producer = Some(current);
+                    poll
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %topic, "alert events not published; retrying with a fresh producer");
+                    drop(current);
                     (backoff * 2).min(Duration::from_secs(30))
                 }
             };

@@ -273,26 +273,23 @@ fn spawn_intelligence(
         Duration::from_secs(30),
         stop.clone(),
     )));
-    match crate::alerting::producer(&hub.config.kafka_brokers, &hub.config.kafka_properties) {
-        Ok(producer) => {
-            let lease = Lease::new(
-                hub.redis.clone(),
-                "alerts-relay",
-                &instance,
-                Duration::from_secs(15),
-            );
-            tasks.push(tokio::spawn(hub.alerting.clone().run_relay(
-                producer,
-                Topics::with_prefix(&hub.config.topic_prefix).alerts,
-                lease,
-                Duration::from_secs(1),
-                stop.clone(),
-            )));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the alerts producer; alerts are kept in MySQL only")
-        }
-    }
+    let lease = Lease::new(
+        hub.redis.clone(),
+        "alerts-relay",
+        &instance,
+        Duration::from_secs(15),
+    );
+    let (brokers, properties) = (
+        hub.config.kafka_brokers.clone(),
+        hub.config.kafka_properties.clone(),
+    );
+    tasks.push(tokio::spawn(hub.alerting.clone().run_relay(
+        move || crate::alerting::producer(&brokers, &properties),
+        Topics::with_prefix(&hub.config.topic_prefix).alerts,
+        lease,
+        Duration::from_secs(1),
+        stop.clone(),
+    )));
     tasks
 }
 
