@@ -12,10 +12,13 @@ use serde_json::json;
 const STORES: usize = 500;
 const CONCURRENCY: usize = 16;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_hundred_stores_sixteen_at_a_time_never_fail_for_a_deadlock() {
-    let (hub, database) = common::spawn_hub("fanout", |_| {}).await;
-    let stores: Vec<String> = (0..STORES).map(|i| format!("F{i:04}")).collect();
+/// Registers `n` stores named `{prefix}0000`, `{prefix}0001`, ..., CONCURRENCY at a time.
+async fn register_many(
+    hub: &std::sync::Arc<bazaar_hub::startup::Hub>,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let stores: Vec<String> = (0..n).map(|i| format!("{prefix}{i:04}")).collect();
     futures::stream::iter(stores.iter())
         .for_each_concurrent(CONCURRENCY, |s| {
             let hub = hub.clone();
@@ -24,6 +27,13 @@ async fn five_hundred_stores_sixteen_at_a_time_never_fail_for_a_deadlock() {
             }
         })
         .await;
+    stores
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_stores_sixteen_at_a_time_never_fail_for_a_deadlock() {
+    let (hub, database) = common::spawn_hub("fanout", |_| {}).await;
+    let stores = register_many(&hub, "F", STORES).await;
     let statuses: Vec<(String, u16, serde_json::Value)> =
         futures::stream::iter(stores.iter().cloned())
             .map(|s| {
@@ -89,15 +99,7 @@ async fn five_hundred_stores_sixteen_at_a_time_never_fail_for_a_deadlock() {
 async fn thresholds_for_every_store_sixteen_at_a_time_with_chain_wide_changes_never_fail() {
     const THRESHOLD_STORES: usize = 300;
     let (hub, database) = common::spawn_hub("fanout_thr", |_| {}).await;
-    let stores: Vec<String> = (0..THRESHOLD_STORES).map(|i| format!("T{i:04}")).collect();
-    futures::stream::iter(stores.iter())
-        .for_each_concurrent(CONCURRENCY, |s| {
-            let hub = hub.clone();
-            async move {
-                common::register(&hub, s).await;
-            }
-        })
-        .await;
+    let stores = register_many(&hub, "T", THRESHOLD_STORES).await;
     // The chain-wide sku must be known at the hub: one receipt makes it so.
     let (status, _) = common::call(
         &hub,
