@@ -69,6 +69,21 @@ pub async fn begin_read_committed(
     sqlx::Transaction::begin(conn, None).await
 }
 
+/// How many times a write that met a deadlock, a lock wait or a lost connection is tried
+/// again inside the hub before a client sees the failure (HQ movements, thresholds).
+pub const CONFLICT_RETRIES: u32 = 10;
+
+/// The wait before retry `attempt` (1 for the first) of such a write: jittered and
+/// growing (10 ms to 640 ms, plus up to as much again), so writers that met once do not
+/// meet again.
+pub async fn conflict_backoff(attempt: u32) {
+    let wait = 5u64 << attempt.min(6);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        wait + rand::random::<u64>() % wait,
+    ))
+    .await;
+}
+
 /// Creates the database if it does not exist, then applies every pending migration.
 pub async fn migrate(url: &str) -> anyhow::Result<MySqlPool> {
     if !MySql::database_exists(url).await.unwrap_or(false) {

@@ -312,18 +312,13 @@ pub async fn apply(
         }
         attempt += 1;
         tracing::info!(attempt, %store, "lock conflict; retrying the hub-origin movement");
-        // Jittered, growing: concurrent writers that met once should not meet again.
-        let wait = 5u64 << attempt.min(6);
-        tokio::time::sleep(std::time::Duration::from_millis(
-            wait + rand::random::<u64>() % wait,
-        ))
-        .await;
+        crate::db::conflict_backoff(attempt).await;
     }
 }
 
 /// Deadlocks, lock waits and lost connections are tried again inside the hub (with a
 /// jittered backoff) before a client ever sees a failure.
-const RETRIES: u32 = 10;
+const RETRIES: u32 = crate::db::CONFLICT_RETRIES;
 
 enum Failure {
     Refused(ApiError),

@@ -192,7 +192,9 @@ pub fn consumer(
         // as soon as data is there, so this only sets how often an idle hub asks; tansu 0.6
         // holds every fetch, data waiting or not, for half of it (all of it below 500 ms),
         // which at librdkafka's 500 ms default puts a quarter second on every movement's
-        // way in. A few hubs asking 20 times a second cost the broker nothing.
+        // way in. The price is broker CPU on tansu: two idle hubs asking every 50 ms cost
+        // it about a quarter of a core more than at 500 ms (docs/SCALING.md §1b);
+        // `BAZAAR_HUB_KAFKA_PROPERTIES=fetch.wait.max.ms=…` sets it otherwise.
         .set("fetch.wait.max.ms", "50")
         // The group leader assigns from the metadata it holds; a topic it saw as missing
         // or empty (a broker just restarted) yields an empty assignment that is only

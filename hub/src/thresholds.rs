@@ -356,8 +356,6 @@ impl ThresholdError {
 /// Conflicting changes (16 HQ clients at once, a chain-wide figure announced to every
 /// store while store figures change) are tried again inside the hub, with a jittered,
 /// growing wait, before a client sees a failure.
-const RETRIES: u32 = 10;
-
 async fn change(
     pool: &MySqlPool,
     scope: &Scope,
@@ -367,14 +365,10 @@ async fn change(
     let mut attempt = 0;
     loop {
         match change_once(pool, scope, after, actor).await {
-            Err(e) if e.is_transient() && attempt < RETRIES => {
+            Err(e) if e.is_transient() && attempt < crate::db::CONFLICT_RETRIES => {
                 attempt += 1;
                 tracing::info!(attempt, target = %scope.target(), error = %e, "lock conflict; retrying the thresholds change");
-                let wait = 5u64 << attempt.min(6);
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    wait + rand::random::<u64>() % wait,
-                ))
-                .await;
+                crate::db::conflict_backoff(attempt).await;
             }
             outcome => return outcome,
         }
